@@ -1,0 +1,60 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from tf_adaptive_softmax._keras import IS_KERAS_3, K  # noqa: E402
+
+# Op types that must never appear on the sampling path (DESIGN 3.2 rules 3-5).
+FORBIDDEN_OPS = {
+    "Unique", "UniqueV2", "UniqueWithCounts", "Where", "SegmentSum", "SegmentMean", "SegmentMax",
+    "SegmentMin", "SegmentProd", "ComputeAccidentalHits", "Multinomial", "RandomUniform",
+    "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal", "RandomShuffle",
+}
+SAMPLER_OPS = {"StatelessMultinomial", "StatelessRandomUniformV2", "StatelessRandomUniformIntV2",
+               "StatelessRandomUniformFullIntV2", "StatelessRandomGetKeyCounter",
+               "StatelessRandomUniform", "StatelessRandomUniformInt", "RandomUniform", "Multinomial"}
+
+
+def graph_ops(graph_def):
+    """(op type, node) pairs of a GraphDef including every function in its library."""
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return nodes
+
+
+def op_types(graph_def):
+    return {node.op for node in graph_ops(graph_def)}
+
+
+def forbidden_in(graph_def):
+    return {t for t in op_types(graph_def) if t in FORBIDDEN_OPS or t.endswith("CandidateSampler")}
+
+
+def chi_square_pvalue(observed, expected_probs, num_draws):
+    """Pearson chi-square p-value; bins with expected count < 5 are pooled into one."""
+    observed = np.asarray(observed, dtype=np.float64)
+    expected = np.asarray(expected_probs, dtype=np.float64) * num_draws
+    small = expected < 5
+    if small.any():
+        observed = np.append(observed[~small], observed[small].sum())
+        expected = np.append(expected[~small], expected[small].sum())
+        if expected[-1] == 0:
+            assert observed[-1] == 0, "draws landed on zero-probability classes"
+            observed, expected = observed[:-1], expected[:-1]
+    return stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    K.utils.set_random_seed(0)
+    yield
+
+
+keras3_only = pytest.mark.skipif(not IS_KERAS_3, reason="Keras 3 only")
+legacy_only = pytest.mark.skipif(IS_KERAS_3, reason="tf_keras only")

@@ -1,0 +1,100 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, samplers
+from tf_adaptive_softmax._keras import K
+
+N, D = 30, 6
+
+
+class _CountingTarget:
+    def __init__(self):
+        self.calls = 0
+
+    def refresh_sampler(self):
+        self.calls += 1
+
+
+def _fit(callback, epochs=2, steps=5, jit_compile=False, sampler=None):
+    layer = AdaptiveSampledSoftmaxLoss(N, sampler or samplers.Uniform(N), num_samples=4)
+    features = K.Input((D,))
+    model = K.Model(features, K.layers.Dense(D)(features))
+    model.compile(optimizer="sgd", loss=SampledSoftmaxLoss(layer, model=model), jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((steps * 8, D)).astype(np.float32)
+    y = rng.integers(0, N, steps * 8).astype(np.int32)
+    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, callbacks=[callback(layer)])
+    return layer, model
+
+
+def test_schedule_counts_epochs_and_steps():
+    target = _CountingTarget()
+    _fit(lambda layer: CodebookRefresh(target, every_n_steps=2, on_epoch_begin=True), epochs=2, steps=5)
+    assert target.calls == 2 + 5  # two epoch starts, and steps 2, 4, 6, 8, 10
+
+
+def test_epoch_refresh_can_be_disabled():
+    target = _CountingTarget()
+    _fit(lambda layer: CodebookRefresh(target, on_epoch_begin=False), epochs=2)
+    assert target.calls == 0
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="target"):
+        CodebookRefresh(object())
+    with pytest.raises(ValueError, match="every_n_steps"):
+        CodebookRefresh(_CountingTarget(), every_n_steps=0)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_refresh_inside_fit_updates_snapshot_sampler(jit_compile):
+    # A snapshot Softmax is adaptive state: after fit its snapshot equals the weights as of the
+    # last refresh, which for a refresh at every step is the weights before the final update.
+    sampler = samplers.Softmax(N, live=False)
+    seen = []
+
+    class Record(K.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append(sampler.snapshot_embeddings.numpy().copy())
+
+    def callbacks(layer):
+        return [CodebookRefresh(layer, every_n_steps=1), Record()]
+
+    layer, model = _fit(lambda layer: _Both(callbacks(layer)), epochs=1, steps=4, jit_compile=jit_compile,
+                        sampler=sampler)
+    np.testing.assert_allclose(seen[-1], layer.class_embeddings.numpy(), rtol=1e-6)
+    assert not np.allclose(seen[0], seen[-1])
+
+
+class _Both(K.callbacks.Callback):
+    """Runs several callbacks in order (so one factory can return two)."""
+
+    def __init__(self, callbacks):
+        super().__init__()
+        self.callbacks = callbacks
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for callback in self.callbacks:
+            callback.on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        for callback in self.callbacks:
+            callback.on_train_batch_end(batch, logs)
+
+
+def test_refresh_is_visible_to_a_compiled_function_without_retracing():
+    sampler = samplers.Softmax(N, live=False)
+    rng = np.random.default_rng(1)
+    sampler.refresh(rng.standard_normal((N, D)).astype(np.float32))
+    queries = tf.constant(rng.standard_normal((2, D)), tf.float32)
+    ids = tf.constant(np.tile(np.arange(N), (2, 1)), tf.int32)
+    compiled = tf.function(sampler.log_prob, jit_compile=True)
+    first = compiled(queries, ids).numpy()
+    new_embeddings = rng.standard_normal((N, D)).astype(np.float32)
+    sampler.refresh(new_embeddings)
+    second = compiled(queries, ids).numpy()
+    logits = queries.numpy() @ new_embeddings.T
+    np.testing.assert_allclose(second, logits - np.logaddexp.reduce(logits, axis=1, keepdims=True), atol=1e-5)
+    assert not np.allclose(first, second)
+    assert compiled.experimental_get_tracing_count() == 1

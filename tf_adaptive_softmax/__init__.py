@@ -1,0 +1,30 @@
+"""tf_adaptive_softmax: adaptive sampled softmax for Keras and TensorFlow.
+
+Public API:
+  AdaptiveSampledSoftmaxLoss   the output/loss layer (layers.py)
+  samplers                     Uniform, LogUniform, Unigram, Softmax (and the Sampler contract)
+  estimator                    the pure-TF sampled-softmax math
+  losses.SampledSoftmaxLoss    adapter for model.compile(loss=...)
+  callbacks.CodebookRefresh    refreshes adaptive samplers during fit
+  datasets                     synthetic teacher data
+"""
+
+from tf_adaptive_softmax import callbacks, datasets, estimator, losses, samplers
+from tf_adaptive_softmax._keras import IS_KERAS_3
+from tf_adaptive_softmax.callbacks import CodebookRefresh
+from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss
+from tf_adaptive_softmax.losses import SampledSoftmaxLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveSampledSoftmaxLoss",
+    "CodebookRefresh",
+    "SampledSoftmaxLoss",
+    "IS_KERAS_3",
+    "callbacks",
+    "datasets",
+    "estimator",
+    "losses",
+    "samplers",
+]

@@ -1,0 +1,114 @@
+"""Input checks shared by the estimator, the samplers and the Keras layers.
+
+Static facts (dtype, rank, width) are checked in Python at trace time and raise ValueError /
+TypeError. Values (label ranges, finiteness) are checked in-graph with `tf.debugging` asserts,
+which raise `tf.errors.InvalidArgumentError` eagerly and in graph mode. XLA compiles asserts away,
+so label checks additionally poison the affected rows' loss with NaN (see `label_validity`): a bad
+label is never silently clipped, even under `jit_compile=True`.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import tensorflow as tf
+
+
+def check_positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
+    return int(value)
+
+
+def check_num_samples(num_samples, num_classes: int | None = None) -> int:
+    """`num_samples` is a static Python int: it fixes tensor shapes (XLA needs them static)."""
+    if tf.is_tensor(num_samples):
+        raise TypeError(
+            "`num_samples` must be a Python int (it fixes the sampled tensor's static shape); "
+            f"got a tensor {num_samples!r}."
+        )
+    return check_positive_int(num_samples, "num_samples")
+
+
+def as_queries(queries, name: str = "queries", width: int | None = None) -> tf.Tensor:
+    """Converts to a float32 [B, d] tensor, checking rank and (optionally) width."""
+    queries = tf.convert_to_tensor(queries)
+    if not queries.dtype.is_floating:
+        raise TypeError(f"`{name}` must be a floating tensor of shape [batch, dim]; got dtype {queries.dtype.name}.")
+    if queries.shape.rank != 2:
+        raise ValueError(f"`{name}` must have shape [batch, dim] (rank 2); got shape {queries.shape}.")
+    if width is not None and queries.shape[-1] is not None and queries.shape[-1] != width:
+        raise ValueError(
+            f"`{name}` must have shape [batch, {width}] to match the class embeddings; got {queries.shape}."
+        )
+    return tf.cast(queries, tf.float32)
+
+
+def as_ids(ids, name: str = "ids", rank: int | None = None) -> tf.Tensor:
+    """Converts integer class ids to int32, rejecting floats rather than truncating them."""
+    ids = tf.convert_to_tensor(ids)
+    if not ids.dtype.is_integer:
+        raise TypeError(
+            f"`{name}` must hold integer class ids; got dtype {ids.dtype.name}. "
+            "Cast your labels to int32/int64 in the input pipeline."
+        )
+    if rank is not None and ids.shape.rank is not None and ids.shape.rank != rank:
+        raise ValueError(f"`{name}` must have rank {rank}; got shape {ids.shape}.")
+    return tf.cast(ids, tf.int32)
+
+
+def as_label_matrix(labels, name: str = "labels") -> tf.Tensor:
+    """Labels [B] or [B, num_true] -> int32 [B, num_true]."""
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == 1:
+        labels = labels[:, tf.newaxis]
+    if labels.shape.rank != 2:
+        raise ValueError(
+            f"`{name}` must have shape [batch] or [batch, num_true]; got shape {labels.shape}."
+        )
+    return as_ids(labels, name=name)
+
+
+def checked_ids(ids: tf.Tensor, num_classes: int, name: str = "labels") -> tf.Tensor:
+    """Returns `ids` behind an assert that all of them lie in [0, num_classes)."""
+    in_range = tf.reduce_all((ids >= 0) & (ids < num_classes))
+    assertion = tf.debugging.Assert(
+        in_range,
+        [
+            f"`{name}` must be class ids in [0, num_classes={num_classes}); got min/max:",
+            tf.reduce_min(ids),
+            tf.reduce_max(ids),
+        ],
+        name=f"check_{name}_range",
+    )
+    with tf.control_dependencies([assertion]):
+        return tf.identity(ids)
+
+
+def label_validity(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """bool [B]: whether every label of a row lies in [0, num_classes)."""
+    return tf.reduce_all((labels >= 0) & (labels < num_classes), axis=-1)
+
+
+def poison_invalid_rows(per_example: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
+    """NaN where a row had an out-of-range label, so XLA (which drops asserts) still shows it."""
+    return tf.where(valid, per_example, tf.fill(tf.shape(per_example), float("nan")))
+
+
+def checked_finite(tensor: tf.Tensor, name: str) -> tf.Tensor:
+    assertion = tf.debugging.Assert(
+        tf.reduce_all(tf.math.is_finite(tensor)),
+        [f"`{name}` contains NaN or Inf values."],
+        name=f"check_{name}_finite",
+    )
+    with tf.control_dependencies([assertion]):
+        return tf.identity(tensor)
+
+
+def check_embedding_shape(class_embeddings: tf.Tensor, num_classes: int, dim: int | None, name: str) -> None:
+    shape = class_embeddings.shape
+    expected = f"[{num_classes}, {dim if dim is not None else 'dim'}]"
+    if shape.rank != 2 or (shape[0] is not None and shape[0] != num_classes) or (
+        dim is not None and shape[1] is not None and shape[1] != dim
+    ):
+        raise ValueError(f"`{name}` must have shape {expected}; got {shape}.")

@@ -1,0 +1,188 @@
+"""Pure-TensorFlow math of sampled softmax: corrected logits, hit masks, sampled and full losses.
+
+For a query h with positives y_1..y_T and m negatives s_1..s_m drawn with replacement from q,
+the logits are o_c = <h, w_c> + b_c and the estimator scores
+
+    positives:  o'_t = o_{y_t}                       (Blanc & Rendle 2018, eq. 3; the default)
+                o'_t = o_{y_t} - log(m * q_{y_t})    (correct_positive=True: TF / TFRS convention)
+    negatives:  o'_j = o_{s_j} - log(m * q_{s_j})    (minus log of the expected count)
+
+then takes the cross-entropy over the T + m columns with target 1/T on each positive (TF's
+`sampled_softmax_loss` convention for num_true > 1). A negative equal to any of its row's
+positives is an "accidental hit"; it is masked out with an XLA-safe equality mask.
+
+With q the model's softmax over the non-positive classes and the positive uncorrected, the
+expected gradient w.r.t. the logits equals the full-softmax gradient p - y exactly; for any other
+q it is biased, the bias shrinking as q approaches p or m grows.
+
+Example:
+    >>> import tensorflow as tf
+    >>> from tf_adaptive_softmax import estimator
+    >>> h = tf.random.normal([4, 8]); w = tf.random.normal([100, 8])
+    >>> labels = tf.constant([1, 2, 3, 4]); sampled = tf.random.uniform([4, 16], 0, 100, tf.int32)
+    >>> log_q = tf.fill([4, 16], -tf.math.log(100.0))
+    >>> estimator.sampled_softmax_loss(h, labels, sampled, log_q, w).shape
+    TensorShape([4])
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import tensorflow as tf
+
+from tf_adaptive_softmax import _validation
+
+# Finite stand-in for -inf: exp underflows to exactly 0, and gradients stay finite.
+MASKED_LOGIT = -1e30
+# log q is floored here so that q = 0 (a zero-count class as a positive) cannot produce inf - inf.
+MIN_LOG_Q = math.log(1e-37)
+
+LogitTransform = Optional[Callable[[tf.Tensor], tf.Tensor]]
+
+
+def _transform(logits: tf.Tensor, logit_transform: LogitTransform) -> tf.Tensor:
+    return logits if logit_transform is None else logit_transform(logits)
+
+
+def full_logits(
+    query: tf.Tensor,
+    class_embeddings: tf.Tensor,
+    class_bias: Optional[tf.Tensor] = None,
+    logit_transform: LogitTransform = None,
+) -> tf.Tensor:
+    """All N logits, [B, N] = query @ class_embeddingsᵀ + bias."""
+    logits = tf.matmul(query, class_embeddings, transpose_b=True)
+    if class_bias is not None:
+        logits += class_bias
+    return _transform(logits, logit_transform)
+
+
+def gathered_logits(
+    query: tf.Tensor,
+    ids: tf.Tensor,
+    class_embeddings: tf.Tensor,
+    class_bias: Optional[tf.Tensor] = None,
+    logit_transform: LogitTransform = None,
+) -> tf.Tensor:
+    """Logits of the given ids only: [B, k] for query [B, d] and ids [B, k]."""
+    rows = tf.gather(class_embeddings, ids)  # [B, k, d]; its gradient is sparse (IndexedSlices)
+    logits = tf.einsum("bd,bkd->bk", query, rows)
+    if class_bias is not None:
+        logits += tf.gather(class_bias, ids)
+    return _transform(logits, logit_transform)
+
+
+def accidental_hit_mask(true_ids: tf.Tensor, sampled_ids: tf.Tensor) -> tf.Tensor:
+    """bool [B, m]: sampled id equals any of its row's true ids ([B, T]). XLA-safe, static shape."""
+    equal = tf.equal(sampled_ids[:, :, tf.newaxis], true_ids[:, tf.newaxis, :])
+    return tf.reduce_any(equal, axis=-1)
+
+
+def corrected_logits(
+    true_logits: tf.Tensor,
+    sampled_logits: tf.Tensor,
+    sampled_log_q: tf.Tensor,
+    true_log_q: Optional[tf.Tensor] = None,
+    correct_positive: bool = False,
+    hit_mask: Optional[tf.Tensor] = None,
+) -> tf.Tensor:
+    """[B, T + m] logits: positives first, then negatives minus log(m·q), hits masked.
+
+    Args:
+      true_logits: [B, T] raw logits of the positives.
+      sampled_logits: [B, m] raw logits of the drawn negatives.
+      sampled_log_q: [B, m] normalized log-probabilities of the draws (not expected counts).
+      true_log_q: [B, T] log q of the positives; required when `correct_positive`.
+      correct_positive: subtract log(m·q) from the positives too (TF / TFRS convention).
+      hit_mask: optional bool [B, m]; True columns get `MASKED_LOGIT`.
+    """
+    num_samples = sampled_logits.shape[-1]
+    if num_samples is None:
+        raise ValueError("The number of sampled columns must be static.")
+    log_m = math.log(num_samples)
+    sampled_log_q = tf.stop_gradient(tf.maximum(tf.cast(sampled_log_q, tf.float32), MIN_LOG_Q))
+    negatives = sampled_logits - (log_m + sampled_log_q)
+    if hit_mask is not None:
+        negatives = tf.where(hit_mask, tf.cast(MASKED_LOGIT, negatives.dtype), negatives)
+    positives = true_logits
+    if correct_positive:
+        if true_log_q is None:
+            raise ValueError("`true_log_q` is required when `correct_positive=True`.")
+        true_log_q = tf.stop_gradient(tf.maximum(tf.cast(true_log_q, tf.float32), MIN_LOG_Q))
+        positives = true_logits - (log_m + true_log_q)
+    return tf.concat([positives, negatives], axis=-1)
+
+
+def multi_positive_cross_entropy(logits: tf.Tensor, num_true: int) -> tf.Tensor:
+    """[B]: cross-entropy with target 1/num_true on each of the first num_true columns."""
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    return -tf.reduce_mean(log_probs[:, :num_true], axis=-1)
+
+
+def _weighted(per_example: tf.Tensor, sample_weight) -> tf.Tensor:
+    if sample_weight is None:
+        return per_example
+    sample_weight = tf.cast(tf.convert_to_tensor(sample_weight), per_example.dtype)
+    return per_example * tf.reshape(sample_weight, tf.shape(per_example))
+
+
+def sampled_softmax_loss(
+    query,
+    labels,
+    sampled_ids,
+    sampled_log_q,
+    class_embeddings,
+    class_bias=None,
+    true_log_q=None,
+    correct_positive: bool = False,
+    remove_accidental_hits: bool = True,
+    sample_weight=None,
+    logit_transform: LogitTransform = None,
+) -> tf.Tensor:
+    """Per-example sampled-softmax loss [B].
+
+    Args:
+      query: [B, d] float query embeddings h.
+      labels: [B] or [B, num_true] integer positive class ids.
+      sampled_ids: [B, m] integer negatives drawn with replacement (per query).
+      sampled_log_q: [B, m] normalized log q of each draw.
+      class_embeddings: [N, d] class embedding matrix W.
+      class_bias: optional [N] bias.
+      true_log_q: [B, num_true] log q of the positives (needed for `correct_positive`).
+      correct_positive: see module docstring.
+      remove_accidental_hits: mask negatives equal to one of the row's positives.
+      sample_weight: optional [B] weights multiplied into the per-example loss.
+      logit_transform: optional elementwise map on raw logits (e.g. `tf.abs`, absolute softmax).
+    """
+    query = _validation.as_queries(query, "query")
+    labels = _validation.as_label_matrix(labels)
+    sampled_ids = _validation.as_ids(sampled_ids, "sampled_ids", rank=2)
+    true_logits = gathered_logits(query, labels, class_embeddings, class_bias, logit_transform)
+    sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
+    hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
+    logits = corrected_logits(
+        true_logits, sampled_logits, sampled_log_q, true_log_q, correct_positive, hit_mask
+    )
+    return _weighted(multi_positive_cross_entropy(logits, labels.shape[-1]), sample_weight)
+
+
+def full_softmax_loss(
+    query,
+    labels,
+    class_embeddings,
+    class_bias=None,
+    sample_weight=None,
+    logit_transform: LogitTransform = None,
+) -> tf.Tensor:
+    """Exact per-example softmax cross-entropy [B] over all N classes (O(N·d) per example).
+
+    With num_true > 1 the target puts 1/num_true on each positive, as `sampled_softmax_loss` does.
+    """
+    query = _validation.as_queries(query, "query")
+    labels = _validation.as_label_matrix(labels)
+    logits = full_logits(query, class_embeddings, class_bias, logit_transform)
+    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    per_example = -tf.reduce_mean(tf.gather(log_probs, labels, batch_dims=1), axis=-1)
+    return _weighted(per_example, sample_weight)

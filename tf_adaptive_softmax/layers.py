@@ -1,0 +1,249 @@
+"""`AdaptiveSampledSoftmaxLoss`: the output layer that owns the class embeddings and the loss."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import tensorflow as tf
+
+from tf_adaptive_softmax import _validation, estimator
+from tf_adaptive_softmax._keras import K, Untracked, deserialize, raw_variable, register_serializable, serialize
+from tf_adaptive_softmax.samplers.base import Sampler
+
+
+@register_serializable
+class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
+    """Softmax output layer over `num_classes` classes, trained by sampled softmax.
+
+    Logits are o = h Wᵀ + b for a query h [B, d] and class embeddings W [N, d]. Called on
+    `(query, labels)` (optionally `(query, labels, sample_weight)`) it returns the per-example loss
+    [B]:
+
+    * in training (`training=True`, as inside `fit`): the sampled-softmax loss over the positives
+      and `num_samples` negatives per query drawn from `sampler`, each negative corrected by
+      -log(m·q) (see `tf_adaptive_softmax.estimator`);
+    * in inference (`evaluate`, `predict`, plain calls): the exact full-softmax cross-entropy, so
+      validation numbers are honest whatever the sampler.
+
+    With `sampler=None` training uses the full softmax too (the baseline to compare against).
+    `logits(query)` and `top_k(query, k)` serve predictions; they never touch the sampler, so
+    exported serving graphs contain no sampling ops.
+
+    Args:
+      num_classes: N.
+      sampler: a `tf_adaptive_softmax.samplers.Sampler` built for `num_classes`, or None.
+      num_samples: m, negatives per query (a Python int >= 1).
+      use_bias: learn a per-class bias b.
+      tied_embedding: an existing Embedding layer (input_dim=N) whose table serves as W, for weight
+        tying in language models. Such a model saves with `save_weights` / checkpoints; its `.keras`
+        config cannot express the tie.
+      correct_positive: subtract log(m·q) from the positive too (TF / TFRS convention). The
+        default keeps it uncorrected (Blanc & Rendle 2018, eq. 3).
+      remove_accidental_hits: mask negatives equal to one of the row's positives.
+      add_to_model_loss: also `add_loss` the batch mean, for functional models compiled without a
+        loss.
+      absolute_softmax: apply |o| to the logits in training and inference (Blanc & Rendle's
+        recommendation when sampling from a symmetric kernel such as `QuadraticKernel`).
+      embeddings_initializer: initializer of W when the layer owns it.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> import tf_adaptive_softmax as tfas
+        >>> K = tf.keras
+        >>> features = K.Input((16,)); labels = K.Input((), dtype="int32")
+        >>> query = K.layers.Dense(32)(features)
+        >>> output = tfas.AdaptiveSampledSoftmaxLoss(
+        ...     1000, tfas.samplers.Uniform(1000), num_samples=20, add_to_model_loss=True)
+        >>> per_example_loss = output((query, labels))
+        >>> model = K.Model([features, labels], per_example_loss)
+        >>> model.compile(optimizer="adam")
+        >>> x = tf.random.normal([64, 16]); y = tf.random.uniform([64], 0, 1000, tf.int32)
+        >>> _ = model.fit([x, y], epochs=1, verbose=0)
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        sampler: Optional[Sampler] = None,
+        num_samples: int = 64,
+        use_bias: bool = True,
+        tied_embedding=None,
+        correct_positive: bool = False,
+        remove_accidental_hits: bool = True,
+        add_to_model_loss: bool = False,
+        absolute_softmax: bool = False,
+        embeddings_initializer="uniform",
+        **kwargs,
+    ):
+        # The softmax and log q are computed in float32 even under mixed precision.
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.num_classes = _validation.check_positive_int(num_classes, "num_classes")
+        self.num_samples = _validation.check_num_samples(num_samples)
+        sampler = deserialize(sampler)
+        if sampler is not None:
+            if not isinstance(sampler, Sampler):
+                raise TypeError(f"`sampler` must be a tf_adaptive_softmax Sampler or None; got {sampler!r}.")
+            if sampler.num_classes != self.num_classes:
+                raise ValueError(
+                    f"`sampler` was built for num_classes={sampler.num_classes} but this layer has "
+                    f"num_classes={self.num_classes}."
+                )
+        self.sampler = sampler
+        self.use_bias = bool(use_bias)
+        self.correct_positive = bool(correct_positive)
+        self.remove_accidental_hits = bool(remove_accidental_hits)
+        self.add_to_model_loss = bool(add_to_model_loss)
+        self.absolute_softmax = bool(absolute_softmax)
+        self.embeddings_initializer = K.initializers.get(embeddings_initializer)
+        if tied_embedding is not None and not hasattr(tied_embedding, "build"):
+            raise TypeError("`tied_embedding` must be an Embedding layer (it provides the class table).")
+        self._tied = Untracked(layer=tied_embedding, embeddings=None)
+        self.embedding_dim: Optional[int] = None
+        self._refresh_function = None
+
+    # -- weights -----------------------------------------------------------------------------
+    def build(self, input_shape):
+        query_shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and not isinstance(
+            input_shape[0], (int, type(None))) else input_shape
+        dim = query_shape[-1]
+        if dim is None:
+            raise ValueError("The query's last dimension (the embedding width) must be known.")
+        self.build_for_dim(int(dim))
+
+    def build_for_dim(self, dim: int) -> None:
+        """Creates W (or ties it), b and the sampler state for query width `dim`."""
+        if self.embedding_dim is not None:
+            return
+        self.embedding_dim = dim
+        tied = self._tied.layer
+        if tied is not None:
+            if not tied.built:
+                tied.build((None,))
+            _validation.check_embedding_shape(
+                tf.convert_to_tensor(tied.embeddings), self.num_classes, dim, "tied_embedding"
+            )
+            self._tied.embeddings = tied.embeddings
+            self._class_embeddings = None
+        else:
+            self._class_embeddings = self.add_weight(
+                name="class_embeddings",
+                shape=(self.num_classes, dim),
+                initializer=self.embeddings_initializer,
+                trainable=True,
+            )
+        self.bias = (
+            self.add_weight(name="class_bias", shape=(self.num_classes,), initializer="zeros", trainable=True)
+            if self.use_bias
+            else None
+        )
+        if self.sampler is not None:
+            self.sampler.bind(self.class_embeddings, self.bias)
+            self.sampler.build_state(dim)
+        self.built = True
+
+    @property
+    def class_embeddings(self):
+        """The class embedding variable W [N, d] (the tied Embedding's table when tied)."""
+        return self._tied.embeddings if self._tied.layer is not None else self._class_embeddings
+
+    @property
+    def class_bias(self):
+        """The class bias variable [N], or None."""
+        return self.bias
+
+    def _weights(self):
+        bias = None if self.bias is None else raw_variable(self.bias)
+        return raw_variable(self.class_embeddings), bias
+
+    def _logit_transform(self):
+        return tf.abs if self.absolute_softmax else None
+
+    # -- losses ------------------------------------------------------------------------------
+    def call(self, inputs, training=None):
+        if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
+            raise ValueError("Call the layer on `(query, labels)` or `(query, labels, sample_weight)`.")
+        query, labels = inputs[0], inputs[1]
+        sample_weight = inputs[2] if len(inputs) == 3 else None
+        loss = self.per_example_loss(query, labels, sample_weight, training=bool(training))
+        if self.add_to_model_loss:
+            self.add_loss(tf.reduce_mean(loss))
+        return loss
+
+    def per_example_loss(self, query, labels, sample_weight=None, training: bool = False) -> tf.Tensor:
+        """Per-example loss [B]: sampled when `training` and a sampler is set, else exact."""
+        query = _validation.as_queries(query, "query", width=self.embedding_dim)
+        if self.embedding_dim is None:
+            self.build_for_dim(int(query.shape[-1]))
+        labels = _validation.as_label_matrix(labels)
+        valid = _validation.label_validity(labels, self.num_classes)
+        labels = _validation.checked_ids(labels, self.num_classes)
+        weights, bias = self._weights()
+        if training and self.sampler is not None:
+            sampled_ids, sampled_log_q = self.sampler.sample(query, self.num_samples)
+            true_log_q = self.sampler.log_prob(query, labels) if self.correct_positive else None
+            loss = estimator.sampled_softmax_loss(
+                query, labels, sampled_ids, sampled_log_q, weights, bias,
+                true_log_q=true_log_q,
+                correct_positive=self.correct_positive,
+                remove_accidental_hits=self.remove_accidental_hits,
+                logit_transform=self._logit_transform(),
+            )
+        else:
+            loss = estimator.full_softmax_loss(
+                query, labels, weights, bias, logit_transform=self._logit_transform()
+            )
+        loss = _validation.poison_invalid_rows(loss, valid)
+        if sample_weight is not None:
+            loss *= tf.reshape(tf.cast(sample_weight, loss.dtype), tf.shape(loss))
+        return loss
+
+    # -- serving -----------------------------------------------------------------------------
+    def logits(self, query) -> tf.Tensor:
+        """All N logits [B, N] for query [B, d]; the prediction distribution is their softmax."""
+        query = _validation.as_queries(query, "query", width=self.embedding_dim)
+        if self.embedding_dim is None:
+            self.build_for_dim(int(query.shape[-1]))
+        weights, bias = self._weights()
+        return estimator.full_logits(query, weights, bias, self._logit_transform())
+
+    def top_k(self, query, k: int = 10):
+        """(scores [B, k], ids [B, k]) of the k highest logits, best first."""
+        k = _validation.check_positive_int(k, "k")
+        if k > self.num_classes:
+            raise ValueError(f"`k` must be <= num_classes={self.num_classes}; got {k}.")
+        scores, ids = tf.math.top_k(self.logits(query), k=k)
+        return scores, ids
+
+    # -- sampler state -----------------------------------------------------------------------
+    def refresh_sampler(self) -> None:
+        """Rebuilds the sampler's adaptive state from the current W and b (a graph function)."""
+        if self.sampler is None or not self.sampler.adaptive or self.embedding_dim is None:
+            return
+        if self._refresh_function is None:
+            self._refresh_function = tf.function(
+                lambda: self.sampler.refresh(*self._weights()), autograph=False
+            )
+        self._refresh_function()
+
+    # -- config ------------------------------------------------------------------------------
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "sampler": None if self.sampler is None else serialize(self.sampler),
+                "num_samples": self.num_samples,
+                "use_bias": self.use_bias,
+                "correct_positive": self.correct_positive,
+                "remove_accidental_hits": self.remove_accidental_hits,
+                "add_to_model_loss": self.add_to_model_loss,
+                "absolute_softmax": self.absolute_softmax,
+                "embeddings_initializer": K.initializers.serialize(self.embeddings_initializer),
+            }
+        )
+        return config
+
+    def compute_output_shape(self, input_shape):
+        query_shape = input_shape[0]
+        return (query_shape[0],)

@@ -1,0 +1,110 @@
+"""Keras `Loss` adapter: `model.compile(loss=SampledSoftmaxLoss(output_layer))`.
+
+The model's output (y_pred) is the query embedding [B, d]; y_true holds the class ids [B] or
+[B, num_true]. The adapter delegates to an `AdaptiveSampledSoftmaxLoss` layer, which owns W, b and
+the sampler: sampled loss while gradients are being recorded (the train step), exact full-softmax
+loss otherwise (`evaluate`), so validation numbers are honest.
+
+The layer's weights must train with the model, so the model must track the layer: pass
+`model=` (a functional or subclassed model) and the adapter builds the layer for the model's
+output width and attaches it (`Sequential` models cannot track an extra layer: a clear error says
+so). A compiled model saved to `.keras` does not carry this loss's link to the layer: reload with
+`compile=False` and compile again.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tf_adaptive_softmax._keras import K, register_serializable
+
+
+def _recording_gradients() -> bool:
+    """True inside a GradientTape (Keras train steps): the only reliable train/eval signal a loss
+    object sees, since Keras passes it no `training` flag."""
+    try:
+        from tensorflow.python.eager import record  # pylint: disable=import-outside-toplevel
+
+        return bool(record.could_possibly_record())
+    except (ImportError, AttributeError):  # pragma: no cover - private API moved
+        return True
+
+
+def attach(output_layer, model) -> None:
+    """Builds `output_layer` for `model`'s output width and makes `model` track its weights."""
+    width = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
+    if width is None:
+        raise ValueError("`model` must be built (its output width known) before attaching the output layer.")
+    output_layer.build_for_dim(int(width))
+    setattr(model, f"sampled_softmax_{output_layer.name}", output_layer)
+    tracked = {id(v) for v in model.trainable_weights}
+    if any(id(v) not in tracked for v in output_layer.trainable_weights):
+        raise ValueError(
+            f"{type(model).__name__} does not track extra layers, so the class embeddings would never "
+            "train. Use a functional model (keras.Model(inputs, query)) or a subclassed model."
+        )
+
+
+@register_serializable
+class SampledSoftmaxLoss(K.losses.Loss):
+    """Adapts an `AdaptiveSampledSoftmaxLoss` layer to `model.compile(loss=...)`.
+
+    Args:
+      output_layer: the `AdaptiveSampledSoftmaxLoss` holding the class embeddings and sampler.
+      model: the model whose output is the query; the layer is built and attached to it. Leave it
+        None only when the model already tracks the layer.
+      mode: "auto" (sampled inside a GradientTape, exact otherwise), "sampled" or "full".
+      reduction, name: as for any Keras loss (default: mean over the batch).
+
+    Example:
+        >>> import tensorflow as tf
+        >>> import tf_adaptive_softmax as tfas
+        >>> K = tf.keras
+        >>> output = tfas.AdaptiveSampledSoftmaxLoss(500, tfas.samplers.LogUniform(500), num_samples=16)
+        >>> features = K.Input((8,))
+        >>> model = K.Model(features, K.layers.Dense(16)(features))
+        >>> model.compile(optimizer="adam", loss=tfas.SampledSoftmaxLoss(output, model=model))
+        >>> x = tf.random.normal([64, 8]); y = tf.random.uniform([64], 0, 500, tf.int32)
+        >>> _ = model.fit(x, y, epochs=1, verbose=0)
+    """
+
+    def __init__(
+        self, output_layer, model=None, mode: str = "auto", reduction="sum_over_batch_size", name=None
+    ):
+        if mode not in ("auto", "sampled", "full"):
+            raise ValueError(f"`mode` must be 'auto', 'sampled' or 'full'; got {mode!r}.")
+        if not hasattr(output_layer, "per_example_loss"):
+            raise TypeError(
+                f"`output_layer` must be an AdaptiveSampledSoftmaxLoss layer; got {output_layer!r}."
+            )
+        super().__init__(reduction=reduction, name=name or "sampled_softmax_loss")
+        self.output_layer = output_layer
+        self.mode = mode
+        if model is not None:
+            attach(output_layer, model)
+
+    def _training(self) -> bool:
+        return self.mode == "sampled" or (self.mode == "auto" and _recording_gradients())
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        # Bypasses Keras' own conversion, which would cast the integer ids to float.
+        per_example = self.output_layer.per_example_loss(y_pred, y_true, training=self._training())
+        if sample_weight is not None:
+            per_example *= tf.reshape(tf.cast(sample_weight, per_example.dtype), tf.shape(per_example))
+        reduction = str(getattr(self.reduction, "value", self.reduction)).lower()
+        if reduction in ("none", "reduction.none"):
+            return per_example
+        total = tf.reduce_sum(per_example)
+        if reduction in ("sum", "reduction.sum"):
+            return total
+        return total / tf.cast(tf.shape(per_example)[0], total.dtype)
+
+    def call(self, y_true, y_pred):
+        return self.output_layer.per_example_loss(y_pred, y_true, training=self._training())
+
+    def get_config(self) -> dict:
+        # The layer is a live object with weights: it cannot round-trip through a config.
+        raise NotImplementedError(
+            "SampledSoftmaxLoss links to a live layer; save the model and reload it with "
+            "compile=False, then compile again with a new SampledSoftmaxLoss."
+        )

@@ -1,0 +1,9 @@
+"""Proposal distributions, one per module, all keeping the contract of `samplers.base.Sampler`."""
+
+from tf_adaptive_softmax.samplers.base import Sampler
+from tf_adaptive_softmax.samplers.log_uniform import LogUniform
+from tf_adaptive_softmax.samplers.softmax import Softmax
+from tf_adaptive_softmax.samplers.uniform import Uniform
+from tf_adaptive_softmax.samplers.unigram import Unigram
+
+__all__ = ["Sampler", "Uniform", "LogUniform", "Unigram", "Softmax"]

@@ -1,0 +1,156 @@
+"""The contract every proposal distribution keeps (DESIGN §3.2).
+
+A sampler is a Keras layer (so its state travels with `.keras` files, checkpoints and
+`save_weights`) exposing three methods:
+
+* `sample(queries [B, d], num_samples m, seed=None) -> (ids [B, m] int32, log_q [B, m] float32)`:
+  m draws per query, with replacement, with the normalized log-probability of each under the
+  distribution actually used for the draw.
+* `log_prob(queries [B, d], ids [B, k]) -> [B, k]`: the same normalized log-probability for any ids.
+* `refresh(class_embeddings [N, d], class_bias=None)`: rebuild adaptive state from the current
+  model. Static samplers ignore it. It only `assign`s to fixed-shape variables, so an already
+  traced (or XLA-compiled) train step sees the new state without retracing.
+
+Randomness is stateless with int32 seeds (XLA cannot compile int64 seeds). With `seed=None` the
+sampler draws from its own seed stream, a non-trainable [2] int32 variable advanced once per call,
+so training is reproducible from the constructor's `seed` and resumes exactly from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from tf_adaptive_softmax import _validation
+from tf_adaptive_softmax._keras import K
+
+
+def seed_pair(seed) -> tf.Tensor:
+    """An int32 [2] stateless seed from a Python int or a [2] tensor."""
+    if isinstance(seed, int):
+        return tf.constant([seed % (2**31 - 1), 0], dtype=tf.int32)
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape.rank != 1 or seed.shape[0] != 2:
+        raise ValueError(f"`seed` must be a Python int or a [2] integer tensor; got shape {seed.shape}.")
+    if not seed.dtype.is_integer:
+        raise TypeError(f"`seed` must be integer; got dtype {seed.dtype.name}.")
+    return tf.cast(seed, tf.int32)
+
+
+def sub_seed(seed: tf.Tensor, index: int) -> tf.Tensor:
+    """An independent int32 seed derived from `seed` (one per random quantity of a draw)."""
+    return tf.random.experimental.stateless_fold_in(seed, index, alg="philox")
+
+
+def uniform_ints(shape, maxval, seed: tf.Tensor) -> tf.Tensor:
+    """Stateless uniform int32 in [0, maxval); maxval may be a tensor broadcast against `shape`."""
+    # A float draw scaled per element lets each row have its own range (bucket sizes) in O(1).
+    u = tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
+    maxval = tf.cast(maxval, tf.float32)
+    return tf.cast(tf.minimum(tf.floor(u * maxval), maxval - 1.0), tf.int32)
+
+
+class Sampler(K.layers.Layer):
+    """Base class of all proposal distributions. Subclasses implement `_sample` and `_log_prob`.
+
+    Args:
+      num_classes: size N of the output space.
+      seed: optional int; seeds the sampler's own stream used when `sample(seed=None)`.
+    """
+
+    #: True for samplers whose distribution depends on the model (refresh changes it).
+    adaptive: bool = False
+
+    def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.num_classes = _validation.check_positive_int(num_classes, "num_classes")
+        self.seed = seed
+        initial = [0 if seed is None else int(seed) % (2**31 - 1), 0]
+        self._seed_state = self.add_weight(
+            name="seed_state",
+            shape=(2,),
+            dtype="int32",
+            trainable=False,
+            initializer=lambda shape, dtype=None: tf.constant(initial, dtype=tf.int32),
+        )
+        self.embedding_dim: Optional[int] = None
+
+    # -- state -------------------------------------------------------------------------------
+    def build_state(self, embedding_dim: int) -> None:
+        """Creates the d-dependent state variables. Called by the loss layer's `build`."""
+        self.embedding_dim = int(embedding_dim)
+        self.built = True
+
+    def build(self, input_shape=None):
+        if input_shape is not None and self.embedding_dim is None:
+            self.build_state(int(input_shape[-1]))
+        self.built = True
+
+    def bind(self, class_embeddings, class_bias=None) -> None:
+        """Gives samplers that read the model's live weights (the `Softmax` oracle) a handle."""
+
+    # -- contract ----------------------------------------------------------------------------
+    def sample(self, queries, num_samples: int, seed=None) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Draws `num_samples` class ids per query with replacement.
+
+        Returns:
+          ids: int32 [B, num_samples].
+          log_q: float32 [B, num_samples], the normalized log-probability of each draw.
+        """
+        num_samples = _validation.check_num_samples(num_samples)
+        queries = _validation.as_queries(queries, width=self.embedding_dim)
+        seed = self._next_seed() if seed is None else seed_pair(seed)
+        ids, log_q = self._sample(queries, num_samples, seed)
+        return tf.stop_gradient(ids), tf.stop_gradient(log_q)
+
+    def log_prob(self, queries, ids) -> tf.Tensor:
+        """Normalized log q of `ids` [B, k] (or [B], returned as [B, 1]) for each query."""
+        queries = _validation.as_queries(queries, width=self.embedding_dim)
+        ids = _validation.as_label_matrix(ids, name="ids")
+        ids = _validation.checked_ids(ids, self.num_classes, name="ids")
+        return tf.stop_gradient(self._log_prob(queries, ids))
+
+    def refresh(self, class_embeddings, class_bias=None) -> None:
+        """Rebuilds adaptive state from the current class embeddings [N, d] (a no-op here)."""
+        class_embeddings = tf.convert_to_tensor(class_embeddings)
+        _validation.check_embedding_shape(
+            class_embeddings, self.num_classes, self.embedding_dim, "class_embeddings"
+        )
+
+    def _sample(self, queries, num_samples, seed):
+        raise NotImplementedError
+
+    def _log_prob(self, queries, ids):
+        raise NotImplementedError
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _next_seed(self) -> tf.Tensor:
+        seed = tf.identity(self._seed_state)
+        self._seed_state.assign_add(tf.constant([0, 1], dtype=tf.int32))
+        return seed
+
+    @staticmethod
+    def _batch_size(queries: tf.Tensor) -> tf.Tensor:
+        return tf.shape(queries)[0]
+
+    def _constant_log_prob(self, queries, ids, log_q) -> tf.Tensor:
+        return tf.fill(tf.shape(ids), tf.constant(log_q, tf.float32))
+
+    def call(self, queries, ids=None):
+        """`sampler(queries, ids)` is `log_prob`; provided so the layer can be called in a model."""
+        return self.log_prob(queries, ids)
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "seed": self.seed})
+        for key in ("trainable", "dtype"):
+            config.pop(key, None)
+        return config
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_classes={self.num_classes})"
+
