@@ -19,7 +19,16 @@ def _softmax():
     return sampler
 
 
+def _midx(quantizer, residual):
+    sampler = samplers.MIDX(NUM_CLASSES, num_codewords=3, quantizer=quantizer, residual=residual,
+                            counts=_counts() if residual == "unigram" else None, seed=3)
+    sampler.refresh(np.random.default_rng(1).standard_normal((NUM_CLASSES, 4)).astype(np.float32))
+    return sampler
+
+
 FACTORIES = {
+    "midx_pq_uniform": lambda: _midx("pq", "uniform"),
+    "midx_rvq_unigram": lambda: _midx("rvq", "unigram"),
     "uniform": lambda: samplers.Uniform(NUM_CLASSES, seed=3),
     "log_uniform": lambda: samplers.LogUniform(NUM_CLASSES, seed=3),
     "unigram": lambda: samplers.Unigram(_counts(), power=0.75, seed=3),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import forbidden_in, graph_ops
+from conftest import forbidden_in
 from test_samplers import FACTORIES, NUM_CLASSES
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, estimator, samplers
 from tf_adaptive_softmax._keras import K
@@ -17,13 +17,10 @@ def _compiled(fn, *args):
     return result, graph_def
 
 
-def _categorical_widths(graph_def):
-    """Number of categories of every StatelessMultinomial op (static logits width)."""
-    widths = []
-    for node in graph_ops(graph_def):
-        if node.op == "StatelessMultinomial":
-            widths.append(node)
-    return widths
+def _categorical_widths(fn, *args):
+    """Number of categories (static logits width) of every StatelessMultinomial op of a trace."""
+    graph = tf.function(fn).get_concrete_function(*args).graph
+    return [op.inputs[0].shape[-1] for op in graph.get_operations() if op.type == "StatelessMultinomial"]
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -39,8 +36,11 @@ def test_sampler_ops_compile_without_forbidden_ops(name):
     _, refresh_graph = _compiled(lambda e: sampler.refresh(e) or tf.constant(0), embeddings)
     for graph_def in (sample_graph, log_prob_graph, refresh_graph):
         assert not forbidden_in(graph_def)
+    widths = _categorical_widths(lambda q: sampler.sample(q, 8), queries)
     if name != "softmax":  # only the documented O(N) oracle may draw a categorical over N
-        assert not _categorical_widths(sample_graph)
+        assert all(width is not None and width < NUM_CLASSES for width in widths), widths
+    else:
+        assert widths == [NUM_CLASSES]
 
 
 def test_estimator_compiles_without_forbidden_ops():

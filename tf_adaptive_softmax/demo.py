@@ -36,6 +36,8 @@ SAMPLERS: Dict[str, SamplerFactory] = {
     "uniform": lambda n, counts: samplers.Uniform(n, seed=1),
     "log_uniform": lambda n, counts: samplers.LogUniform(n, seed=1),
     "unigram": lambda n, counts: samplers.Unigram(counts + 1.0, power=0.75, seed=1),
+    "midx_pq": lambda n, counts: samplers.MIDX(n, num_codewords=32, quantizer="pq", include_bias=True, seed=1),
+    "midx_rvq": lambda n, counts: samplers.MIDX(n, num_codewords=32, quantizer="rvq", include_bias=True, seed=1),
     "softmax": lambda n, counts: samplers.Softmax(n, seed=1),
 }
 
@@ -74,7 +76,7 @@ def train_and_evaluate(
     timer = _EpochTimer()
     model.fit(
         x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose, shuffle=True,
-        callbacks=[timer, CodebookRefresh(output)],
+        callbacks=[timer, CodebookRefresh(output, every_n_steps=100)],
     )
     logits = np.concatenate(
         [output.logits(model(x_test[i:i + 1024], training=False)).numpy() for i in range(0, len(y_test), 1024)]
@@ -105,13 +107,13 @@ def format_table(rows: Sequence[dict], floor: float) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-classes", type=int, default=5000)
+    parser.add_argument("--num-classes", type=int, default=2000)
     parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--train-examples", type=int, default=60_000)
+    parser.add_argument("--train-examples", type=int, default=100_000)
     parser.add_argument("--test-examples", type=int, default=5_000)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=1e-2)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--num-samples", default="5,20,100", help="comma-separated sample sizes m")
     parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"any of {', '.join(SAMPLERS)}")
     parser.add_argument("--jit-compile", action="store_true", help="train with XLA (jit_compile=True)")
@@ -119,7 +121,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.num_classes, args.train_examples, args.test_examples, args.epochs = 2000, 20_000, 2_000, 2
+        args.num_classes, args.train_examples, args.test_examples, args.epochs = 1000, 20_000, 2_000, 2
         args.num_samples = "5,50"
     return args
 

@@ -44,12 +44,60 @@ def sub_seed(seed: tf.Tensor, index: int) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(seed, index, alg="philox")
 
 
-def uniform_ints(shape, maxval, seed: tf.Tensor) -> tf.Tensor:
-    """Stateless uniform int32 in [0, maxval); maxval may be a tensor broadcast against `shape`."""
-    # A float draw scaled per element lets each row have its own range (bucket sizes) in O(1).
-    u = tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
+def ints_from_uniform(u: tf.Tensor, maxval) -> tf.Tensor:
+    """Maps u ~ U[0, 1) to a uniform int32 in [0, maxval); `maxval` may vary per element (bucket
+    sizes), which makes a uniform pick inside a bucket O(1)."""
     maxval = tf.cast(maxval, tf.float32)
     return tf.cast(tf.minimum(tf.floor(u * maxval), maxval - 1.0), tf.int32)
+
+
+def uniform_ints(shape, maxval, seed: tf.Tensor) -> tf.Tensor:
+    """Stateless uniform int32 in [0, maxval)."""
+    return ints_from_uniform(tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32), maxval)
+
+
+def cumulative_over_last_axis(weights: tf.Tensor) -> tf.Tensor:
+    """Inclusive cumulative sum over a small last axis K, as one matmul with a triangular matrix.
+
+    XLA:CPU lowers `tf.cumsum` to a reduce-window that is slow for this shape; a [..., K] x [K, K]
+    matmul is fast on every backend.
+    """
+    size = weights.shape[-1]
+    upper = tf.linalg.band_part(tf.ones([size, size], weights.dtype), 0, -1)
+    return tf.einsum("...k,kj->...j", weights, upper)
+
+
+def search_buckets(cumulative: tf.Tensor, start: tf.Tensor, end: tf.Tensor, target: tf.Tensor, steps: int):
+    """Smallest position p in [start, end) with cumulative[p] > target (elementwise, fixed steps).
+
+    `cumulative` is flat and non-decreasing inside every [start, end) range. `steps` >=
+    log2(longest range) + 1 iterations of a branch-free binary search: XLA-safe and O(log range)
+    per draw, where `tf.searchsorted` is O(N) per draw under XLA and `stateless_categorical`
+    draws one Gumbel variate per category.
+    """
+    low, high = start, end - 1
+    for _ in range(steps):
+        middle = (low + high) // 2
+        go_left = tf.gather(cumulative, middle) > target
+        high = tf.where(go_left, middle, high)
+        low = tf.where(go_left, low, middle + 1)
+    return low
+
+
+def draw_from_cdf_rows(cdf: tf.Tensor, rows: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    """Inverse-CDF draws: for each entry, index k in [0, K) of row `rows` of `cdf` [R, K].
+
+    `cdf` holds unnormalized inclusive cumulative masses; u ~ U[0, 1) has the shape of `rows`.
+    Categories without mass are never returned.
+    """
+    size = cdf.shape[-1]
+    total = cdf[:, -1]
+    # Rounding of u·total can reach the end of a row; clamp to the last category with mass.
+    last = tf.reduce_sum(tf.cast(cdf < total[:, tf.newaxis], tf.int32), axis=1)
+    start = rows * size
+    steps = max(1, math.ceil(math.log2(size))) + 1
+    position = search_buckets(tf.reshape(cdf, [-1]), start, start + size, u * tf.gather(total, rows), steps)
+    return tf.minimum(position - start, tf.gather(last, rows))
 
 
 class Sampler(K.layers.Layer):

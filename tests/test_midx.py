@@ -1,0 +1,232 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import chi_square_pvalue, forbidden_in
+from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, quantization, samplers
+from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax.samplers.base import search_buckets
+from tf_adaptive_softmax.samplers.midx import segmented_cumsum
+
+N, D = 203, 6  # N prime: a multiple of nothing
+
+
+def _embeddings(n=N, d=D, clusters=12, spread=0.05, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d)) * 2
+    return (centres[rng.integers(0, clusters, n)] + spread * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def _midx(quantizer="rvq", residual="uniform", n=N, k=4, **kwargs):
+    counts = np.random.default_rng(5).integers(0, 30, n).astype(np.float64) if residual == "unigram" else None
+    return samplers.MIDX(n, num_codewords=k, quantizer=quantizer, residual=residual, counts=counts, seed=1, **kwargs)
+
+
+def _numpy_log_q(sampler, queries, embeddings=None, bias=None):
+    """Independent formula: q ∝ exp(<z, q̂_i>) · w_i with q̂ rebuilt from codebooks and codes."""
+    c1, c2 = (c.numpy() for c in sampler.codebooks)
+    codes = sampler.codes.numpy()
+    q_hat = quantization.reconstruct(c1, c2, codes[:, 0], codes[:, 1], sampler.quantizer).numpy()
+    logits = queries @ q_hat.T
+    if sampler.residual == "unigram":
+        with np.errstate(divide="ignore"):
+            logits = logits + sampler.power * np.log(sampler._counts)
+    if sampler.include_bias and bias is not None:
+        logits = logits + bias
+    return logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+
+
+VARIANTS = [(q, r) for q in ("pq", "rvq") for r in ("uniform", "unigram")]
+
+
+@pytest.mark.parametrize("quantizer,residual", VARIANTS)
+def test_frequencies_match_log_prob_and_independent_formula(quantizer, residual):
+    sampler = _midx(quantizer, residual)
+    sampler.refresh(_embeddings())
+    queries = np.random.default_rng(3).standard_normal((3, D)).astype(np.float32)
+    all_ids = np.tile(np.arange(N), (3, 1))
+    log_prob = sampler.log_prob(queries, all_ids).numpy()
+    np.testing.assert_allclose(log_prob, _numpy_log_q(sampler, queries), atol=2e-4)
+    np.testing.assert_allclose(np.logaddexp.reduce(log_prob, axis=1), 0.0, atol=1e-5)
+    ids, log_q = sampler.sample(queries, num_samples=30000, seed=2)
+    np.testing.assert_allclose(log_q.numpy(), np.take_along_axis(log_prob, ids.numpy(), 1), atol=1e-4)
+    for row in range(3):
+        counts = np.bincount(ids[row].numpy(), minlength=N)
+        assert chi_square_pvalue(counts, np.exp(log_prob[row]), counts.sum()) > 1e-3
+
+
+def test_include_bias_folds_the_bias_into_the_proposal():
+    sampler = _midx("pq", "uniform", include_bias=True)
+    bias = np.random.default_rng(2).standard_normal(N).astype(np.float32) * 2
+    sampler.refresh(_embeddings(), bias)
+    queries = np.random.default_rng(3).standard_normal((2, D)).astype(np.float32)
+    log_prob = sampler.log_prob(queries, np.tile(np.arange(N), (2, 1))).numpy()
+    np.testing.assert_allclose(log_prob, _numpy_log_q(sampler, queries, bias=bias), atol=2e-4)
+    ids, _ = sampler.sample(queries, num_samples=30000, seed=4)
+    counts = np.bincount(ids[0].numpy(), minlength=N)
+    assert chi_square_pvalue(counts, np.exp(log_prob[0]), counts.sum()) > 1e-3
+
+
+def test_uniform_before_first_refresh():
+    sampler = _midx()
+    sampler.build_state(D)
+    lp = sampler.log_prob(np.ones((1, D), np.float32), np.arange(N)[None]).numpy()
+    np.testing.assert_allclose(lp, -np.log(N), atol=1e-5)
+
+
+def test_kl_to_softmax_far_below_uniform_on_clustered_embeddings():
+    n, d = 4000, 16
+    embeddings = _embeddings(n, d, clusters=16, spread=0.1, seed=1)
+    queries = np.random.default_rng(4).standard_normal((64, d)).astype(np.float32)
+    logits = queries @ embeddings.T
+    log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    p = np.exp(log_p)
+    kl_uniform = np.mean(np.sum(p * (log_p + np.log(n)), axis=1))
+    for quantizer in ("pq", "rvq"):
+        sampler = samplers.MIDX(n, num_codewords=16, quantizer=quantizer, seed=0)
+        sampler.refresh(embeddings)
+        log_q = sampler.log_prob(queries, np.tile(np.arange(n), (64, 1))).numpy()
+        kl_midx = np.mean(np.sum(p * (log_p - log_q), axis=1))
+        print(f"{quantizer}: KL(p||MIDX)={kl_midx:.4f} KL(p||Uniform)={kl_uniform:.4f}")
+        assert kl_midx * 10 < kl_uniform
+
+
+def test_refresh_is_warm_started_and_deterministic():
+    embeddings = _embeddings()
+    a, b = _midx(), _midx()
+    a.refresh(embeddings)
+    b.refresh(embeddings)
+    np.testing.assert_array_equal(a.codes.numpy(), b.codes.numpy())
+    before = a.codebooks[0].numpy()
+    a.refresh(embeddings)  # warm start from converged codebooks: little moves
+    assert np.abs(a.codebooks[0].numpy() - before).max() < 0.5
+
+
+def test_index_is_consistent():
+    sampler = _midx(k=5)
+    sampler.refresh(_embeddings())
+    sizes = sampler.bucket_sizes.numpy()
+    codes = sampler.codes.numpy()
+    assert sizes.sum() == N and sizes.shape == (5, 5)
+    expected = np.zeros((5, 5), int)
+    np.add.at(expected, (codes[:, 0], codes[:, 1]), 1)
+    np.testing.assert_array_equal(sizes, expected)
+    sorted_ids = sampler.sorted_ids.numpy()
+    assert sorted(sorted_ids) == list(range(N))
+    buckets = codes[sorted_ids, 0] * 5 + codes[sorted_ids, 1]
+    assert np.all(np.diff(buckets) >= 0)
+
+
+def test_empty_buckets_and_more_buckets_than_classes():
+    # K*K = 400 > N = 30: most buckets are empty and must never be drawn.
+    n = 30
+    sampler = samplers.MIDX(n, num_codewords=20, quantizer="pq", seed=0)
+    sampler.refresh(_embeddings(n, 4, clusters=3))
+    assert (sampler.bucket_sizes.numpy() == 0).sum() > 300
+    queries = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    log_prob = sampler.log_prob(queries, np.tile(np.arange(n), (2, 1))).numpy()
+    np.testing.assert_allclose(np.logaddexp.reduce(log_prob, axis=1), 0.0, atol=1e-5)
+    ids, _ = sampler.sample(queries, num_samples=20000, seed=1)
+    counts = np.bincount(ids[0].numpy(), minlength=n)
+    assert chi_square_pvalue(counts, np.exp(log_prob[0]), counts.sum()) > 1e-3
+
+
+def test_identical_embeddings_do_not_break_kmeans():
+    sampler = _midx("rvq", "unigram", k=4)
+    sampler.refresh(np.ones((N, D), np.float32))
+    lp = sampler.log_prob(np.ones((1, D), np.float32), np.arange(N)[None]).numpy()
+    assert np.isfinite(np.logaddexp.reduce(lp[0])) and abs(np.logaddexp.reduce(lp[0])) < 1e-5
+
+
+def test_odd_width_product_quantization():
+    sampler = samplers.MIDX(N, num_codewords=4, quantizer="pq", seed=0)
+    sampler.refresh(_embeddings(d=7))
+    c1, c2 = sampler.codebooks
+    assert c1.shape == (4, 3) and c2.shape == (4, 4)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="num_codewords"):
+        samplers.MIDX(10, num_codewords=11)
+    with pytest.raises(ValueError, match="quantizer"):
+        samplers.MIDX(10, num_codewords=2, quantizer="opq")
+    with pytest.raises(ValueError, match="residual"):
+        samplers.MIDX(10, num_codewords=2, residual="pop")
+    with pytest.raises(ValueError, match="counts"):
+        samplers.MIDX(10, num_codewords=2, residual="unigram")
+    with pytest.raises(ValueError, match="width >= 2"):
+        samplers.MIDX(10, num_codewords=2, quantizer="pq").build_state(1)
+    sampler = _midx()
+    sampler.refresh(_embeddings())
+    with pytest.raises(ValueError, match="class_embeddings"):
+        sampler.refresh(_embeddings(d=D + 1))
+    codes = sampler.codes.numpy()
+    bad = _embeddings()
+    bad[3, 1] = np.nan
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN"):
+        sampler.refresh(bad)
+    np.testing.assert_array_equal(codes, sampler.codes.numpy())  # nothing half-updated
+
+
+@pytest.mark.parametrize("quantizer,residual", VARIANTS)
+def test_xla_compiles_sample_log_prob_and_refresh(quantizer, residual):
+    sampler = _midx(quantizer, residual)
+    embeddings = tf.constant(_embeddings())
+    refresh = tf.function(lambda e: sampler.refresh(e) or tf.constant(0), jit_compile=True)
+    refresh(embeddings)
+    queries = tf.random.normal((4, D))
+    sample = tf.function(lambda q: sampler.sample(q, 16), jit_compile=True)
+    ids, log_q = sample(queries)
+    log_prob = tf.function(sampler.log_prob, jit_compile=True)
+    np.testing.assert_allclose(log_prob(queries, ids).numpy(), log_q.numpy(), atol=1e-4)
+    for fn, args in ((refresh, (embeddings,)), (sample, (queries,)), (log_prob, (queries, ids))):
+        graph_def = fn.get_concrete_function(*args).graph.as_graph_def()
+        assert not forbidden_in(graph_def)
+    graph = tf.function(lambda q: sampler.sample(q, 16)).get_concrete_function(queries).graph
+    widths = [op.inputs[0].shape[-1] for op in graph.get_operations() if op.type == "StatelessMultinomial"]
+    assert not widths  # inverse-CDF draws over K codewords: no categorical op at all
+    # Compare with the eager refresh: same state for the same seed stream.
+    eager = _midx(quantizer, residual)
+    eager.refresh(embeddings)
+    np.testing.assert_array_equal(eager.bucket_sizes.numpy().sum(), sampler.bucket_sizes.numpy().sum())
+
+
+def test_segmented_cumsum_and_bucket_search():
+    values = tf.constant([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    segments = tf.constant([0, 0, 2, 2, 2, 5])
+    np.testing.assert_allclose(segmented_cumsum(values, segments).numpy(), [1, 3, 3, 7, 12, 6])
+    cumulative = tf.constant([1.0, 3.0, 3.0, 7.0, 12.0, 6.0])
+    start, end = tf.constant([0, 2, 2, 2, 5]), tf.constant([2, 5, 5, 5, 6])
+    target = tf.constant([0.5, 2.9, 3.0, 11.99, 0.0])
+    np.testing.assert_array_equal(search_buckets(cumulative, start, end, target, 4).numpy(), [0, 2, 3, 4, 5])
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_refresh_during_fit_is_seen_by_the_compiled_step(jit_compile):
+    n, d = 120, 8
+    sampler = samplers.MIDX(n, num_codewords=4, seed=0)
+    layer = AdaptiveSampledSoftmaxLoss(n, sampler, num_samples=8)
+    features = K.Input((d,))
+    model = K.Model(features, K.layers.Dense(d)(features))
+    model.compile(optimizer=K.optimizers.Adam(0.05), loss=SampledSoftmaxLoss(layer, model=model),
+                  jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, d)).astype(np.float32)
+    y = rng.integers(0, n, 256).astype(np.int32)
+    refresh = CodebookRefresh(layer, every_n_steps=4)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[refresh])
+    assert refresh.refresh_count == 2 + 4
+    assert bool(sampler.initialized.numpy())
+    # The state equals a fresh quantization of the current embeddings' buckets, not the initial one.
+    assert (sampler.bucket_sizes.numpy() > 0).sum() > 1
+    assert model.train_function is not None
+
+
+def test_state_memory_per_class():
+    n, k, d = 10_000, 16, 32
+    for residual, per_class in (("uniform", 8), ("unigram", 16)):
+        sampler = samplers.MIDX(n, num_codewords=k, residual=residual,
+                                counts=np.ones(n) if residual == "unigram" else None)
+        sampler.build_state(d)
+        fixed = 4 * (2 * k * d + k * k + k * k + 1) + 1
+        assert sampler.state_bytes() == per_class * n + fixed

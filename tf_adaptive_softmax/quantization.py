@@ -1,0 +1,179 @@
+"""k-means, product and residual quantization in TensorFlow: fixed shapes, XLA-compilable.
+
+Everything here runs inside a graph function (a sampler's `refresh`): the iteration count is fixed,
+shapes are static, the nearest-centroid search is chunked so that [N, K] distances never sit in
+memory at once, and empty clusters are re-seeded with random points so every codeword stays used.
+
+Example:
+    >>> import tensorflow as tf
+    >>> from tf_adaptive_softmax import quantization
+    >>> points = tf.concat([tf.random.normal([50, 2]) - 5.0, tf.random.normal([50, 2]) + 5.0], 0)
+    >>> init = quantization.random_rows(points, 2, seed=tf.constant([0, 1]))
+    >>> centroids, codes = quantization.kmeans(points, init, iterations=10, seed=tf.constant([0, 2]))
+    >>> int(tf.reduce_sum(tf.cast(codes[:50] == codes[0], tf.int32))), int(tf.reduce_sum(tf.cast(codes[50:] == codes[50], tf.int32)))
+    (50, 50)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import tensorflow as tf
+
+from tf_adaptive_softmax.samplers.base import sub_seed, uniform_ints
+
+# Distances of one chunk stay under this many floats (16 MB).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def random_rows(points: tf.Tensor, num_rows: int, seed: tf.Tensor) -> tf.Tensor:
+    """`num_rows` distinct rows of `points`, chosen uniformly (top-k of random keys: XLA-safe)."""
+    keys = tf.random.stateless_uniform(tf.shape(points)[:1], seed=seed)
+    return tf.gather(points, tf.math.top_k(keys, k=num_rows).indices)
+
+
+def kmeans_plus_plus(points: tf.Tensor, num_centroids: int, seed: tf.Tensor, sample_size: int = 4096) -> tf.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on a random subsample of the points.
+
+    Each round draws 2 + ln K candidates with probability ∝ their squared distance to the nearest
+    chosen centroid and keeps the one that lowers the total distance most. This spreads the seeds
+    over the clusters (random seeds often put two in one cluster and leave Lloyd's iterations
+    stuck). The subsample keeps the K sequential rounds cheap at any N.
+    """
+    trials = 2 + int(math.log(max(num_centroids, 1)))
+    num_points = points.shape[0]
+    sample = random_rows(points, min(sample_size, num_points), sub_seed(seed, 0)) if (
+        num_points is None or num_points > sample_size) else points
+    first = sample[:1]
+    nearest = tf.reduce_sum(tf.square(sample - first), axis=1)
+    centroids = tf.tensor_scatter_nd_update(
+        tf.zeros([num_centroids, points.shape[1]], points.dtype), [[0]], first
+    )
+
+    def step(index, centroids, nearest):
+        # A floor keeps the logits finite when every point coincides with a chosen centroid.
+        logits = tf.math.log(nearest + 1e-30)[tf.newaxis, :]
+        picks = tf.random.stateless_categorical(logits, trials, seed=sub_seed(seed, index), dtype=tf.int32)[0]
+        candidates = tf.gather(sample, picks)  # [trials, d]
+        distances = tf.reduce_sum(tf.square(sample[tf.newaxis] - candidates[:, tf.newaxis]), axis=2)
+        updated = tf.minimum(nearest[tf.newaxis], distances)  # [trials, S]
+        best = tf.argmin(tf.reduce_sum(updated, axis=1), output_type=tf.int32)
+        centroids = tf.tensor_scatter_nd_update(centroids, [[index]], candidates[best][tf.newaxis])
+        return index + 1, centroids, updated[best]
+
+    _, centroids, _ = tf.while_loop(
+        lambda index, *_: index < num_centroids, step, (tf.constant(1), centroids, nearest),
+        maximum_iterations=max(num_centroids - 1, 1),
+    )
+    return centroids
+
+
+def nearest_centroid(points: tf.Tensor, centroids: tf.Tensor) -> tf.Tensor:
+    """int32 [N]: index of the nearest centroid (squared L2) for each point, chunked over N."""
+    num_points = points.shape[0]
+    num_centroids = centroids.shape[0]
+    half_norms = 0.5 * tf.reduce_sum(tf.square(centroids), axis=1)
+
+    def assign(chunk):
+        # argmin ||x - c||² = argmin (½||c||² - x·c)
+        scores = half_norms - tf.matmul(chunk, centroids, transpose_b=True)
+        return tf.argmin(scores, axis=1, output_type=tf.int32)
+
+    chunk_rows = max(1, _CHUNK_ELEMENTS // max(1, num_centroids))
+    if num_points is None or num_points <= chunk_rows:
+        return assign(points)
+    num_chunks = -(-num_points // chunk_rows)
+    padded = tf.pad(points, [[0, num_chunks * chunk_rows - num_points], [0, 0]])
+    chunks = tf.reshape(padded, [num_chunks, chunk_rows, points.shape[1]])
+    codes = tf.map_fn(assign, chunks, fn_output_signature=tf.int32)
+    return tf.reshape(codes, [-1])[:num_points]
+
+
+def kmeans(
+    points: tf.Tensor, initial_centroids: tf.Tensor, iterations: int, seed: tf.Tensor
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Lloyd's k-means for a fixed number of iterations, warm-started from `initial_centroids`.
+
+    Returns (centroids [K, d], codes [N] int32) with codes the nearest centroid of each point under
+    the returned centroids. A cluster left empty is re-seeded with a random point.
+    """
+    num_centroids = initial_centroids.shape[0]
+    num_points = tf.shape(points)[0]
+
+    def step(iteration, centroids):
+        codes = nearest_centroid(points, centroids)
+        sums = tf.math.unsorted_segment_sum(points, codes, num_centroids)
+        counts = tf.math.unsorted_segment_sum(tf.ones_like(codes, tf.float32), codes, num_centroids)
+        reseed_ids = uniform_ints([num_centroids], num_points, sub_seed(seed, iteration))
+        reseeded = tf.gather(points, reseed_ids)
+        means = sums / tf.maximum(counts, 1.0)[:, tf.newaxis]
+        return iteration + 1, tf.where(counts[:, tf.newaxis] > 0, means, reseeded)
+
+    _, centroids = tf.while_loop(
+        lambda iteration, _: iteration < iterations,
+        step,
+        (tf.constant(0), tf.convert_to_tensor(initial_centroids)),
+        maximum_iterations=iterations,
+    )
+    return centroids, nearest_centroid(points, centroids)
+
+
+def quantization_error(points: tf.Tensor, reconstruction: tf.Tensor) -> tf.Tensor:
+    """Mean squared L2 distance between points and their reconstruction."""
+    return tf.reduce_mean(tf.reduce_sum(tf.square(points - reconstruction), axis=1))
+
+
+def product_split(dim: int) -> int:
+    """Width of the first half in product quantization (the second takes the rest: odd d works)."""
+    if dim < 2:
+        raise ValueError(f"Product quantization needs an embedding width >= 2; got {dim}.")
+    return dim // 2
+
+
+def warm_or_random_start(points: tf.Tensor, codebook, warm_start, seed: tf.Tensor) -> tf.Tensor:
+    """The previous codebook when `warm_start` (a bool tensor), else k-means++ seeds."""
+    codebook = tf.convert_to_tensor(codebook)
+    return tf.cond(
+        warm_start, lambda: codebook, lambda: kmeans_plus_plus(points, codebook.shape[0], seed)
+    )
+
+
+def two_codebook_quantize(
+    embeddings: tf.Tensor,
+    codebook1: tf.Tensor,
+    codebook2: tf.Tensor,
+    quantizer: str,
+    iterations: int,
+    seed: tf.Tensor,
+    warm_start=True,
+) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Product ("pq") or residual ("rvq") quantization with two codebooks of K codewords.
+
+    pq: codebook 1 clusters the first half of every vector, codebook 2 the second half.
+    rvq: codebook 1 clusters the full vectors, codebook 2 the residuals x - c¹[code1] (full width).
+    With `warm_start` (a bool tensor) the given codebooks start k-means; otherwise random points do.
+    Returns (codebook1, codebook2, codes1, codes2).
+    """
+    warm_start = tf.convert_to_tensor(warm_start, tf.bool)
+
+    def fit(points, codebook, index):
+        initial = warm_or_random_start(points, codebook, warm_start, sub_seed(seed, 10 + index))
+        return kmeans(points, initial, iterations, sub_seed(seed, index))
+
+    if quantizer == "pq":
+        split = product_split(embeddings.shape[1])
+        c1, k1 = fit(embeddings[:, :split], codebook1, 1)
+        c2, k2 = fit(embeddings[:, split:], codebook2, 2)
+    elif quantizer == "rvq":
+        c1, k1 = fit(embeddings, codebook1, 1)
+        c2, k2 = fit(embeddings - tf.gather(c1, k1), codebook2, 2)
+    else:
+        raise ValueError(f"`quantizer` must be 'pq' or 'rvq'; got {quantizer!r}.")
+    return c1, c2, k1, k2
+
+
+def reconstruct(codebook1, codebook2, codes1, codes2, quantizer: str) -> tf.Tensor:
+    """The quantized embeddings q̂ = [c¹; c²] (pq) or c¹ + c² (rvq)."""
+    first, second = tf.gather(codebook1, codes1), tf.gather(codebook2, codes2)
+    return tf.concat([first, second], axis=1) if quantizer == "pq" else first + second

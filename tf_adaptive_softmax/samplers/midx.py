@@ -1,0 +1,320 @@
+"""MIDX: the inverted multi-index sampler (Chen et al., 2025).
+
+Two codebooks of K codewords quantize the class embeddings (product quantization: one codebook per
+half of the vector; residual quantization: the second codebook clusters what the first leaves).
+Class i lands in bucket (k1, k2) and is approximated by q̂_i ([c¹_k1; c²_k2] or c¹_k1 + c²_k2).
+The proposal is the softmax over the quantized logits, times an optional per-class weight w_i:
+
+    q(i | z) = exp(<z, q̂_i>) · w_i / Z(z),     Z(z) = Σ_{k1,k2} exp(s¹_k1 + s²_k2) · W[k1, k2]
+
+with s¹ = z¹C¹ᵀ, s² = z²C²ᵀ (z¹ = z² = z for rvq) and W[k1, k2] = Σ_{i in bucket} w_i. It factors
+as P(k1 | z) · P(k2 | k1, z) · P(i | k1, k2): two categoricals over K codewords, then a draw inside
+the bucket, uniform (w_i = 1, "MIDX-uniform") or proportional to popularity (w_i = count_i^power,
+"MIDX-unigram" / MIDX-pop). With `include_bias=True` the model's class bias joins the weight
+(w_i ·= exp(b_i)), which makes q closer to the model's softmax when the bias matters.
+
+Cost per query O(K·d + K²) and per draw O(K) (+ O(log bucket size) for weighted buckets),
+independent of N. State: codebooks, the bucket of every class and the class ids sorted by bucket
+(8 bytes per class; weighted buckets add a log-weight and a cumulative weight, 16 bytes), bucket
+offsets [K² + 1] and log bucket weights [K, K]. Before the first `refresh` everything sits in one
+bucket: q is uniform.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tf_adaptive_softmax import _validation, quantization
+from tf_adaptive_softmax._keras import register_serializable
+from tf_adaptive_softmax.samplers.base import (
+    Sampler,
+    cumulative_over_last_axis,
+    draw_from_cdf_rows,
+    ints_from_uniform,
+    search_buckets,
+    sub_seed,
+)
+from tf_adaptive_softmax.samplers.unigram import check_counts, unigram_log_probs
+
+QUANTIZERS = ("pq", "rvq")
+RESIDUALS = ("uniform", "unigram")
+
+
+def segmented_cumsum(values: tf.Tensor, segments: tf.Tensor) -> tf.Tensor:
+    """Inclusive cumulative sum restarting at every change of `segments` (sorted, contiguous).
+
+    A Hillis-Steele scan: log2(N) shifted adds, each only within a segment, so the sums keep the
+    precision of one bucket rather than of the whole catalogue (a global float32 cumsum would not).
+    """
+    size = values.shape[0]
+    shift = 1
+    while shift < size:
+        previous = tf.concat([tf.zeros([shift], values.dtype), values[:-shift]], axis=0)
+        previous_segment = tf.concat([tf.fill([shift], -1), segments[:-shift]], axis=0)
+        values = values + tf.where(tf.equal(previous_segment, segments), previous, tf.zeros_like(values))
+        shift *= 2
+    return values
+
+
+@register_serializable
+class MIDX(Sampler):
+    """Inverted multi-index sampler over two codebooks of `num_codewords` codewords.
+
+    Args:
+      num_classes: N.
+      num_codewords: K codewords per codebook (K² buckets); must be <= N.
+      quantizer: "pq" (product: halves of the vector; odd widths split d//2 + the rest) or "rvq"
+        (residual: both codebooks full width).
+      residual: "uniform" (uniform inside a bucket) or "unigram" (∝ count^power inside a bucket).
+      counts: per-class counts, required for residual="unigram".
+      power: exponent on the counts.
+      include_bias: fold the model's class bias into the in-bucket weights (exp(b_i)).
+      kmeans_iterations: Lloyd iterations per refresh (warm-started from the previous codebooks).
+      seed: seeds the sampler's own stream (draws and k-means initialisation).
+
+    Example:
+        >>> import numpy as np, tensorflow as tf
+        >>> from tf_adaptive_softmax.samplers import MIDX
+        >>> sampler = MIDX(1000, num_codewords=8, quantizer="rvq", seed=0)
+        >>> sampler.refresh(np.random.default_rng(0).normal(size=(1000, 16)).astype("float32"))
+        >>> ids, log_q = sampler.sample(tf.random.normal([4, 16]), num_samples=32)
+        >>> ids.shape, sampler.bucket_sizes.shape
+        (TensorShape([4, 32]), TensorShape([8, 8]))
+    """
+
+    adaptive = True
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_codewords: int = 16,
+        quantizer: str = "rvq",
+        residual: str = "uniform",
+        counts: Optional[Sequence[float]] = None,
+        power: float = 1.0,
+        include_bias: bool = False,
+        kmeans_iterations: int = 10,
+        seed: Optional[int] = None,
+        **kwargs,
+    ):
+        super().__init__(num_classes=num_classes, seed=seed, **kwargs)
+        self.num_codewords = _validation.check_positive_int(num_codewords, "num_codewords")
+        if self.num_codewords > self.num_classes:
+            raise ValueError(
+                f"`num_codewords` (K={self.num_codewords}) must be <= num_classes ({self.num_classes})."
+            )
+        if quantizer not in QUANTIZERS:
+            raise ValueError(f"`quantizer` must be one of {QUANTIZERS}; got {quantizer!r}.")
+        if residual not in RESIDUALS:
+            raise ValueError(f"`residual` must be one of {RESIDUALS}; got {residual!r}.")
+        self.quantizer = quantizer
+        self.residual = residual
+        self.power = float(power)
+        self.include_bias = bool(include_bias)
+        self.kmeans_iterations = _validation.check_positive_int(kmeans_iterations, "kmeans_iterations")
+        self._static_log_weight = None
+        self._counts = None
+        if residual == "unigram":
+            if counts is None:
+                raise ValueError("`counts` (per-class counts, length num_classes) is required for residual='unigram'.")
+            counts = check_counts(counts)
+            if counts.size != self.num_classes:
+                raise ValueError(f"`counts` has {counts.size} entries; expected num_classes={self.num_classes}.")
+            self._counts = counts
+            self._static_log_weight = unigram_log_probs(counts, self.power).astype(np.float32)
+        self.weighted = residual == "unigram" or self.include_bias
+        # Binary-search steps that cover the largest possible bucket (all N classes).
+        self._search_steps = int(math.ceil(math.log2(self.num_classes + 1))) + 1
+
+    # -- state -------------------------------------------------------------------------------
+    def _state(self, name, shape, dtype, value):
+        return self.add_weight(
+            name=name, shape=shape, dtype=dtype, trainable=False,
+            initializer=lambda shape, dtype=None: tf.constant(value),
+        )
+
+    def build_state(self, embedding_dim: int) -> None:
+        if self.embedding_dim is not None:
+            return
+        super().build_state(embedding_dim)
+        n, k = self.num_classes, self.num_codewords
+        if self.quantizer == "pq":
+            split = quantization.product_split(embedding_dim)
+            widths = (split, embedding_dim - split)
+        else:
+            widths = (embedding_dim, embedding_dim)
+        self.split = widths[0] if self.quantizer == "pq" else None
+        self.codebook1 = self._state("codebook1", (k, widths[0]), "float32", np.zeros((k, widths[0]), np.float32))
+        self.codebook2 = self._state("codebook2", (k, widths[1]), "float32", np.zeros((k, widths[1]), np.float32))
+        self.class_bucket = self._state("class_bucket", (n,), "int32", np.zeros(n, np.int32))
+        self.sorted_ids = self._state("sorted_ids", (n,), "int32", np.arange(n, dtype=np.int32))
+        offsets = np.full(k * k + 1, n, np.int32)
+        offsets[0] = 0
+        self.bucket_offsets = self._state("bucket_offsets", (k * k + 1,), "int32", offsets)
+        initial_weight = np.zeros(n, np.float32) if self._static_log_weight is None else self._static_log_weight
+        log_bucket = np.full((k, k), -np.inf, np.float32)
+        log_bucket[0, 0] = np.logaddexp.reduce(initial_weight.astype(np.float64))
+        self.log_bucket_weights = self._state("log_bucket_weights", (k, k), "float32", log_bucket)
+        self.initialized = self._state("initialized", (), "bool", False)
+        if self.weighted:
+            self.class_log_weight = self._state("class_log_weight", (n,), "float32", initial_weight)
+            cumulative = np.cumsum(np.exp(initial_weight.astype(np.float64) - initial_weight.max()))
+            self.cumulative_weight = self._state("cumulative_weight", (n,), "float32", cumulative.astype(np.float32))
+
+    # -- read-only views ---------------------------------------------------------------------
+    @property
+    def codebooks(self):
+        """(codebook1 [K, d1], codebook2 [K, d2]) as tensors."""
+        return tf.identity(self.codebook1), tf.identity(self.codebook2)
+
+    @property
+    def codes(self) -> tf.Tensor:
+        """int32 [N, 2]: (k1, k2) of every class."""
+        bucket = tf.convert_to_tensor(self.class_bucket)
+        return tf.stack([bucket // self.num_codewords, bucket % self.num_codewords], axis=1)
+
+    @property
+    def bucket_sizes(self) -> tf.Tensor:
+        """int32 [K, K]: number of classes in every bucket (k1, k2)."""
+        offsets = tf.convert_to_tensor(self.bucket_offsets)
+        k = self.num_codewords
+        return tf.reshape(offsets[1:] - offsets[:-1], [k, k])
+
+    def state_bytes(self) -> int:
+        """Bytes of adaptive state (codebooks, index, weights)."""
+        return sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name)
+
+    # -- the distribution --------------------------------------------------------------------
+    def _codeword_scores(self, queries):
+        if self.quantizer == "pq":
+            first, second = queries[:, : self.split], queries[:, self.split:]
+        else:
+            first = second = queries
+        return (
+            tf.matmul(first, tf.convert_to_tensor(self.codebook1), transpose_b=True),
+            tf.matmul(second, tf.convert_to_tensor(self.codebook2), transpose_b=True),
+        )
+
+    def _bucket_mass(self, scores2):
+        """exp(s²_k2 - max) · W[k1, k2] / max W: [B, K, K], the unnormalized P(k2 | k1, z)."""
+        log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
+        top = tf.reduce_max(log_bucket)
+        top2 = tf.reduce_max(scores2, axis=1, keepdims=True)
+        second = tf.exp(scores2 - top2)[:, tf.newaxis, :] * tf.exp(log_bucket - top)[tf.newaxis]
+        return second, top2 + top
+
+    def _first_marginal(self, scores1, scores2, bucket_mass=None):
+        """Unnormalized log P(k1 | z) [B, K] and log Z [B], in O(K²) per query."""
+        second, offset = self._bucket_mass(scores2) if bucket_mass is None else bucket_mass
+        log_first = scores1 + tf.math.log(tf.reduce_sum(second, axis=2)) + offset
+        return log_first, tf.reduce_logsumexp(log_first, axis=1)
+
+    def _class_log_weight(self, ids):
+        if not self.weighted:
+            return 0.0
+        return tf.gather(self.class_log_weight, ids)
+
+    def _log_q(self, scores1, scores2, log_normalizer, first, second, ids):
+        return (
+            tf.gather(scores1, first, batch_dims=1)
+            + tf.gather(scores2, second, batch_dims=1)
+            + self._class_log_weight(ids)
+            - log_normalizer[:, tf.newaxis]
+        )
+
+    def _sample(self, queries, num_samples, seed):
+        k = self.num_codewords
+        scores1, scores2 = self._codeword_scores(queries)
+        bucket_mass = self._bucket_mass(scores2)
+        log_first, log_normalizer = self._first_marginal(scores1, scores2, bucket_mass)
+        shape = tf.stack([tf.shape(queries)[0], num_samples])
+        uniforms = tf.random.stateless_uniform(tf.concat([[3], shape], 0), seed=seed)
+        first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
+        query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
+        first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), query_row, uniforms[0])  # [B, m]
+        # P(k2 | k1, z) ∝ exp(s²_k2) · W[k1, k2]: per query a [K, K] table of CDFs, one row per k1.
+        second_cdf = tf.reshape(cumulative_over_last_axis(bucket_mass[0]), [-1, k])  # [B·K, K]
+        second = draw_from_cdf_rows(second_cdf, query_row * k + first, uniforms[1])
+        bucket = first * k + second
+        start = tf.gather(self.bucket_offsets, bucket)
+        end = tf.gather(self.bucket_offsets, bucket + 1)
+        if self.weighted:
+            cumulative = tf.convert_to_tensor(self.cumulative_weight)
+            target = uniforms[2] * tf.gather(cumulative, end - 1)
+            position = search_buckets(cumulative, start, end, target, self._search_steps)
+        else:
+            position = start + ints_from_uniform(uniforms[2], end - start)
+        ids = tf.gather(self.sorted_ids, position)
+        return ids, self._log_q(scores1, scores2, log_normalizer, first, second, ids)
+
+    def _log_prob(self, queries, ids):
+        scores1, scores2 = self._codeword_scores(queries)
+        _, log_normalizer = self._first_marginal(scores1, scores2)
+        bucket = tf.gather(self.class_bucket, ids)
+        first, second = bucket // self.num_codewords, bucket % self.num_codewords
+        return self._log_q(scores1, scores2, log_normalizer, first, second, ids)
+
+    # -- refresh -----------------------------------------------------------------------------
+    def refresh(self, class_embeddings, class_bias=None) -> None:
+        """Re-quantizes the class embeddings (warm-started k-means) and rebuilds the index.
+
+        Runs as graph ops that compute everything first and then only `assign`, so a NaN/Inf in
+        the embeddings raises before any state changes.
+        """
+        class_embeddings = tf.convert_to_tensor(class_embeddings)
+        if self.embedding_dim is None and class_embeddings.shape.rank == 2:
+            self.build_state(int(class_embeddings.shape[-1]))
+        super().refresh(class_embeddings)
+        embeddings = _validation.checked_finite(tf.cast(class_embeddings, tf.float32), "class_embeddings")
+        k = self.num_codewords
+        seed = sub_seed(self._next_seed(), 7)
+        codebook1, codebook2, codes1, codes2 = quantization.two_codebook_quantize(
+            embeddings, self.codebook1, self.codebook2, self.quantizer, self.kmeans_iterations, seed,
+            warm_start=self.initialized,
+        )
+        bucket = codes1 * k + codes2
+        sorted_ids = tf.argsort(bucket, stable=True)
+        sizes = tf.math.unsorted_segment_sum(tf.ones_like(bucket), bucket, k * k)
+        offsets = tf.concat([[0], tf.cumsum(sizes)], axis=0)
+        log_weight = self._refreshed_log_weight(class_bias)
+        top = tf.reduce_max(log_weight)
+        weight = tf.exp(log_weight - top)
+        bucket_weight = tf.math.unsorted_segment_sum(weight, bucket, k * k)
+        log_bucket = tf.reshape(tf.math.log(bucket_weight) + top, [k, k])
+        if self.weighted:
+            cumulative = segmented_cumsum(tf.gather(weight, sorted_ids), tf.gather(bucket, sorted_ids))
+            self.class_log_weight.assign(log_weight)
+            self.cumulative_weight.assign(cumulative)
+        self.codebook1.assign(codebook1)
+        self.codebook2.assign(codebook2)
+        self.class_bucket.assign(bucket)
+        self.sorted_ids.assign(sorted_ids)
+        self.bucket_offsets.assign(offsets)
+        self.log_bucket_weights.assign(log_bucket)
+        self.initialized.assign(True)
+
+    def _refreshed_log_weight(self, class_bias) -> tf.Tensor:
+        log_weight = tf.zeros([self.num_classes])
+        if self._static_log_weight is not None:
+            log_weight += tf.constant(self._static_log_weight)
+        if self.include_bias and class_bias is not None:
+            bias = _validation.checked_finite(tf.cast(tf.convert_to_tensor(class_bias), tf.float32), "class_bias")
+            log_weight += tf.stop_gradient(bias)
+        return log_weight
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({
+            "num_codewords": self.num_codewords,
+            "quantizer": self.quantizer,
+            "residual": self.residual,
+            "power": self.power,
+            "include_bias": self.include_bias,
+            "kmeans_iterations": self.kmeans_iterations,
+            "counts": None if self._counts is None else self._counts.tolist(),
+        })
+        return config
