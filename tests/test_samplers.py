@@ -26,7 +26,15 @@ def _midx(quantizer, residual):
     return sampler
 
 
+def _kernel(leaf_size=None):
+    sampler = samplers.QuadraticKernel(NUM_CLASSES, alpha=100.0, leaf_size=leaf_size, seed=3)
+    sampler.refresh(np.random.default_rng(1).standard_normal((NUM_CLASSES, 4)).astype(np.float32) * 0.3)
+    return sampler
+
+
 FACTORIES = {
+    "quadratic_kernel": _kernel,
+    "quadratic_kernel_leaf5": lambda: _kernel(leaf_size=5),
     "midx_pq_uniform": lambda: _midx("pq", "uniform"),
     "midx_rvq_unigram": lambda: _midx("rvq", "unigram"),
     "uniform": lambda: samplers.Uniform(NUM_CLASSES, seed=3),

@@ -38,6 +38,7 @@ SAMPLERS: Dict[str, SamplerFactory] = {
     "unigram": lambda n, counts: samplers.Unigram(counts + 1.0, power=0.75, seed=1),
     "midx_pq": lambda n, counts: samplers.MIDX(n, num_codewords=32, quantizer="pq", include_bias=True, seed=1),
     "midx_rvq": lambda n, counts: samplers.MIDX(n, num_codewords=32, quantizer="rvq", include_bias=True, seed=1),
+    "quadratic_kernel": lambda n, counts: samplers.QuadraticKernel(n, alpha=100.0, seed=1),
     "softmax": lambda n, counts: samplers.Softmax(n, seed=1),
 }
 

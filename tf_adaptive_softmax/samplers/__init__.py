@@ -3,8 +3,9 @@
 from tf_adaptive_softmax.samplers.base import Sampler
 from tf_adaptive_softmax.samplers.log_uniform import LogUniform
 from tf_adaptive_softmax.samplers.midx import MIDX
+from tf_adaptive_softmax.samplers.quadratic_kernel import QuadraticKernel
 from tf_adaptive_softmax.samplers.softmax import Softmax
 from tf_adaptive_softmax.samplers.uniform import Uniform
 from tf_adaptive_softmax.samplers.unigram import Unigram
 
-__all__ = ["Sampler", "Uniform", "LogUniform", "Unigram", "Softmax", "MIDX"]
+__all__ = ["Sampler", "Uniform", "LogUniform", "Unigram", "Softmax", "MIDX", "QuadraticKernel"]

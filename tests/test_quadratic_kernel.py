@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import chi_square_pvalue, forbidden_in
+from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, samplers
+from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax.samplers import quadratic_kernel
+
+D = 5
+
+
+def _setup(n, leaf_size=None, alpha=100.0, seed=0):
+    rng = np.random.default_rng(seed)
+    embeddings = (rng.standard_normal((n, D)) * 0.2).astype(np.float32)
+    sampler = samplers.QuadraticKernel(n, alpha=alpha, leaf_size=leaf_size, seed=1)
+    sampler.refresh(embeddings)
+    queries = rng.standard_normal((3, D)).astype(np.float32)
+    return sampler, embeddings, queries
+
+
+def _numpy_q(queries, embeddings, alpha):
+    kernel = alpha * (queries @ embeddings.T) ** 2 + 1.0
+    return kernel / kernel.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("n,leaf_size", [(211, None), (211, 8), (3, 8), (100, 100)])
+def test_frequencies_match_independent_numpy_kernel(n, leaf_size):
+    # 211 is prime (no leaf divides it); n=3 is smaller than one leaf.
+    sampler, embeddings, queries = _setup(n, leaf_size)
+    expected = _numpy_q(queries, embeddings, 100.0)
+    log_prob = sampler.log_prob(queries, np.tile(np.arange(n), (3, 1))).numpy()
+    np.testing.assert_allclose(np.exp(log_prob), expected, rtol=2e-4, atol=1e-7)
+    ids, log_q = sampler.sample(queries, num_samples=30000, seed=5)
+    np.testing.assert_allclose(log_q.numpy(), np.log(np.take_along_axis(expected, ids.numpy(), 1)), atol=2e-4)
+    for row in range(3):
+        counts = np.bincount(ids[row].numpy(), minlength=n)
+        assert chi_square_pvalue(counts, expected[row], counts.sum()) > 1e-3
+
+
+def test_chunked_leaf_draws_match_unchunked(monkeypatch):
+    sampler, embeddings, queries = _setup(150, leaf_size=10)
+    whole = sampler.sample(queries, num_samples=37, seed=2)[0].numpy()
+    monkeypatch.setattr(quadratic_kernel, "_CHUNK_ELEMENTS", 3 * 10 * D * 4)  # 4 draws per chunk
+    chunked = sampler.sample(queries, num_samples=37, seed=2)[0].numpy()
+    np.testing.assert_array_equal(whole, chunked)
+    ids, _ = sampler.sample(queries, num_samples=20000, seed=3)
+    expected = _numpy_q(queries, embeddings, 100.0)
+    counts = np.bincount(ids[0].numpy(), minlength=150)
+    assert chi_square_pvalue(counts, expected[0], counts.sum()) > 1e-3
+
+
+def test_memory_is_linear_in_n_times_d():
+    n, d = 50_000, 32
+    sampler = samplers.QuadraticKernel(n)
+    sampler.build_state(d)
+    assert sampler.leaf >= d
+    assert sampler.state_bytes() <= 2 * 4 * (n + sampler.leaf) * d  # snapshot + group sums, never n·d²
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="alpha"):
+        samplers.QuadraticKernel(10, alpha=0.0)
+    with pytest.raises(ValueError, match="leaf_size"):
+        samplers.QuadraticKernel(100, leaf_size=4).build_state(16)
+    sampler, _, _ = _setup(40)
+    with pytest.raises(ValueError, match="class_embeddings"):
+        sampler.refresh(np.zeros((40, D + 1), np.float32))
+    bad = np.zeros((40, D), np.float32)
+    bad[0, 0] = np.inf
+    before = sampler.snapshot_embeddings.numpy().copy()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        sampler.refresh(bad)
+    np.testing.assert_array_equal(before, sampler.snapshot_embeddings.numpy())
+
+
+def test_xla_compiles_sample_log_prob_and_refresh_with_chunks(monkeypatch):
+    monkeypatch.setattr(quadratic_kernel, "_CHUNK_ELEMENTS", 4 * 16 * D * 4)
+    sampler = samplers.QuadraticKernel(300, leaf_size=16, seed=0)
+    embeddings = tf.random.normal((300, D))
+    refresh = tf.function(lambda e: sampler.refresh(e) or tf.constant(0), jit_compile=True)
+    refresh(embeddings)
+    sample = tf.function(lambda q: sampler.sample(q, 9), jit_compile=True)
+    queries = tf.random.normal((4, D))
+    ids, log_q = sample(queries)
+    np.testing.assert_allclose(sampler.log_prob(queries, ids).numpy(), log_q.numpy(), atol=1e-4)
+    for fn, arg in ((refresh, embeddings), (sample, queries)):
+        assert not forbidden_in(fn.get_concrete_function(arg).graph.as_graph_def())
+
+
+def test_refresh_inside_fit_with_absolute_softmax():
+    n, d = 90, 8
+    sampler = samplers.QuadraticKernel(n, leaf_size=16, seed=0)
+    layer = AdaptiveSampledSoftmaxLoss(n, sampler, num_samples=6, absolute_softmax=True)
+    features = K.Input((d,))
+    model = K.Model(features, K.layers.Dense(d)(features))
+    model.compile(optimizer=K.optimizers.Adam(0.05), loss=SampledSoftmaxLoss(layer, model=model), jit_compile=True)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128, d)).astype(np.float32)
+    y = rng.integers(0, n, 128).astype(np.int32)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[CodebookRefresh(layer, every_n_steps=2)])
+    # The snapshot is the embedding table as of the last refresh (after step 8's update - 0 steps).
+    np.testing.assert_allclose(sampler.snapshot_embeddings.numpy()[:n], layer.class_embeddings.numpy(), rtol=1e-6)
+    assert np.isfinite(model.evaluate(x, y, verbose=0))

@@ -1,0 +1,184 @@
+"""Kernel-based sampling with the quadratic kernel (Blanc & Rendle, ICML 2018).
+
+    q(i | h) = (α·<h, w_i>² + 1) / Σ_j (α·<h, w_j>² + 1)
+
+Because α<h, w>² + 1 = <φ(h), φ(w)> for φ(x) = [√α·vec(x xᵀ), 1], the kernel mass of a whole
+group g of classes is α·hᵀ S_g h + |g| with S_g = Σ_{i∈g} w_i w_iᵀ. Divide and conquer:
+
+1. every query scores all G groups at once, one matmul of vec(h hᵀ) [B, d²] against the stacked
+   vec(S_g) [G, d²], and draws a group per sample by inverse CDF over those G masses;
+2. inside the drawn group (a leaf of `leaf_size` classes) it computes the exact kernel values of
+   the members and draws one.
+
+The product of the two stages is exactly q. Leaves hold at least d classes, so the stacked S_g cost
+(N / leaf_size)·d² <= N·d floats: memory stays O(N·d) (a snapshot of W plus the group sums), never
+O(N·d²). State is refreshed from the current embeddings (`refresh`), and log q describes the
+snapshot actually sampled from.
+
+The quadratic kernel is symmetric in the logit, so it over-samples classes with large negative
+logits; Blanc & Rendle pair it with the absolute softmax, exp(|o|): pass `absolute_softmax=True`
+to `AdaptiveSampledSoftmaxLoss` when sampling from this kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tf_adaptive_softmax import _validation
+from tf_adaptive_softmax._keras import register_serializable
+from tf_adaptive_softmax.samplers.base import Sampler, draw_from_cdf_rows, sub_seed
+
+# Leaf members gathered by one chunk of draws stay under this many floats (16 MB).
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def default_leaf_size(num_classes: int, embedding_dim: int) -> int:
+    """Balances the per-query group scoring, (N / L)·d², against the per-draw leaf work, L·d."""
+    balanced = 2 ** round(math.log2(max(1.0, math.sqrt(num_classes))))
+    return max(embedding_dim, min(512, balanced))
+
+
+@register_serializable
+class QuadraticKernel(Sampler):
+    """Exact sampling from q_i ∝ α·<h, w_i>² + 1 in time sublinear in N per draw.
+
+    Args:
+      num_classes: N.
+      alpha: α, the weight of the squared logit (100 in the paper).
+      leaf_size: classes per leaf group (>= the embedding width d); default balances the two
+        stages, roughly sqrt(N) capped at 512.
+      seed: seeds the sampler's own stream.
+
+    Example:
+        >>> import numpy as np, tensorflow as tf
+        >>> from tf_adaptive_softmax.samplers import QuadraticKernel
+        >>> sampler = QuadraticKernel(1000, alpha=100.0, seed=0)
+        >>> sampler.refresh(np.random.default_rng(0).normal(size=(1000, 8)).astype("float32") / 8)
+        >>> ids, log_q = sampler.sample(tf.random.normal([2, 8]), num_samples=16)
+        >>> ids.shape
+        TensorShape([2, 16])
+    """
+
+    adaptive = True
+
+    def __init__(
+        self,
+        num_classes: int,
+        alpha: float = 100.0,
+        leaf_size: Optional[int] = None,
+        seed: Optional[int] = None,
+        **kwargs,
+    ):
+        super().__init__(num_classes=num_classes, seed=seed, **kwargs)
+        if not alpha > 0:
+            raise ValueError(f"`alpha` must be > 0; got {alpha!r}.")
+        self.alpha = float(alpha)
+        self.leaf_size = None if leaf_size is None else _validation.check_positive_int(leaf_size, "leaf_size")
+
+    def build_state(self, embedding_dim: int) -> None:
+        if self.embedding_dim is not None:
+            return
+        super().build_state(embedding_dim)
+        leaf = self.leaf_size or default_leaf_size(self.num_classes, embedding_dim)
+        if leaf < min(embedding_dim, self.num_classes):
+            raise ValueError(
+                f"`leaf_size` ({leaf}) must be >= the embedding width ({embedding_dim}) so that the "
+                "group sums S_g stay O(N·d) memory."
+            )
+        self.leaf = leaf
+        self.num_groups = -(-self.num_classes // leaf)
+        padded = self.num_groups * leaf
+        self.snapshot_embeddings = self.add_weight(
+            name="snapshot_embeddings", shape=(padded, embedding_dim), initializer="zeros", trainable=False
+        )
+        self.group_second_moments = self.add_weight(
+            name="group_second_moments", shape=(self.num_groups, embedding_dim * embedding_dim),
+            initializer="zeros", trainable=False,
+        )
+        sizes = np.minimum(leaf, self.num_classes - leaf * np.arange(self.num_groups)).astype(np.float32)
+        self._group_sizes = sizes  # a NumPy constant: safe to embed in any graph
+
+    def state_bytes(self) -> int:
+        return sum(int(np.prod(w.shape)) * 4 for w in self.weights if "seed" not in w.name)
+
+    # -- the distribution --------------------------------------------------------------------
+    def _kernel(self, logits):
+        return self.alpha * tf.square(logits) + 1.0
+
+    def _group_mass(self, queries):
+        """[B, G] kernel mass of every group: α·vec(h hᵀ)·vec(S_g) + |g|."""
+        outer = tf.reshape(queries[:, :, tf.newaxis] * queries[:, tf.newaxis, :], [tf.shape(queries)[0], -1])
+        quadratic = tf.matmul(outer, tf.convert_to_tensor(self.group_second_moments), transpose_b=True)
+        # α·hᵀSh >= 0 exactly; rounding must not push a group below its count.
+        return self.alpha * tf.maximum(quadratic, 0.0) + tf.constant(self._group_sizes)
+
+    def _log_kernel(self, queries, ids):
+        rows = tf.gather(self.snapshot_embeddings, ids)
+        return tf.math.log(self._kernel(tf.einsum("bd,bkd->bk", queries, rows)))
+
+    def _pick_in_leaf(self, queries, group, u):
+        """Exact draw inside the drawn leaf: group [B, c], u [B, c] -> class ids [B, c]."""
+        members = group[:, :, tf.newaxis] * self.leaf + tf.range(self.leaf)  # [B, c, L]
+        rows = tf.gather(self.snapshot_embeddings, members)  # [B, c, L, d]
+        kernel = self._kernel(tf.einsum("bd,bcld->bcl", queries, rows))
+        kernel = tf.where(members < self.num_classes, kernel, tf.zeros_like(kernel))
+        cdf = tf.cumsum(kernel, axis=-1)
+        flat = tf.reshape(cdf, [-1, self.leaf])
+        rows_index = tf.reshape(tf.range(tf.size(group)), tf.shape(group))
+        return group * self.leaf + draw_from_cdf_rows(flat, rows_index, u)
+
+    def _sample(self, queries, num_samples, seed):
+        batch = tf.shape(queries)[0]
+        mass = self._group_mass(queries)
+        uniforms = tf.random.stateless_uniform(tf.stack([2, batch, num_samples]), seed=sub_seed(seed, 0))
+        query_row = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], [batch, num_samples])
+        group = draw_from_cdf_rows(tf.cumsum(mass, axis=1), query_row, uniforms[0])  # [B, m]
+        ids = self._chunked_leaf_draws(queries, group, uniforms[1], num_samples)
+        log_normalizer = tf.math.log(tf.reduce_sum(mass, axis=1, keepdims=True))
+        return ids, self._log_kernel(queries, ids) - log_normalizer
+
+    def _chunked_leaf_draws(self, queries, group, u, num_samples):
+        static_batch = queries.shape[0] or 256
+        chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // (static_batch * self.leaf * self.embedding_dim)))
+        num_chunks = -(-num_samples // chunk)
+        if num_chunks == 1:
+            return self._pick_in_leaf(queries, group, u)
+        pad = num_chunks * chunk - num_samples
+        # [B, m] -> [chunks, B, chunk]: a fixed-count loop keeps [B, chunk, L, d] bounded.
+        def split(x):
+            x = tf.pad(x, [[0, 0], [0, pad]])
+            return tf.transpose(tf.reshape(x, [-1, num_chunks, chunk]), [1, 0, 2])
+
+        picked = tf.map_fn(
+            lambda args: self._pick_in_leaf(queries, args[0], args[1]),
+            (split(group), split(u)),
+            fn_output_signature=tf.int32,
+        )
+        return tf.reshape(tf.transpose(picked, [1, 0, 2]), [tf.shape(group)[0], -1])[:, :num_samples]
+
+    def _log_prob(self, queries, ids):
+        log_normalizer = tf.math.log(tf.reduce_sum(self._group_mass(queries), axis=1, keepdims=True))
+        return self._log_kernel(queries, ids) - log_normalizer
+
+    # -- refresh -----------------------------------------------------------------------------
+    def refresh(self, class_embeddings, class_bias=None) -> None:
+        """Snapshots W and recomputes every group's Σ w wᵀ (one batched matmul, O(N·d²) flops)."""
+        class_embeddings = tf.convert_to_tensor(class_embeddings)
+        if self.embedding_dim is None and class_embeddings.shape.rank == 2:
+            self.build_state(int(class_embeddings.shape[-1]))
+        super().refresh(class_embeddings)
+        embeddings = _validation.checked_finite(tf.cast(class_embeddings, tf.float32), "class_embeddings")
+        padded = tf.pad(embeddings, [[0, self.num_groups * self.leaf - self.num_classes], [0, 0]])
+        groups = tf.reshape(padded, [self.num_groups, self.leaf, self.embedding_dim])
+        moments = tf.einsum("gld,gle->gde", groups, groups)
+        self.snapshot_embeddings.assign(padded)
+        self.group_second_moments.assign(tf.reshape(moments, [self.num_groups, -1]))
+
+    def get_config(self) -> dict:
+        config = super().get_config()
+        config.update({"alpha": self.alpha, "leaf_size": self.leaf_size})
+        return config
