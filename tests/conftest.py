@@ -4,7 +4,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from tf_adaptive_softmax._keras import IS_KERAS_3, K  # noqa: E402

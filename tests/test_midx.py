@@ -230,3 +230,17 @@ def test_state_memory_per_class():
         sampler.build_state(d)
         fixed = 4 * (2 * k * d + k * k + k * k + 1) + 1
         assert sampler.state_bytes() == per_class * n + fixed
+
+
+def test_refresh_reaches_an_xla_compiled_function_without_retracing():
+    sampler = _midx("pq", "uniform")
+    sampler.refresh(_embeddings(seed=0))
+    queries = tf.constant(np.random.default_rng(0).standard_normal((2, D)), tf.float32)
+    all_ids = tf.constant(np.tile(np.arange(N), (2, 1)), tf.int32)
+    compiled = tf.function(sampler.log_prob, jit_compile=True)
+    before = compiled(queries, all_ids).numpy()
+    sampler.refresh(_embeddings(seed=7))
+    after = compiled(queries, all_ids).numpy()
+    assert compiled.experimental_get_tracing_count() == 1
+    assert not np.allclose(before, after)
+    np.testing.assert_allclose(after, _numpy_log_q(sampler, queries.numpy()), atol=2e-4)

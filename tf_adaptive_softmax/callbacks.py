@@ -2,10 +2,32 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional
+
+import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax.samplers.base import Sampler
+
+
+class _SamplerTarget:
+    """Refreshes a bare sampler from a table (variable or callable) in a compiled graph function."""
+
+    def __init__(self, sampler: Sampler, class_embeddings):
+        if class_embeddings is None:
+            raise ValueError("A bare Sampler target needs `class_embeddings` (a [N, d] variable or a callable).")
+        self.sampler = sampler
+        self._read = class_embeddings if callable(class_embeddings) else (lambda: class_embeddings)
+        self._refresh = tf.function(lambda: sampler.refresh(tf.convert_to_tensor(self._read())), autograph=False)
+
+    def refresh_sampler(self) -> None:
+        if not self.sampler.adaptive:
+            return
+        if self.sampler.embedding_dim is None:  # state variables are created eagerly, once
+            self.sampler.build_state(int(self._read().shape[-1]))
+        self._refresh()
 
 
 class CodebookRefresh(K.callbacks.Callback):
@@ -20,9 +42,12 @@ class CodebookRefresh(K.callbacks.Callback):
     execution, so `every_n_steps` counts executions.
 
     Args:
-      target: an `AdaptiveSampledSoftmaxLoss` (anything with `refresh_sampler()`).
+      target: an `AdaptiveSampledSoftmaxLoss`, a `tfrs.AdaptiveRetrieval` (anything with
+        `refresh_sampler()`), or a bare `Sampler` together with `class_embeddings`.
       every_n_steps: refresh after every n-th train batch; None disables step refreshes.
       on_epoch_begin: refresh at the start of every epoch (the first one included).
+      class_embeddings: with a bare sampler: the [N, d] table (a variable) or a callable returning
+        it, e.g. `lambda: model.item_embedding.embeddings` (custom `compute_loss` models).
 
     Example:
         >>> import tf_adaptive_softmax as tfas
@@ -30,8 +55,14 @@ class CodebookRefresh(K.callbacks.Callback):
         >>> refresh = tfas.callbacks.CodebookRefresh(output, every_n_steps=100)
     """
 
-    def __init__(self, target, every_n_steps: Optional[int] = None, on_epoch_begin: bool = True):
+    def __init__(
+        self, target, every_n_steps: Optional[int] = None, on_epoch_begin: bool = True, class_embeddings=None
+    ):
         super().__init__()
+        if isinstance(target, Sampler):
+            target = _SamplerTarget(target, class_embeddings)
+        elif class_embeddings is not None:
+            raise ValueError("`class_embeddings` is only for a bare Sampler target.")
         if not hasattr(target, "refresh_sampler"):
             raise TypeError(
                 "`target` must be an AdaptiveSampledSoftmaxLoss (or expose `refresh_sampler()`); "
@@ -43,10 +74,14 @@ class CodebookRefresh(K.callbacks.Callback):
         self.every_n_steps = every_n_steps
         self.refresh_on_epoch_begin = bool(on_epoch_begin)
         self.refresh_count = 0
+        #: Wall seconds spent refreshing, to weigh the refresh against the epoch.
+        self.refresh_seconds = 0.0
         self._steps = 0
 
     def refresh(self) -> None:
+        start = time.perf_counter()
         self.target.refresh_sampler()
+        self.refresh_seconds += time.perf_counter() - start
         self.refresh_count += 1
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -163,11 +163,25 @@ class Sampler(K.layers.Layer):
         return tf.stop_gradient(self._log_prob(queries, ids))
 
     def refresh(self, class_embeddings, class_bias=None) -> None:
-        """Rebuilds adaptive state from the current class embeddings [N, d] (a no-op here)."""
+        """Rebuilds adaptive state from the current class embeddings [N, d] and optional bias [N].
+
+        Checks the shape (and, for adaptive samplers, that the values are finite: NaN or Inf
+        raises before any state changes), then calls `_refresh`. A no-op for static samplers.
+        """
         class_embeddings = tf.convert_to_tensor(class_embeddings)
+        shape = class_embeddings.shape
+        if self.embedding_dim is None and shape.rank == 2 and shape[-1] is not None:
+            self.build_state(int(shape[-1]))
         _validation.check_embedding_shape(
             class_embeddings, self.num_classes, self.embedding_dim, "class_embeddings"
         )
+        if not self.adaptive:
+            return
+        embeddings = _validation.checked_finite(tf.cast(class_embeddings, tf.float32), "class_embeddings")
+        self._refresh(embeddings, class_bias)
+
+    def _refresh(self, class_embeddings: tf.Tensor, class_bias) -> None:
+        """Assigns new adaptive state; `class_embeddings` is validated, float32 and finite."""
 
     def _sample(self, queries, num_samples, seed):
         raise NotImplementedError

@@ -259,21 +259,16 @@ class MIDX(Sampler):
         return self._log_q(scores1, scores2, log_normalizer, first, second, ids)
 
     # -- refresh -----------------------------------------------------------------------------
-    def refresh(self, class_embeddings, class_bias=None) -> None:
+    def _refresh(self, class_embeddings, class_bias) -> None:
         """Re-quantizes the class embeddings (warm-started k-means) and rebuilds the index.
 
         Runs as graph ops that compute everything first and then only `assign`, so a NaN/Inf in
         the embeddings raises before any state changes.
         """
-        class_embeddings = tf.convert_to_tensor(class_embeddings)
-        if self.embedding_dim is None and class_embeddings.shape.rank == 2:
-            self.build_state(int(class_embeddings.shape[-1]))
-        super().refresh(class_embeddings)
-        embeddings = _validation.checked_finite(tf.cast(class_embeddings, tf.float32), "class_embeddings")
         k = self.num_codewords
         seed = sub_seed(self._next_seed(), 7)
         codebook1, codebook2, codes1, codes2 = quantization.two_codebook_quantize(
-            embeddings, self.codebook1, self.codebook2, self.quantizer, self.kmeans_iterations, seed,
+            class_embeddings, self.codebook1, self.codebook2, self.quantizer, self.kmeans_iterations, seed,
             warm_start=self.initialized,
         )
         bucket = codes1 * k + codes2

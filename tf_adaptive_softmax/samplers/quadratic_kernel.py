@@ -36,10 +36,11 @@ from tf_adaptive_softmax.samplers.base import Sampler, draw_from_cdf_rows, sub_s
 _CHUNK_ELEMENTS = 1 << 22
 
 
-def default_leaf_size(num_classes: int, embedding_dim: int) -> int:
-    """Balances the per-query group scoring, (N / L)·d², against the per-draw leaf work, L·d."""
-    balanced = 2 ** round(math.log2(max(1.0, math.sqrt(num_classes))))
-    return max(embedding_dim, min(512, balanced))
+def default_leaf_size(num_classes: int, embedding_dim: int, num_samples: int = 128) -> int:
+    """Balances the per-query group scoring, (N / L)·d² multiply-adds in one matmul, against the
+    per-draw leaf work, L·d gathered floats (about 10x dearer per element on CPU), for m draws."""
+    balanced = math.sqrt(num_classes * embedding_dim / (10.0 * num_samples))
+    return max(embedding_dim, min(512, 2 ** round(math.log2(max(1.0, balanced)))))
 
 
 @register_serializable
@@ -49,8 +50,8 @@ class QuadraticKernel(Sampler):
     Args:
       num_classes: N.
       alpha: α, the weight of the squared logit (100 in the paper).
-      leaf_size: classes per leaf group (>= the embedding width d); default balances the two
-        stages, roughly sqrt(N) capped at 512.
+      leaf_size: classes per leaf group (>= the embedding width d); the default balances the two
+        stages for m = 128 draws: sqrt(N·d / 1280) rounded to a power of two, within [d, 512].
       seed: seeds the sampler's own stream.
 
     Example:
@@ -123,7 +124,9 @@ class QuadraticKernel(Sampler):
     def _pick_in_leaf(self, queries, group, u):
         """Exact draw inside the drawn leaf: group [B, c], u [B, c] -> class ids [B, c]."""
         members = group[:, :, tf.newaxis] * self.leaf + tf.range(self.leaf)  # [B, c, L]
-        rows = tf.gather(self.snapshot_embeddings, members)  # [B, c, L, d]
+        # Leaves are contiguous blocks of the snapshot: one block copy per draw, not L row gathers.
+        blocks = tf.reshape(self.snapshot_embeddings, [self.num_groups, self.leaf, self.embedding_dim])
+        rows = tf.gather(blocks, group)  # [B, c, L, d]
         kernel = self._kernel(tf.einsum("bd,bcld->bcl", queries, rows))
         kernel = tf.where(members < self.num_classes, kernel, tf.zeros_like(kernel))
         cdf = tf.cumsum(kernel, axis=-1)
@@ -165,14 +168,9 @@ class QuadraticKernel(Sampler):
         return self._log_kernel(queries, ids) - log_normalizer
 
     # -- refresh -----------------------------------------------------------------------------
-    def refresh(self, class_embeddings, class_bias=None) -> None:
+    def _refresh(self, class_embeddings, class_bias) -> None:
         """Snapshots W and recomputes every group's Σ w wᵀ (one batched matmul, O(N·d²) flops)."""
-        class_embeddings = tf.convert_to_tensor(class_embeddings)
-        if self.embedding_dim is None and class_embeddings.shape.rank == 2:
-            self.build_state(int(class_embeddings.shape[-1]))
-        super().refresh(class_embeddings)
-        embeddings = _validation.checked_finite(tf.cast(class_embeddings, tf.float32), "class_embeddings")
-        padded = tf.pad(embeddings, [[0, self.num_groups * self.leaf - self.num_classes], [0, 0]])
+        padded = tf.pad(class_embeddings, [[0, self.num_groups * self.leaf - self.num_classes], [0, 0]])
         groups = tf.reshape(padded, [self.num_groups, self.leaf, self.embedding_dim])
         moments = tf.einsum("gld,gle->gde", groups, groups)
         self.snapshot_embeddings.assign(padded)

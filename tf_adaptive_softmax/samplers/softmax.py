@@ -6,7 +6,6 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import Untracked, register_serializable
 from tf_adaptive_softmax.samplers.base import Sampler
 
@@ -63,14 +62,10 @@ class Softmax(Sampler):
                 name="snapshot_bias", shape=(self.num_classes,), initializer="zeros", trainable=False
             )
 
-    def refresh(self, class_embeddings, class_bias=None) -> None:
-        class_embeddings = tf.convert_to_tensor(class_embeddings)
-        if self.embedding_dim is None and class_embeddings.shape.rank == 2:
-            self.build_state(int(class_embeddings.shape[-1]))
-        super().refresh(class_embeddings)
+    def _refresh(self, class_embeddings, class_bias) -> None:
         if self._live is not None:
             return
-        self.snapshot_embeddings.assign(_validation.checked_finite(class_embeddings, "class_embeddings"))
+        self.snapshot_embeddings.assign(class_embeddings)
         bias = tf.zeros([self.num_classes]) if class_bias is None else class_bias
         self.snapshot_bias.assign(bias)
 

@@ -1,0 +1,221 @@
+"""TFRS integration (tf_keras mode only; Keras 3 mode checks the import guard)."""
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_adaptive_softmax import CodebookRefresh, samplers
+from tf_adaptive_softmax._keras import IS_KERAS_3, K
+
+pytestmark_legacy = pytest.mark.skipif(IS_KERAS_3, reason="TFRS needs tf_keras (TF_USE_LEGACY_KERAS=1)")
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="Keras 3 mode only")
+def test_keras3_import_raises_a_clear_error():
+    with pytest.raises(ImportError, match="TF_USE_LEGACY_KERAS=1"):
+        import tf_adaptive_softmax.tfrs  # noqa: F401
+
+
+if not IS_KERAS_3:
+    import tensorflow_recommenders as tfrs
+
+    from tf_adaptive_softmax.retrieval import MIN_FLOAT
+    from tf_adaptive_softmax.tfrs import AdaptiveRetrieval
+
+B, C, D, N = 4, 6, 5, 40
+
+
+def _batch(seed=0):
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, D)).astype(np.float32)
+    c = rng.standard_normal((C, D)).astype(np.float32)
+    ids = np.array([3, 7, 3, 11, 20, 21], np.int32)  # row 2 repeats id 3: an in-batch accidental hit
+    p = rng.uniform(0.01, 0.2, C).astype(np.float32)
+    return q, c, ids, p
+
+
+def _metrics(table):
+    candidates = tf.data.Dataset.from_tensor_slices((np.arange(N, dtype=np.int32), table)).batch(16)
+    index = tfrs.layers.factorized_top_k.BruteForce(k=5)
+    index.index_from_dataset(candidates.map(lambda i, e: (i, e)))
+    return tfrs.metrics.FactorizedTopK(candidates=index, ks=(1, 5))
+
+
+@pytestmark_legacy
+@pytest.mark.parametrize("options", [
+    {}, {"temperature": 0.5}, {"remove_accidental_hits": True}, {"num_hard_negatives": 2},
+])
+def test_parity_with_tfrs_retrieval_without_catalogue_negatives(options):
+    q, c, ids, p = _batch()
+    table = np.random.default_rng(1).standard_normal((N, D)).astype(np.float32)
+    auc_ours, auc_theirs = tf.keras.metrics.AUC(), tf.keras.metrics.AUC()
+    ours = AdaptiveRetrieval(metrics=_metrics(table), batch_metrics=[auc_ours], **options)
+    theirs = tfrs.tasks.Retrieval(metrics=_metrics(table), batch_metrics=[auc_theirs], **options)
+    # C > B: the extra candidates are shared negatives. Retrieval passes unsliced ids to
+    # FactorizedTopK there (TFRS#642), so the factorized metrics are compared with C == B below.
+    kwargs = dict(candidate_sampling_probability=p, candidate_ids=ids)
+    loss_ours = ours(q, c, **kwargs, compute_metrics=False, training=True)
+    loss_theirs = theirs(q, c, **kwargs, compute_metrics=False)
+    np.testing.assert_allclose(loss_ours.numpy(), loss_theirs.numpy(), rtol=1e-6)
+    ours(q, c[:B], candidate_ids=ids[:B], training=False)
+    theirs(q, c[:B], candidate_ids=ids[:B])
+    assert float(auc_ours.result()) == pytest.approx(float(auc_theirs.result()), rel=1e-6)
+    got = [float(v) for v in ours.factorized_metrics[0].result()]
+    want = [float(v) for v in theirs.factorized_metrics[0].result()]
+    assert got == want
+
+
+@pytestmark_legacy
+def test_extra_negatives_with_ids_do_not_break_factorized_metrics():
+    # tfrs.tasks.Retrieval crashes here (TFRS#642); only the B true pairs reach the metric.
+    q, c, ids, _ = _batch()
+    table = np.random.default_rng(1).standard_normal((N, D)).astype(np.float32)
+    task = AdaptiveRetrieval(metrics=_metrics(table))
+    assert np.isfinite(task(q, c, candidate_ids=ids).numpy())
+    assert len(task.factorized_metrics[0].result()) == 2
+
+
+@pytestmark_legacy
+@pytest.mark.parametrize("temperature", [None, 0.7])
+def test_mixed_negatives_match_a_hand_computation(temperature):
+    q, c, ids, p = _batch()
+    table = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
+    embedding = tf.keras.layers.Embedding(N, D, embeddings_initializer=tf.keras.initializers.Constant(table))
+    embedding.build((None,))
+    task = AdaptiveRetrieval(samplers.Uniform(N, seed=5), num_samples=7, candidate_embeddings=embedding,
+                             temperature=temperature)
+    twin = samplers.Uniform(N, seed=5)  # same stream: reproduces the task's draws
+    loss = task(q, c, candidate_sampling_probability=p, candidate_ids=ids, training=True).numpy()
+    drawn, _ = twin.sample(q, 7)
+    drawn = drawn.numpy()
+    tau = temperature or 1.0
+    in_batch = q @ c.T / tau - np.log(p)
+    sampled = np.einsum("bd,bmd->bm", q, table[drawn]) / tau - np.log(7 / N)  # -log(m·q), q = 1/N
+    sampled[drawn == ids[:B, None]] = -1e30
+    scores = np.concatenate([in_batch, sampled], axis=1).astype(np.float64)
+    expected = sum(-scores[i, i] + np.logaddexp.reduce(scores[i]) for i in range(B))
+    assert loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytestmark_legacy
+def test_catalogue_draws_of_the_positive_are_masked():
+    q, c, ids, _ = _batch()
+    counts = np.zeros(N)
+    counts[3] = 1.0  # the sampler only ever draws id 3, the positive of rows 0 and 2
+    embedding = tf.keras.layers.Embedding(N, D)
+    embedding.build((None,))
+    task = AdaptiveRetrieval(samplers.Unigram(counts), num_samples=3, candidate_embeddings=embedding)
+    plain = tfrs.tasks.Retrieval()
+    per_row = lambda t: t(q, c[:B], candidate_ids=ids[:B], sample_weight=np.eye(B)[0], **(  # noqa: E731
+        {"training": True} if t is task else {})).numpy()
+    assert per_row(task) == pytest.approx(per_row(plain), rel=1e-6)
+    assert MIN_FLOAT < -1e30
+
+
+@pytestmark_legacy
+def test_requires_candidate_ids_and_a_tower():
+    with pytest.raises(ValueError, match="candidate_embeddings"):
+        AdaptiveRetrieval(samplers.Uniform(N))
+    task = AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=lambda i: tf.zeros(tf.concat([tf.shape(i), [D]], 0)))
+    q, c, _, _ = _batch()
+    with pytest.raises(ValueError, match="candidate_ids"):
+        task(q, c[:B], training=True)
+
+
+class _TwoTower(tf.keras.Model if not IS_KERAS_3 else object):
+    def __init__(self, task, user_model, item_embedding):
+        super().__init__()
+        self.task, self.user_model, self.item_embedding = task, user_model, item_embedding
+
+    def train_step(self, data):
+        return self._step(data, training=True)
+
+    def test_step(self, data):
+        return self._step(data, training=False)
+
+    def _step(self, data, training):
+        users, items = data
+        with tf.GradientTape() as tape:
+            loss = self.task(self.user_model(users), self.item_embedding(items), candidate_ids=items,
+                             compute_metrics=not training, training=training)
+        if training:
+            variables = self.trainable_variables
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        return {"loss": loss}
+
+
+@pytestmark_legacy
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fit_with_midx_refresh_and_reindexing(jit_compile):
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 30, 256).astype(np.int32)
+    items = ((users * 7) % N).astype(np.int32)
+    item_embedding = tf.keras.layers.Embedding(N, D)
+    item_embedding.build((None,))
+    user_model = tf.keras.layers.Embedding(30, D)
+    index = tfrs.layers.factorized_top_k.BruteForce(k=5)
+    sampler = samplers.MIDX(N, num_codewords=4, seed=0)
+    task = AdaptiveRetrieval(sampler, num_samples=8, candidate_embeddings=item_embedding, index=index,
+                             catalogue_ids=np.arange(N, dtype=np.int32))
+    model = _TwoTower(task, user_model, item_embedding)
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05), jit_compile=jit_compile)
+    refresh = CodebookRefresh(task, every_n_steps=4)
+    history = model.fit(tf.data.Dataset.from_tensor_slices((users, items)).batch(32), epochs=3, verbose=0,
+                        callbacks=[refresh])
+    assert history.history["loss"][-1] < history.history["loss"][0]
+    assert bool(sampler.initialized.numpy()) and refresh.refresh_count == 3 + 6
+    _, top = index(user_model(tf.constant(users[:4])))
+    scores = user_model(tf.constant(users[:4])).numpy() @ item_embedding.embeddings.numpy().T
+    np.testing.assert_array_equal(top.numpy()[:, 0], np.argmax(scores, axis=1))  # index not stale
+
+
+@pytestmark_legacy
+def test_refresh_through_a_candidate_tower_embeds_the_catalogue(capsys):
+    table = np.random.default_rng(3).standard_normal((N, D)).astype(np.float32)
+    tower = lambda ids: tf.gather(table, ids) * 2.0  # noqa: E731
+    sampler = samplers.Softmax(N, live=False)
+    task = AdaptiveRetrieval(sampler, num_samples=4, candidate_embeddings=tower,
+                             catalogue_ids=np.arange(N, dtype=np.int32), refresh_batch_size=16)
+    task.refresh_sampler()
+    np.testing.assert_allclose(sampler.snapshot_embeddings.numpy(), table * 2.0, rtol=1e-6)
+
+
+@pytestmark_legacy
+@pytest.mark.slow
+def test_mirrored_strategy_fit_and_evaluate():
+    script = textwrap.dedent("""
+        import numpy as np, tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        import tensorflow_recommenders as tfrs
+        from tf_adaptive_softmax import samplers, CodebookRefresh
+        from tf_adaptive_softmax.tfrs import AdaptiveRetrieval
+        N, D = 40, 5
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+        with strategy.scope():
+            items = tf.keras.layers.Embedding(N, D); items.build((None,))
+            users = tf.keras.layers.Embedding(30, D); users.build((None,))
+            sampler = samplers.MIDX(N, num_codewords=4, seed=0)
+            task = AdaptiveRetrieval(sampler, num_samples=8, candidate_embeddings=items)
+            class M(tfrs.Model):
+                def __init__(self):
+                    super().__init__(); self.task, self.users, self.items = task, users, items
+                def compute_loss(self, data, training=False):
+                    u, i = data
+                    return self.task(self.users(u), self.items(i), candidate_ids=i, training=training,
+                                     compute_metrics=not training)
+            model = M(); model.compile(optimizer=tf.keras.optimizers.Adam(0.05))
+        rng = np.random.default_rng(0)
+        u = rng.integers(0, 30, 256).astype(np.int32); i = ((u * 7) % N).astype(np.int32)
+        ds = tf.data.Dataset.from_tensor_slices((u, i)).batch(32)
+        h = model.fit(ds, epochs=2, verbose=0, callbacks=[CodebookRefresh(task, every_n_steps=2)])
+        model.evaluate(ds, verbose=0)
+        assert h.history["loss"][-1] < h.history["loss"][0], h.history
+        print("MIRRORED_OK", strategy.num_replicas_in_sync)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert "MIRRORED_OK 2" in result.stdout, result.stderr[-4000:]

@@ -1,0 +1,212 @@
+"""`AdaptiveRetrieval`: `tfrs.tasks.Retrieval` with catalogue negatives from an adaptive sampler.
+
+TensorFlow Recommenders lives under tf_keras only: set `TF_USE_LEGACY_KERAS=1` before importing
+TensorFlow. In Keras 3 mode importing this module raises an ImportError that says so.
+
+The task keeps `Retrieval`'s constructor arguments and `call` signature, so swapping it in is a
+one-line change in `compute_loss`. Per query it scores the in-batch candidates (as Retrieval does)
+plus `num_samples` negatives drawn from the whole catalogue by `sampler` (mixed negatives):
+
+    scores = [ q cᵀ / τ - log p_in-batch   |   <q, e(s_j)> / τ - log(m · q(s_j | q)) ]
+               in-batch columns (TFRS)          catalogue columns (exact, unclipped log q)
+
+In-batch columns keep TFRS's `candidate_sampling_probability` semantics; catalogue columns subtract
+the log expected count of each draw, never clipped (TFRS clips p at 1e-6, wrong for catalogues
+above ~1M items). Catalogue draws equal to the row's positive id are masked. Factorized metrics
+see only the B true pairs (the query, its candidate, its id), which sidesteps
+tensorflow/recommenders#642.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import tensorflow as tf
+
+from tf_adaptive_softmax import _validation
+from tf_adaptive_softmax import retrieval as mixed_negatives
+from tf_adaptive_softmax._keras import IS_KERAS_3, K, Untracked, raw_variable
+
+if IS_KERAS_3:
+    raise ImportError(
+        "tf_adaptive_softmax.tfrs needs TensorFlow Recommenders, which requires tf_keras: set "
+        "TF_USE_LEGACY_KERAS=1 before TensorFlow is imported (and pip install tf_keras "
+        "tensorflow-recommenders, the package's `tfrs` extra)."
+    )
+
+import tensorflow_recommenders as tfrs  # noqa: E402  (after the flavour check)
+
+from tf_adaptive_softmax.samplers.base import Sampler  # noqa: E402
+
+
+class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
+    """A retrieval task with in-batch plus adaptive catalogue negatives.
+
+    Args:
+      sampler: a `Sampler` over the catalogue ids, or None (then exactly `tfrs.tasks.Retrieval`).
+      num_samples: catalogue negatives per query.
+      candidate_embeddings: how sampled ids become embeddings: an Embedding layer over item ids
+        (its table also refreshes the sampler) or a callable `ids -> embeddings` (a candidate tower
+        over an item-feature lookup; pass `catalogue_ids` so the sampler can be refreshed).
+      catalogue_ids: int ids [N] of the whole catalogue, used to embed it for `refresh_sampler`
+        when `candidate_embeddings` is a callable.
+      refresh_batch_size: batch size when embedding the catalogue through the callable.
+      index: an optional `tfrs.layers.factorized_top_k.BruteForce` re-indexed with the catalogue
+        embeddings after every refresh, so evaluation is not stale.
+      loss, metrics, batch_metrics, loss_metrics, temperature, num_hard_negatives,
+      remove_accidental_hits, name: as for `tfrs.tasks.Retrieval` (loss defaults to its
+        sum-reduced categorical cross-entropy).
+
+    Example (tf_keras mode):
+        task = AdaptiveRetrieval(
+            sampler=tfas.samplers.MIDX(num_items, num_codewords=32, seed=0), num_samples=64,
+            candidate_embeddings=item_embedding_layer)
+        # in tfrs.Model.compute_loss, exactly as with tfrs.tasks.Retrieval:
+        loss = task(user_embeddings, item_embeddings, candidate_ids=item_ids,
+                    compute_metrics=not training)
+        # and keep the sampler in step: model.fit(..., callbacks=[CodebookRefresh(task)])
+    """
+
+    def __init__(
+        self,
+        sampler: Optional[Sampler] = None,
+        num_samples: int = 64,
+        candidate_embeddings=None,
+        catalogue_ids=None,
+        refresh_batch_size: int = 4096,
+        index=None,
+        loss: Optional[tf.keras.losses.Loss] = None,
+        metrics=None,
+        batch_metrics: Optional[Sequence] = None,
+        loss_metrics: Optional[Sequence] = None,
+        temperature: Optional[float] = None,
+        num_hard_negatives: Optional[int] = None,
+        remove_accidental_hits: bool = False,
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        if sampler is not None:
+            if not isinstance(sampler, Sampler):
+                raise TypeError(f"`sampler` must be a tf_adaptive_softmax Sampler or None; got {sampler!r}.")
+            if candidate_embeddings is None:
+                raise ValueError("`candidate_embeddings` (an Embedding layer or ids -> embeddings callable) "
+                                 "is required with a sampler.")
+        self.sampler = sampler
+        self.num_samples = _validation.check_num_samples(num_samples)
+        self.refresh_batch_size = _validation.check_positive_int(refresh_batch_size, "refresh_batch_size")
+        # The tower belongs to the user's model; tracking it here would list its weights twice.
+        self._candidates = Untracked(tower=candidate_embeddings, index=index)
+        self._catalogue_ids = None if catalogue_ids is None else tf.constant(catalogue_ids)
+        self.retrieval = tfrs.tasks.Retrieval(
+            loss=loss, metrics=metrics, batch_metrics=batch_metrics, loss_metrics=loss_metrics,
+            temperature=temperature, num_hard_negatives=num_hard_negatives,
+            remove_accidental_hits=remove_accidental_hits,
+        )
+        self._temperature = temperature
+        self._num_hard_negatives = num_hard_negatives
+        self._remove_accidental_hits = remove_accidental_hits
+
+    @property
+    def factorized_metrics(self):
+        return self.retrieval.factorized_metrics
+
+    @factorized_metrics.setter
+    def factorized_metrics(self, value):
+        self.retrieval.factorized_metrics = value
+
+    # -- catalogue ---------------------------------------------------------------------------
+    def _embed_ids(self, ids: tf.Tensor) -> tf.Tensor:
+        tower = self._candidates.tower
+        return tf.cast(tower(ids), tf.float32)
+
+    def catalogue_embeddings(self) -> tf.Tensor:
+        """[N, d] embeddings of the whole catalogue: the table, or the tower run over `catalogue_ids`
+        in batches (with a progress bar)."""
+        tower = self._candidates.tower
+        if hasattr(tower, "embeddings"):
+            return tf.convert_to_tensor(raw_variable(tower.embeddings))
+        if self._catalogue_ids is None:
+            raise ValueError("Refreshing through a candidate tower needs `catalogue_ids` (all item ids).")
+        ids = self._catalogue_ids
+        total = int(ids.shape[0])
+        progress = K.utils.Progbar(total, unit_name="item")
+        parts = []
+        for start in range(0, total, self.refresh_batch_size):
+            parts.append(self._embed_ids(ids[start:start + self.refresh_batch_size]))
+            progress.update(min(total, start + self.refresh_batch_size))
+        return tf.concat(parts, axis=0)
+
+    def refresh_sampler(self) -> None:
+        """Refreshes the sampler from the current catalogue embeddings (and re-indexes `index`)."""
+        if self.sampler is None:
+            return
+        embeddings = None
+        if self.sampler.adaptive:
+            embeddings = self.catalogue_embeddings()
+            self.sampler.refresh(embeddings)
+        index = self._candidates.index
+        if index is not None:
+            embeddings = self.catalogue_embeddings() if embeddings is None else embeddings
+            ids = self._catalogue_ids if self._catalogue_ids is not None else tf.range(tf.shape(embeddings)[0])
+            index.index(embeddings, ids)
+
+    # -- loss --------------------------------------------------------------------------------
+    def call(
+        self,
+        query_embeddings: tf.Tensor,
+        candidate_embeddings: tf.Tensor,
+        sample_weight: Optional[tf.Tensor] = None,
+        candidate_sampling_probability: Optional[tf.Tensor] = None,
+        candidate_ids: Optional[tf.Tensor] = None,
+        compute_metrics: bool = True,
+        compute_batch_metrics: bool = True,
+        score_mask: Optional[tf.Tensor] = None,
+        training: Optional[bool] = None,
+    ) -> tf.Tensor:
+        """Same arguments and return value as `tfrs.tasks.Retrieval.call`.
+
+        Catalogue negatives are added only in training (`training=True`, which `fit` passes);
+        evaluation scores the in-batch candidates exactly as `Retrieval` does.
+        """
+        use_sampler = self.sampler is not None and bool(training)
+        if query_embeddings.shape.rank == 3:
+            if use_sampler:
+                raise ValueError("Multi-head (3-D) query embeddings are not supported with catalogue negatives.")
+            return self.retrieval(
+                query_embeddings, candidate_embeddings, sample_weight=sample_weight,
+                candidate_sampling_probability=candidate_sampling_probability, candidate_ids=candidate_ids,
+                compute_metrics=compute_metrics, compute_batch_metrics=compute_batch_metrics,
+                score_mask=score_mask,
+            )
+        scores, labels = mixed_negatives.mixed_negatives_scores(
+            query_embeddings, candidate_embeddings, candidate_ids,
+            sampler=self.sampler if use_sampler else None, num_samples=self.num_samples,
+            embed_ids=self._embed_ids, candidate_sampling_probability=candidate_sampling_probability,
+            temperature=self._temperature, remove_accidental_hits=self._remove_accidental_hits,
+            score_mask=score_mask,
+        )
+        if self._num_hard_negatives is not None:
+            scores, labels = tfrs.layers.loss.HardNegativeMining(self._num_hard_negatives)(scores, labels)
+        return self._loss_and_metrics(
+            labels, scores, query_embeddings, candidate_embeddings, sample_weight, candidate_ids,
+            compute_metrics, compute_batch_metrics,
+        )
+
+    def _loss_and_metrics(self, labels, scores, query_embeddings, candidate_embeddings, sample_weight,
+                          candidate_ids, compute_metrics, compute_batch_metrics):
+        task = self.retrieval
+        loss = task._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)  # pylint: disable=protected-access
+        update_ops = [metric.update_state(loss) for metric in task._loss_metrics]  # pylint: disable=protected-access
+        num_queries = tf.shape(query_embeddings)[0]
+        if compute_metrics and query_embeddings.shape.rank == 2:
+            true_ids = None if candidate_ids is None else candidate_ids[:num_queries]
+            for metric in task.factorized_metrics:
+                update_ops.append(metric.update_state(
+                    query_embeddings, candidate_embeddings[:num_queries],
+                    true_candidate_ids=true_ids, sample_weight=sample_weight))
+        if compute_batch_metrics:
+            for metric in task._batch_metrics:  # pylint: disable=protected-access
+                update_ops.append(metric.update_state(labels, scores, sample_weight=sample_weight))
+        with tf.control_dependencies([op for op in update_ops if op is not None]):
+            return tf.identity(loss)
+
