@@ -38,6 +38,20 @@ MIN_FLOAT = tf.float32.min / 100.0
 _PROBABILITY_FLOOR = 1e-6
 
 
+def gather_across_replicas(tensor):
+    """All replicas' rows, this replica's first (all_gather, then roll), or `tensor` itself
+    outside a multi-replica strategy. Shapes must match across replicas (use drop_remainder)."""
+    if tensor is None:
+        return None
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensor
+    tensor = tf.convert_to_tensor(tensor)
+    gathered = context.all_gather(tensor, axis=0)
+    shift = tf.cast(context.replica_id_in_sync_group, tf.int32) * tf.shape(tensor)[0]
+    return tf.roll(gathered, -shift, axis=0)
+
+
 def in_batch_scores(
     query_embeddings,
     candidate_embeddings,
@@ -104,11 +118,22 @@ def mixed_negatives_scores(
     temperature: Optional[float] = None,
     remove_accidental_hits: bool = False,
     score_mask=None,
+    cross_replica_candidates: bool = False,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """(scores [B, C + m], labels [B, C + m]): in-batch columns, then catalogue columns.
 
-    With `sampler=None` only the in-batch columns (exactly `tfrs.tasks.Retrieval`'s scores).
+    With `sampler=None` only the in-batch columns (exactly `tfrs.tasks.Retrieval`'s scores). With
+    `cross_replica_candidates=True` under a multi-replica strategy, every replica's candidates
+    (and their ids and probabilities) join the in-batch columns, this replica's first, so each
+    query sees R·C in-batch negatives instead of C (tensorflow/tensorflow#47344).
     """
+    positive_ids = candidate_ids
+    if cross_replica_candidates:
+        if score_mask is not None:
+            raise ValueError("`score_mask` cannot be combined with `cross_replica_candidates`.")
+        candidate_embeddings = gather_across_replicas(candidate_embeddings)
+        candidate_ids = gather_across_replicas(candidate_ids)
+        candidate_sampling_probability = gather_across_replicas(candidate_sampling_probability)
     scores = in_batch_scores(
         query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability,
         temperature, remove_accidental_hits, score_mask,
@@ -117,7 +142,7 @@ def mixed_negatives_scores(
         if embed_ids is None:
             raise ValueError("`embed_ids` (ids -> candidate embeddings) is required with a sampler.")
         _validation.check_num_samples(num_samples)
-        sampled = catalogue_scores(query_embeddings, candidate_ids, sampler, num_samples, embed_ids, temperature)
+        sampled = catalogue_scores(query_embeddings, positive_ids, sampler, num_samples, embed_ids, temperature)
         scores = tf.concat([scores, tf.cast(sampled, scores.dtype)], axis=1)
     labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1], dtype=scores.dtype)
     return scores, labels
@@ -135,12 +160,14 @@ def mixed_negatives_loss(
     remove_accidental_hits: bool = False,
     sample_weight=None,
     reduction: str = "sum",
+    cross_replica_candidates: bool = False,
 ) -> tf.Tensor:
     """Softmax cross-entropy over the mixed-negatives scores: "sum" over the batch (TFRS's
     default), "mean", or "none" for per-query losses [B]."""
     scores, labels = mixed_negatives_scores(
         query_embeddings, candidate_embeddings, candidate_ids, sampler, num_samples, embed_ids,
         candidate_sampling_probability, temperature, remove_accidental_hits,
+        cross_replica_candidates=cross_replica_candidates,
     )
     per_query = tf.nn.softmax_cross_entropy_with_logits(labels, scores)
     if sample_weight is not None:

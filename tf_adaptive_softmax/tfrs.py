@@ -53,6 +53,9 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
       refresh_batch_size: batch size when embedding the catalogue through the callable.
       index: an optional `tfrs.layers.factorized_top_k.BruteForce` re-indexed with the catalogue
         embeddings after every refresh, so evaluation is not stale.
+      cross_replica_candidates: under a multi-replica strategy (MirroredStrategy, TPUStrategy), use
+        every replica's positives as extra in-batch negatives (equal per-replica batch sizes:
+        batch with `drop_remainder=True`).
       loss, metrics, batch_metrics, loss_metrics, temperature, num_hard_negatives,
       remove_accidental_hits, name: as for `tfrs.tasks.Retrieval` (loss defaults to its
         sum-reduced categorical cross-entropy).
@@ -82,6 +85,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         temperature: Optional[float] = None,
         num_hard_negatives: Optional[int] = None,
         remove_accidental_hits: bool = False,
+        cross_replica_candidates: bool = False,
         name: Optional[str] = None,
     ):
         super().__init__(name=name)
@@ -105,6 +109,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         self._temperature = temperature
         self._num_hard_negatives = num_hard_negatives
         self._remove_accidental_hits = remove_accidental_hits
+        self._cross_replica_candidates = bool(cross_replica_candidates)
 
     @property
     def factorized_metrics(self):
@@ -183,7 +188,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             sampler=self.sampler if use_sampler else None, num_samples=self.num_samples,
             embed_ids=self._embed_ids, candidate_sampling_probability=candidate_sampling_probability,
             temperature=self._temperature, remove_accidental_hits=self._remove_accidental_hits,
-            score_mask=score_mask,
+            score_mask=score_mask, cross_replica_candidates=self._cross_replica_candidates,
         )
         if self._num_hard_negatives is not None:
             scores, labels = tfrs.layers.loss.HardNegativeMining(self._num_hard_negatives)(scores, labels)

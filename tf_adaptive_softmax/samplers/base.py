@@ -44,6 +44,15 @@ def sub_seed(seed: tf.Tensor, index: int) -> tf.Tensor:
     return tf.random.experimental.stateless_fold_in(seed, index, alg="philox")
 
 
+def _per_replica(seed: tf.Tensor) -> tf.Tensor:
+    """Under a multi-replica strategy every replica reads the same seed state: fold in the replica
+    id so that replicas draw independent negatives."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return seed
+    return sub_seed(seed, tf.cast(context.replica_id_in_sync_group, tf.int32) + 1)
+
+
 def ints_from_uniform(u: tf.Tensor, maxval) -> tf.Tensor:
     """Maps u ~ U[0, 1) to a uniform int32 in [0, maxval); `maxval` may vary per element (bucket
     sizes), which makes a uniform pick inside a bucket O(1)."""
@@ -152,7 +161,10 @@ class Sampler(K.layers.Layer):
         num_samples = _validation.check_num_samples(num_samples)
         queries = _validation.as_queries(queries, width=self.embedding_dim)
         seed = self._next_seed() if seed is None else seed_pair(seed)
-        ids, log_q = self._sample(queries, num_samples, seed)
+        ids, log_q = self._sample(queries, num_samples, _per_replica(seed))
+        # The sample axis is static (XLA and the estimator rely on it), whatever the sampler did.
+        ids = tf.ensure_shape(ids, [queries.shape[0], num_samples])
+        log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
     def log_prob(self, queries, ids) -> tf.Tensor:

@@ -161,7 +161,7 @@ class QuadraticKernel(Sampler):
             (split(group), split(u)),
             fn_output_signature=tf.int32,
         )
-        return tf.reshape(tf.transpose(picked, [1, 0, 2]), [tf.shape(group)[0], -1])[:, :num_samples]
+        return tf.reshape(tf.transpose(picked, [1, 0, 2]), [-1, num_chunks * chunk])[:, :num_samples]
 
     def _log_prob(self, queries, ids):
         log_normalizer = tf.math.log(tf.reduce_sum(self._group_mass(queries), axis=1, keepdims=True))
