@@ -246,3 +246,22 @@ def test_mirrored_strategy_fit_and_evaluate():
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert "MIRRORED_OK 2" in result.stdout, result.stderr[-4000:]
+
+
+@pytestmark_legacy
+@pytest.mark.slow
+def test_two_tower_example_runs_on_an_interactions_file(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["user_id\titem_id\trating\ttimestamp"]
+    for user in range(40):
+        for step in range(12):
+            rows.append(f"{user + 1}\t{int(rng.integers(1, 60))}\t4\t{1000 * user + step}")
+    path = tmp_path / "inter.tsv"
+    path.write_text("\n".join(rows) + "\n")
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / "tfrs_two_tower.py"), "--data", str(path), "--quick",
+         "--batch-size", "32", "--num-samples", "8"],
+        capture_output=True, text=True, timeout=600, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("Recall@10=") == 6 and "| AdaptiveRetrieval, in-batch + MIDX |" in result.stdout

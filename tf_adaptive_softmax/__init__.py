@@ -2,14 +2,16 @@
 
 Public API:
   AdaptiveSampledSoftmaxLoss   the output/loss layer (layers.py)
-  samplers                     Uniform, LogUniform, Unigram, Softmax (and the Sampler contract)
+  samplers                     Uniform, LogUniform, Unigram, MIDX, QuadraticKernel, Softmax
+  retrieval                    mixed-negatives retrieval loss (any Keras flavour)
+  tfrs.AdaptiveRetrieval       the TFRS task (import tf_adaptive_softmax.tfrs; tf_keras only)
   estimator                    the pure-TF sampled-softmax math
   losses.SampledSoftmaxLoss    adapter for model.compile(loss=...)
   callbacks.CodebookRefresh    refreshes adaptive samplers during fit
   datasets                     synthetic teacher data
 """
 
-from tf_adaptive_softmax import callbacks, datasets, estimator, losses, samplers
+from tf_adaptive_softmax import callbacks, datasets, estimator, losses, quantization, retrieval, samplers
 from tf_adaptive_softmax._keras import IS_KERAS_3
 from tf_adaptive_softmax.callbacks import CodebookRefresh
 from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss
@@ -26,5 +28,7 @@ __all__ = [
     "datasets",
     "estimator",
     "losses",
+    "quantization",
+    "retrieval",
     "samplers",
 ]

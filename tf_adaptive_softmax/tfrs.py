@@ -128,7 +128,9 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         """[N, d] embeddings of the whole catalogue: the table, or the tower run over `catalogue_ids`
         in batches (with a progress bar)."""
         tower = self._candidates.tower
-        if hasattr(tower, "embeddings"):
+        if isinstance(tower, K.layers.Embedding):
+            if not tower.built:
+                tower.build((None,))
             return tf.convert_to_tensor(raw_variable(tower.embeddings))
         if self._catalogue_ids is None:
             raise ValueError("Refreshing through a candidate tower needs `catalogue_ids` (all item ids).")
@@ -154,6 +156,12 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             embeddings = self.catalogue_embeddings() if embeddings is None else embeddings
             ids = self._catalogue_ids if self._catalogue_ids is not None else tf.range(tf.shape(embeddings)[0])
             index.index(embeddings, ids)
+
+    def build(self, input_shape):
+        # Sampler state is sized by the embedding width: create it with the task, not mid-trace.
+        if self.sampler is not None and self.sampler.embedding_dim is None and input_shape[-1] is not None:
+            self.sampler.build_state(int(input_shape[-1]))
+        super().build(input_shape)
 
     # -- loss --------------------------------------------------------------------------------
     def call(
