@@ -235,3 +235,19 @@ def test_bad_inputs_raise_clear_errors():
         AdaptiveSampledSoftmaxLoss(N, samplers.Uniform(N + 1))
     with pytest.raises(TypeError, match="sampler"):
         AdaptiveSampledSoftmaxLoss(N, "uniform")
+
+
+@pytest.mark.skipif(not IS_KERAS_3, reason="tf_keras cannot reload a model with an attached layer (documented)")
+def test_model_compiled_with_the_adapter_saves_and_loads(tmp_path):
+    layer = AdaptiveSampledSoftmaxLoss(N, samplers.Uniform(N), num_samples=4)
+    features = K.Input((D,))
+    model = K.Model(features, K.layers.Dense(D)(features))
+    model.compile(optimizer="adam", loss=SampledSoftmaxLoss(layer, model=model))
+    x, y = _data(32)
+    model.fit(x, y, verbose=0)
+    path = str(tmp_path / "compiled.keras")
+    model.save(path)
+    restored = K.models.load_model(path)
+    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    with pytest.raises(ValueError, match="Compile again"):
+        restored.compiled_loss(y, restored(x)) if hasattr(restored, "compiled_loss") else restored.loss(y, restored(x))

@@ -8,8 +8,8 @@ loss otherwise (`evaluate`), so validation numbers are honest.
 The layer's weights must train with the model, so the model must track the layer: pass
 `model=` (a functional or subclassed model) and the adapter builds the layer for the model's
 output width and attaches it (`Sequential` models cannot track an extra layer: a clear error says
-so). A compiled model saved to `.keras` does not carry this loss's link to the layer: reload with
-`compile=False` and compile again.
+so). A compiled model saves and loads, but the restored loss has no link to the layer (a live
+object, not config): compile again with a new `SampledSoftmaxLoss` after loading.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class SampledSoftmaxLoss(K.losses.Loss):
     ):
         if mode not in ("auto", "sampled", "full"):
             raise ValueError(f"`mode` must be 'auto', 'sampled' or 'full'; got {mode!r}.")
-        if not hasattr(output_layer, "per_example_loss"):
+        if output_layer is not None and not hasattr(output_layer, "per_example_loss"):
             raise TypeError(
                 f"`output_layer` must be an AdaptiveSampledSoftmaxLoss layer; got {output_layer!r}."
             )
@@ -83,12 +83,20 @@ class SampledSoftmaxLoss(K.losses.Loss):
         if model is not None:
             attach(output_layer, model)
 
+    def _layer(self):
+        if self.output_layer is None:
+            raise ValueError(
+                "This SampledSoftmaxLoss was restored from a saved config without its output layer "
+                "(a live object). Compile again with SampledSoftmaxLoss(output_layer, model=model)."
+            )
+        return self.output_layer
+
     def _training(self) -> bool:
         return self.mode == "sampled" or (self.mode == "auto" and _recording_gradients())
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Bypasses Keras' own conversion, which would cast the integer ids to float.
-        per_example = self.output_layer.per_example_loss(y_pred, y_true, training=self._training())
+        per_example = self._layer().per_example_loss(y_pred, y_true, training=self._training())
         if sample_weight is not None:
             per_example *= tf.reshape(tf.cast(sample_weight, per_example.dtype), tf.shape(per_example))
         reduction = str(getattr(self.reduction, "value", self.reduction)).lower()
@@ -100,11 +108,17 @@ class SampledSoftmaxLoss(K.losses.Loss):
         return total / tf.cast(tf.shape(per_example)[0], total.dtype)
 
     def call(self, y_true, y_pred):
-        return self.output_layer.per_example_loss(y_pred, y_true, training=self._training())
+        return self._layer().per_example_loss(y_pred, y_true, training=self._training())
 
     def get_config(self) -> dict:
-        # The layer is a live object with weights: it cannot round-trip through a config.
-        raise NotImplementedError(
-            "SampledSoftmaxLoss links to a live layer; save the model and reload it with "
-            "compile=False, then compile again with a new SampledSoftmaxLoss."
-        )
+        # The output layer is a live object with weights, not config: a restored loss has none and
+        # says so when called (the model itself saves and loads; re-compile after loading).
+        config = super().get_config()
+        config["mode"] = self.mode
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("fn", None)
+        return cls(None, **{k: v for k, v in config.items() if k in ("mode", "reduction", "name")})
