@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import chi_square_pvalue
+from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue
 from tf_adaptive_softmax import samplers
 
 NUM_CLASSES = 37  # deliberately not a power of anything
@@ -58,7 +58,7 @@ def test_frequencies_match_log_prob(name):
     probs = np.exp(sampler.log_prob(queries, all_ids).numpy())
     for row in range(len(queries)):
         counts = np.bincount(ids[row].numpy(), minlength=NUM_CLASSES)
-        assert chi_square_pvalue(counts, probs[row], counts.sum()) > 1e-3
+        assert chi_square_pvalue(counts, probs[row], counts.sum()) > CHI_SQUARE_ALPHA
     # The returned log q is the log_prob of the drawn ids.
     np.testing.assert_allclose(log_q.numpy(), sampler.log_prob(queries, ids).numpy(), rtol=1e-6, atol=1e-6)
 
@@ -171,3 +171,23 @@ def test_config_round_trip(name):
     sampler = FACTORIES[name]()
     clone = type(sampler).from_config(sampler.get_config())
     assert clone.num_classes == sampler.num_classes and type(clone) is type(sampler)
+
+
+def test_uniform_reaches_every_id_of_a_huge_catalogue():
+    # A float32 uniform scaled by 10^8 could only produce multiples of 8 near the top of the range.
+    ids = samplers.Uniform(100_000_000, seed=0).sample(_queries(4), 50_000)[0].numpy().ravel()
+    for modulus in (2, 8):
+        counts = np.bincount(ids % modulus, minlength=modulus)
+        assert chi_square_pvalue(counts, np.full(modulus, 1.0 / modulus), counts.sum()) > CHI_SQUARE_ALPHA
+    assert ids.max() > 99_000_000
+
+
+def test_uniform_ints_with_per_element_ranges():
+    from tf_adaptive_softmax.samplers.base import uniform_ints
+
+    sizes = tf.constant([[3, 7, 50_000_000]])
+    draws = uniform_ints([20000, 3], tf.broadcast_to(sizes, [20000, 3]), tf.constant([1, 2])).numpy()
+    for column, size in enumerate((3, 7)):
+        counts = np.bincount(draws[:, column], minlength=size)
+        assert chi_square_pvalue(counts, np.full(size, 1.0 / size), counts.sum()) > CHI_SQUARE_ALPHA
+    assert draws[:, 2].max() < 50_000_000 and (draws[:, 2] % 2).mean() > 0.45

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tf_adaptive_softmax import CodebookRefresh, samplers
-from tf_adaptive_softmax._keras import IS_KERAS_3, K
+from tf_adaptive_softmax._keras import IS_KERAS_3
 
 pytestmark_legacy = pytest.mark.skipif(IS_KERAS_3, reason="TFRS needs tf_keras (TF_USE_LEGACY_KERAS=1)")
 

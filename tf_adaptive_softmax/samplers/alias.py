@@ -36,8 +36,8 @@ def build_alias_table(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 def alias_draw(probability, alias, shape, seed: tf.Tensor) -> tf.Tensor:
     """int32 draws of the given `shape` from an alias table (tensors or variables)."""
-    num_columns = tf.shape(probability)[0]
-    column = uniform_ints(shape, num_columns, sub_seed(seed, 0))
+    num_columns = probability.shape[0]  # static: the exact integer draw
+    column = uniform_ints(shape, int(num_columns), sub_seed(seed, 0))
     u = tf.random.stateless_uniform(shape, seed=sub_seed(seed, 1), dtype=tf.float32)
     keep = u < tf.gather(probability, column)
     return tf.where(keep, column, tf.gather(alias, column))

@@ -53,16 +53,18 @@ def _per_replica(seed: tf.Tensor) -> tf.Tensor:
     return sub_seed(seed, tf.cast(context.replica_id_in_sync_group, tf.int32) + 1)
 
 
-def ints_from_uniform(u: tf.Tensor, maxval) -> tf.Tensor:
-    """Maps u ~ U[0, 1) to a uniform int32 in [0, maxval); `maxval` may vary per element (bucket
-    sizes), which makes a uniform pick inside a bucket O(1)."""
-    maxval = tf.cast(maxval, tf.float32)
-    return tf.cast(tf.minimum(tf.floor(u * maxval), maxval - 1.0), tf.int32)
-
-
 def uniform_ints(shape, maxval, seed: tf.Tensor) -> tf.Tensor:
-    """Stateless uniform int32 in [0, maxval)."""
-    return ints_from_uniform(tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32), maxval)
+    """Stateless uniform int32 in [0, maxval), exact for any catalogue size.
+
+    A Python-int `maxval` uses TF's integer uniform. A tensor `maxval` (per-element ranges, such
+    as bucket sizes) reduces 63 random bits modulo the range: the bias is below range / 2^63. A
+    float32 uniform scaled by the range would not do: past 2^24 it cannot reach every integer.
+    """
+    if isinstance(maxval, int):
+        return tf.random.stateless_uniform(shape, seed=seed, minval=0, maxval=maxval, dtype=tf.int32)
+    bits = tf.random.stateless_uniform(shape, seed=seed, minval=None, maxval=None, dtype=tf.int64)
+    non_negative = tf.bitwise.bitwise_and(bits, tf.constant(0x7FFFFFFFFFFFFFFF, tf.int64))
+    return tf.cast(tf.math.floormod(non_negative, tf.cast(maxval, tf.int64)), tf.int32)
 
 
 def cumulative_over_last_axis(weights: tf.Tensor) -> tf.Tensor:

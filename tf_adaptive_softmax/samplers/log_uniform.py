@@ -16,7 +16,9 @@ class LogUniform(Sampler):
 
     Assumes ids are sorted by decreasing frequency (id 0 the most frequent), as vocabularies
     usually are. Sampled by inverting the CDF, log(k + 2) / log(N + 1), in O(1) per draw:
-    k = floor(exp(u · log(N + 1))) - 1 with u ~ U[0, 1).
+    k = floor(exp(u · log(N + 1))) - 1 with u ~ U[0, 1). The inversion runs in float32 (TPUs have
+    no float64), so it is exact for N up to 2^24; beyond, ids above ~2^24 are resolved to float32
+    spacing (their total probability is small: log(N+1) - log(2^24) over log(N+1)).
 
     Example:
         >>> import tensorflow as tf

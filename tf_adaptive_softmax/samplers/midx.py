@@ -34,9 +34,9 @@ from tf_adaptive_softmax.samplers.base import (
     Sampler,
     cumulative_over_last_axis,
     draw_from_cdf_rows,
-    ints_from_uniform,
     search_buckets,
     sub_seed,
+    uniform_ints,
 )
 from tf_adaptive_softmax.samplers.unigram import check_counts, unigram_log_probs
 
@@ -247,7 +247,7 @@ class MIDX(Sampler):
             target = uniforms[2] * tf.gather(cumulative, end - 1)
             position = search_buckets(cumulative, start, end, target, self._search_steps)
         else:
-            position = start + ints_from_uniform(uniforms[2], end - start)
+            position = start + uniform_ints(tf.shape(bucket), end - start, sub_seed(seed, 3))
         ids = tf.gather(self.sorted_ids, position)
         return ids, self._log_q(scores1, scores2, log_normalizer, first, second, ids)
 
