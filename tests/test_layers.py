@@ -251,3 +251,13 @@ def test_model_compiled_with_the_adapter_saves_and_loads(tmp_path):
     np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
     with pytest.raises(ValueError, match="Compile again"):
         restored.compiled_loss(y, restored(x)) if hasattr(restored, "compiled_loss") else restored.loss(y, restored(x))
+
+
+def test_compile_adapter_accepts_whole_float_ids_but_rejects_fractions():
+    # Keras hands float targets to compiled losses in some paths (distributed Keras 3 builds).
+    layer = _layer()
+    loss = SampledSoftmaxLoss(layer, mode="full")
+    x, y = _data(4)
+    np.testing.assert_allclose(loss(y.astype(np.float32), x).numpy(), loss(y, x).numpy(), rtol=1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="integer"):
+        loss(y.astype(np.float32) + 0.5, x)

@@ -22,6 +22,11 @@ def register_serializable(cls):
     return K.utils.register_keras_serializable(package=SERIALIZATION_PACKAGE)(cls)
 
 
+# Aggregation for non-trainable state updated inside a train step (the seed stream): under a
+# multi-replica strategy the first replica's update is kept, as for metrics' counters.
+ONLY_FIRST_REPLICA = "only_first_replica" if IS_KERAS_3 else tf.VariableAggregation.ONLY_FIRST_REPLICA
+
+
 def serialize(obj) -> dict:
     """Serializes a registered object (a sampler) into a config dict."""
     return K.utils.serialize_keras_object(obj)

@@ -57,6 +57,25 @@ def as_ids(ids, name: str = "ids", rank: int | None = None) -> tf.Tensor:
     return tf.cast(ids, tf.int32)
 
 
+def integral_float_ids(ids, name: str = "labels") -> tf.Tensor:
+    """Float ids whose values are whole numbers -> int32 (an assert rejects any fraction).
+
+    For the compile adapter only: Keras itself hands some losses float targets (Keras 3 builds
+    the compiled loss of a distributed model from float placeholders), so a float dtype there
+    does not mean the user passed floats. Fractions still raise; nothing is rounded silently.
+    """
+    ids = tf.convert_to_tensor(ids)
+    if not ids.dtype.is_floating:
+        return ids
+    whole = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(ids, tf.round(ids))),
+        [f"`{name}` must hold integer class ids; got non-integer values."],
+        name=f"check_{name}_integral",
+    )
+    with tf.control_dependencies([whole]):
+        return tf.cast(ids, tf.int32)
+
+
 def as_label_matrix(labels, name: str = "labels") -> tf.Tensor:
     """Labels [B] or [B, num_true] -> int32 [B, num_true]."""
     labels = tf.convert_to_tensor(labels)

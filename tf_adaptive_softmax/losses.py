@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K, register_serializable
 
 
@@ -96,6 +97,7 @@ class SampledSoftmaxLoss(K.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Bypasses Keras' own conversion, which would cast the integer ids to float.
+        y_true = _validation.integral_float_ids(y_true)
         per_example = self._layer().per_example_loss(y_pred, y_true, training=self._training())
         if sample_weight is not None:
             per_example *= tf.reshape(tf.cast(sample_weight, per_example.dtype), tf.shape(per_example))
@@ -108,6 +110,7 @@ class SampledSoftmaxLoss(K.losses.Loss):
         return total / tf.cast(tf.shape(per_example)[0], total.dtype)
 
     def call(self, y_true, y_pred):
+        y_true = _validation.integral_float_ids(y_true)
         return self._layer().per_example_loss(y_pred, y_true, training=self._training())
 
     def get_config(self) -> dict:

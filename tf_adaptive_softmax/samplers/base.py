@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
-from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K
 
 
 def seed_pair(seed) -> tf.Tensor:
@@ -134,6 +134,7 @@ class Sampler(K.layers.Layer):
             shape=(2,),
             dtype="int32",
             trainable=False,
+            aggregation=ONLY_FIRST_REPLICA,
             initializer=lambda shape, dtype=None: tf.constant(initial, dtype=tf.int32),
         )
         self.embedding_dim: Optional[int] = None

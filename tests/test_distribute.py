@@ -1,0 +1,38 @@
+"""MirroredStrategy on 2 logical CPUs with the Keras loss layer, in whichever flavour is active."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+SCRIPT = textwrap.dedent("""
+    import numpy as np, tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import tf_adaptive_softmax as tfas
+    K = tf.keras
+    N, D = 60, 8
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        sampler = tfas.samplers.MIDX(N, num_codewords=4, seed=0)
+        output = tfas.AdaptiveSampledSoftmaxLoss(N, sampler, num_samples=8)
+        features = K.Input((D,))
+        model = K.Model(features, K.layers.Dense(D)(features))
+        model.compile(optimizer=K.optimizers.Adam(0.05), loss=tfas.SampledSoftmaxLoss(output, model=model))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, D)).astype("float32"); y = rng.integers(0, N, 256).astype("int32")
+    h = model.fit(x, y, batch_size=32, epochs=3, verbose=0, callbacks=[tfas.CodebookRefresh(output, every_n_steps=3)])
+    assert h.history["loss"][-1] < h.history["loss"][0], h.history
+    assert np.isfinite(model.evaluate(x, y, verbose=0))
+    for variable in sampler.weights:
+        values = [np.asarray(v) for v in strategy.experimental_local_results(variable)]
+        assert all(np.array_equal(values[0], v) for v in values[1:]), variable.name
+    print("MIRRORED_LAYER_OK")
+""")
+
+
+@pytest.mark.slow
+def test_loss_layer_trains_under_mirrored_strategy():
+    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+    assert "MIRRORED_LAYER_OK" in result.stdout, result.stderr[-4000:]
