@@ -1,6 +1,6 @@
 """The main job: full softmax vs each sampler at a few sample sizes, on synthetic teacher data.
 
-    python -m tf_adaptive_softmax.demo            # embedded default (a few minutes on 2 cores)
+    python -m tf_adaptive_softmax.demo            # embedded default (about 11 minutes on 2 cores)
     python -m tf_adaptive_softmax.demo --quick    # under a minute
 
 Every run trains the same student (a Dense query tower and an `AdaptiveSampledSoftmaxLoss`) with
