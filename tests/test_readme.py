@@ -13,7 +13,9 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 MODULES = [
     "tf_adaptive_softmax.estimator", "tf_adaptive_softmax.layers", "tf_adaptive_softmax.losses",
-    "tf_adaptive_softmax.callbacks", "tf_adaptive_softmax.datasets",
+    "tf_adaptive_softmax.callbacks", "tf_adaptive_softmax.datasets", "tf_adaptive_softmax.diagnostics",
+    "tf_adaptive_softmax.retrieval", "tf_adaptive_softmax.quantization", "tf_adaptive_softmax.samplers.midx",
+    "tf_adaptive_softmax.samplers.quadratic_kernel",
     "tf_adaptive_softmax.samplers.uniform", "tf_adaptive_softmax.samplers.log_uniform",
     "tf_adaptive_softmax.samplers.unigram", "tf_adaptive_softmax.samplers.softmax",
 ]

@@ -9,9 +9,19 @@ Public API:
   losses.SampledSoftmaxLoss    adapter for model.compile(loss=...)
   callbacks.CodebookRefresh    refreshes adaptive samplers during fit
   datasets                     synthetic teacher data
+  diagnostics                  KL(p||q), ESS, gradient bias on a probe batch; a logging callback
 """
 
-from tf_adaptive_softmax import callbacks, datasets, estimator, losses, quantization, retrieval, samplers
+from tf_adaptive_softmax import (
+    callbacks,
+    datasets,
+    diagnostics,
+    estimator,
+    losses,
+    quantization,
+    retrieval,
+    samplers,
+)
 from tf_adaptive_softmax._keras import IS_KERAS_3
 from tf_adaptive_softmax.callbacks import CodebookRefresh
 from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss
@@ -26,6 +36,7 @@ __all__ = [
     "IS_KERAS_3",
     "callbacks",
     "datasets",
+    "diagnostics",
     "estimator",
     "losses",
     "quantization",
