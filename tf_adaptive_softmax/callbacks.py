@@ -20,7 +20,7 @@ class _SamplerTarget:
             raise ValueError("A bare Sampler target needs `class_embeddings` (a [N, d] variable or a callable).")
         self.sampler = sampler
         self._read = class_embeddings if callable(class_embeddings) else (lambda: class_embeddings)
-        self._refresh = tf.function(lambda: sampler.refresh(tf.convert_to_tensor(self._read())), autograph=False)
+        self._refresh = sampler.compiled_refresh(lambda: (tf.convert_to_tensor(self._read()), None))
 
     def refresh_sampler(self) -> None:
         if not self.sampler.adaptive:

@@ -221,9 +221,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         if self.sampler is None or not self.sampler.adaptive or self.embedding_dim is None:
             return
         if self._refresh_function is None:
-            self._refresh_function = tf.function(
-                lambda: self.sampler.refresh(*self._weights()), autograph=False
-            )
+            self._refresh_function = self.sampler.compiled_refresh(self._weights)
         self._refresh_function()
 
     # -- config ------------------------------------------------------------------------------

@@ -97,8 +97,7 @@ class SampledSoftmaxLoss(K.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Bypasses Keras' own conversion, which would cast the integer ids to float.
-        y_true = _validation.integral_float_ids(y_true)
-        per_example = self._layer().per_example_loss(y_pred, y_true, training=self._training())
+        per_example = self.call(y_true, y_pred)
         if sample_weight is not None:
             per_example *= tf.reshape(tf.cast(sample_weight, per_example.dtype), tf.shape(per_example))
         reduction = str(getattr(self.reduction, "value", self.reduction)).lower()

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
@@ -89,7 +88,8 @@ def catalogue_scores(
     embed_ids: Callable[[tf.Tensor], tf.Tensor],
     temperature: Optional[float] = None,
 ) -> tf.Tensor:
-    """[B, m] scores of m catalogue negatives per query, minus log(m·q), positives' ids masked."""
+    """[B, m] scores of m catalogue negatives per query, minus log(m·q), positives' ids masked
+    (with the estimator's `MASKED_LOGIT`)."""
     if positive_ids is None:
         raise ValueError(
             "`candidate_ids` (the positive candidates' catalogue ids) are required with catalogue "
@@ -103,8 +103,8 @@ def catalogue_scores(
     if temperature is not None:
         logits = logits / temperature
     hits = estimator.accidental_hit_mask(positives, sampled_ids)
-    negatives = logits - (math.log(num_samples) + tf.stop_gradient(sampled_log_q))
-    return tf.where(hits, tf.cast(MIN_FLOAT, negatives.dtype), negatives)
+    # The estimator's correction with no positive block: the positives sit in the in-batch columns.
+    return estimator.corrected_logits(tf.zeros([num_queries, 0]), logits, sampled_log_q, hit_mask=hits)
 
 
 def mixed_negatives_scores(

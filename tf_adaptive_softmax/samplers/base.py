@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
@@ -149,6 +150,25 @@ class Sampler(K.layers.Layer):
         if input_shape is not None and self.embedding_dim is None:
             self.build_state(int(input_shape[-1]))
         self.built = True
+
+    def _constant_state(self, name: str, value, dtype: str):
+        """A non-trainable state variable initialised to a NumPy constant (tables, indices)."""
+        value = np.asarray(value)
+        return self.add_weight(
+            name=name, shape=value.shape, dtype=dtype, trainable=False,
+            initializer=lambda shape, dtype=None: tf.constant(value),
+        )
+
+    def state_bytes(self) -> int:
+        """Bytes held by the sampler's state variables (the seed stream excluded)."""
+        return sum(
+            int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name
+        )
+
+    def compiled_refresh(self, read_weights):
+        """A graph function refreshing from `read_weights() -> (class_embeddings, class_bias)`;
+        trace it once and call it at every refresh (it only assigns)."""
+        return tf.function(lambda: self.refresh(*read_weights()), autograph=False)
 
     def bind(self, class_embeddings, class_bias=None) -> None:
         """Gives samplers that read the model's live weights (the `Softmax` oracle) a handle."""

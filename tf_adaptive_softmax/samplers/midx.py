@@ -131,12 +131,6 @@ class MIDX(Sampler):
         self._search_steps = int(math.ceil(math.log2(self.num_classes + 1))) + 1
 
     # -- state -------------------------------------------------------------------------------
-    def _state(self, name, shape, dtype, value):
-        return self.add_weight(
-            name=name, shape=shape, dtype=dtype, trainable=False,
-            initializer=lambda shape, dtype=None: tf.constant(value),
-        )
-
     def build_state(self, embedding_dim: int) -> None:
         if self.embedding_dim is not None:
             return
@@ -148,22 +142,22 @@ class MIDX(Sampler):
         else:
             widths = (embedding_dim, embedding_dim)
         self.split = widths[0] if self.quantizer == "pq" else None
-        self.codebook1 = self._state("codebook1", (k, widths[0]), "float32", np.zeros((k, widths[0]), np.float32))
-        self.codebook2 = self._state("codebook2", (k, widths[1]), "float32", np.zeros((k, widths[1]), np.float32))
-        self.class_bucket = self._state("class_bucket", (n,), "int32", np.zeros(n, np.int32))
-        self.sorted_ids = self._state("sorted_ids", (n,), "int32", np.arange(n, dtype=np.int32))
+        self.codebook1 = self._constant_state("codebook1", np.zeros((k, widths[0]), np.float32), "float32")
+        self.codebook2 = self._constant_state("codebook2", np.zeros((k, widths[1]), np.float32), "float32")
+        self.class_bucket = self._constant_state("class_bucket", np.zeros(n, np.int32), "int32")
+        self.sorted_ids = self._constant_state("sorted_ids", np.arange(n, dtype=np.int32), "int32")
         offsets = np.full(k * k + 1, n, np.int32)
         offsets[0] = 0
-        self.bucket_offsets = self._state("bucket_offsets", (k * k + 1,), "int32", offsets)
+        self.bucket_offsets = self._constant_state("bucket_offsets", offsets, "int32")
         initial_weight = np.zeros(n, np.float32) if self._static_log_weight is None else self._static_log_weight
         log_bucket = np.full((k, k), -np.inf, np.float32)
         log_bucket[0, 0] = np.logaddexp.reduce(initial_weight.astype(np.float64))
-        self.log_bucket_weights = self._state("log_bucket_weights", (k, k), "float32", log_bucket)
-        self.initialized = self._state("initialized", (), "bool", False)
+        self.log_bucket_weights = self._constant_state("log_bucket_weights", log_bucket, "float32")
+        self.initialized = self._constant_state("initialized", False, "bool")
         if self.weighted:
-            self.class_log_weight = self._state("class_log_weight", (n,), "float32", initial_weight)
+            self.class_log_weight = self._constant_state("class_log_weight", initial_weight, "float32")
             cumulative = np.cumsum(np.exp(initial_weight.astype(np.float64) - initial_weight.max()))
-            self.cumulative_weight = self._state("cumulative_weight", (n,), "float32", cumulative.astype(np.float32))
+            self.cumulative_weight = self._constant_state("cumulative_weight", cumulative.astype(np.float32), "float32")
 
     # -- read-only views ---------------------------------------------------------------------
     @property
@@ -183,10 +177,6 @@ class MIDX(Sampler):
         offsets = tf.convert_to_tensor(self.bucket_offsets)
         k = self.num_codewords
         return tf.reshape(offsets[1:] - offsets[:-1], [k, k])
-
-    def state_bytes(self) -> int:
-        """Bytes of adaptive state (codebooks, index, weights)."""
-        return sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name)
 
     # -- the distribution --------------------------------------------------------------------
     def _codeword_scores(self, queries):

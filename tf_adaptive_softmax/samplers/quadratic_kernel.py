@@ -103,9 +103,6 @@ class QuadraticKernel(Sampler):
         sizes = np.minimum(leaf, self.num_classes - leaf * np.arange(self.num_groups)).astype(np.float32)
         self._group_sizes = sizes  # a NumPy constant: safe to embed in any graph
 
-    def state_bytes(self) -> int:
-        return sum(int(np.prod(w.shape)) * 4 for w in self.weights if "seed" not in w.name)
-
     # -- the distribution --------------------------------------------------------------------
     def _kernel(self, logits):
         return self.alpha * tf.square(logits) + 1.0

@@ -69,18 +69,9 @@ class Unigram(Sampler):
         self.power = float(power)
         log_q = unigram_log_probs(counts, self.power)
         probability, alias = build_alias_table(np.exp(log_q))
-        self.log_q_table = self._constant_weight("log_q", log_q.astype(np.float32), "float32")
-        self.alias_probability = self._constant_weight("alias_probability", probability, "float32")
-        self.alias_index = self._constant_weight("alias_index", alias, "int32")
-
-    def _constant_weight(self, name, value: np.ndarray, dtype: str):
-        return self.add_weight(
-            name=name,
-            shape=value.shape,
-            dtype=dtype,
-            trainable=False,
-            initializer=lambda shape, dtype=None: tf.constant(value),
-        )
+        self.log_q_table = self._constant_state("log_q", log_q.astype(np.float32), "float32")
+        self.alias_probability = self._constant_state("alias_probability", probability, "float32")
+        self.alias_index = self._constant_state("alias_index", alias, "int32")
 
     def _sample(self, queries, num_samples, seed):
         shape = tf.stack([self._batch_size(queries), num_samples])
