@@ -172,7 +172,7 @@ def test_bad_arguments():
 def test_xla_compiles_sample_log_prob_and_refresh(quantizer, residual):
     sampler = _midx(quantizer, residual)
     embeddings = tf.constant(_embeddings())
-    refresh = tf.function(lambda e: sampler.refresh(e) or tf.constant(0), jit_compile=True)
+    refresh = tf.function(lambda e: sampler.refresh(e), jit_compile=True)
     refresh(embeddings)
     queries = tf.random.normal((4, D))
     sample = tf.function(lambda q: sampler.sample(q, 16), jit_compile=True)

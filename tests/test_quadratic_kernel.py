@@ -86,7 +86,7 @@ def test_xla_compiles_sample_log_prob_and_refresh_with_chunks(monkeypatch):
     monkeypatch.setattr(quadratic_kernel, "_CHUNK_ELEMENTS", 4 * 16 * D * 4)
     sampler = samplers.QuadraticKernel(300, leaf_size=16, seed=0)
     embeddings = tf.random.normal((300, D))
-    refresh = tf.function(lambda e: sampler.refresh(e) or tf.constant(0), jit_compile=True)
+    refresh = tf.function(lambda e: sampler.refresh(e), jit_compile=True)
     refresh(embeddings)
     sample = tf.function(lambda q: sampler.sample(q, 9), jit_compile=True)
     queries = tf.random.normal((4, D))

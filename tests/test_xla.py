@@ -33,7 +33,7 @@ def test_sampler_ops_compile_without_forbidden_ops(name):
     log_prob, log_prob_graph = _compiled(sampler.log_prob, queries, ids)
     np.testing.assert_allclose(log_prob.numpy(), sampler.log_prob(queries, ids).numpy(), atol=1e-5)
     embeddings = tf.ones((NUM_CLASSES, 4))
-    _, refresh_graph = _compiled(lambda e: sampler.refresh(e) or tf.constant(0), embeddings)
+    _, refresh_graph = _compiled(lambda e: sampler.refresh(e), embeddings)
     for graph_def in (sample_graph, log_prob_graph, refresh_graph):
         assert not forbidden_in(graph_def)
     widths = _categorical_widths(lambda q: sampler.sample(q, 8), queries)

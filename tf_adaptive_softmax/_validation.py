@@ -114,16 +114,6 @@ def poison_invalid_rows(per_example: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
     return tf.where(valid, per_example, tf.fill(tf.shape(per_example), float("nan")))
 
 
-def checked_finite(tensor: tf.Tensor, name: str) -> tf.Tensor:
-    assertion = tf.debugging.Assert(
-        tf.reduce_all(tf.math.is_finite(tensor)),
-        [f"`{name}` contains NaN or Inf values."],
-        name=f"check_{name}_finite",
-    )
-    with tf.control_dependencies([assertion]):
-        return tf.identity(tensor)
-
-
 def check_embedding_shape(class_embeddings: tf.Tensor, num_classes: int, dim: int | None, name: str) -> None:
     shape = class_embeddings.shape
     expected = f"[{num_classes}, {dim if dim is not None else 'dim'}]"

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K
-from tf_adaptive_softmax.samplers.base import Sampler
+from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy, warn_if_kept
 
 
 class _SamplerTarget:
@@ -20,14 +20,18 @@ class _SamplerTarget:
             raise ValueError("A bare Sampler target needs `class_embeddings` (a [N, d] variable or a callable).")
         self.sampler = sampler
         self._read = class_embeddings if callable(class_embeddings) else (lambda: class_embeddings)
-        self._refresh = sampler.compiled_refresh(lambda: (tf.convert_to_tensor(self._read()), None))
+        self._refresh_functions = {}
 
-    def refresh_sampler(self) -> None:
+    def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
         if not self.sampler.adaptive:
-            return
+            return True
         if self.sampler.embedding_dim is None:  # state variables are created eagerly, once
             self.sampler.build_state(int(self._read().shape[-1]))
-        self._refresh()
+        if on_nonfinite not in self._refresh_functions:
+            self._refresh_functions[on_nonfinite] = self.sampler.compiled_refresh(
+                lambda: (tf.convert_to_tensor(self._read()), None), on_nonfinite
+            )
+        return warn_if_kept(self._refresh_functions[on_nonfinite](), self.sampler)
 
 
 class CodebookRefresh(K.callbacks.Callback):
@@ -38,16 +42,29 @@ class CodebookRefresh(K.callbacks.Callback):
     retracing. Static samplers (Uniform, LogUniform, Unigram) make it a no-op.
 
     The class is built against the active Keras flavour (`tf.keras`), so it works in Keras 3 `fit`
-    and in tf_keras `fit` alike. With `steps_per_execution > 1` Keras calls batch hooks once per
-    execution, so `every_n_steps` counts executions.
+    and in tf_keras `fit` alike.
+
+    Step refreshes follow the optimizer's iteration counter (the global step, which checkpoints
+    save): the sampler is refreshed before the train step whose global step is a multiple of
+    `every_n_steps` (step 0 included), so a run restored from a checkpoint or `BackupAndRestore`
+    refreshes at the same steps as an uninterrupted one. With `steps_per_execution > 1` the
+    refresh happens at the first execution boundary at or after each multiple. A step refresh and
+    an epoch refresh due at the same global step run once.
 
     Args:
       target: an `AdaptiveSampledSoftmaxLoss`, a `tfrs.AdaptiveRetrieval` (anything with
-        `refresh_sampler()`), or a bare `Sampler` together with `class_embeddings`.
-      every_n_steps: refresh after every n-th train batch; None disables step refreshes.
-      on_epoch_begin: refresh at the start of every epoch (the first one included).
+        `refresh_sampler(on_nonfinite)` returning False when it kept the previous state), or a
+        bare `Sampler` together with `class_embeddings`.
+      every_n_steps: refresh every n global steps; None disables step refreshes.
+      on_epoch_begin: refresh at the start of every epoch (the first one included). tf_keras'
+        `BackupAndRestore(save_freq=<int>)` resumes mid-epoch and calls `on_epoch_begin` for the
+        partial epoch: for a trajectory identical to an uninterrupted run, use a step schedule
+        (`on_epoch_begin=False`) there.
       class_embeddings: with a bare sampler: the [N, d] table (a variable) or a callable returning
         it, e.g. `lambda: model.item_embedding.embeddings` (custom `compute_loss` models).
+      on_nonfinite: "raise" (default) stops training with an error when the class embeddings hold
+        NaN or Inf at a refresh; "keep" keeps the sampler's previous state, warns and counts the
+        event in `rejected_refreshes`. Either way the sampler is never half-updated.
 
     Example:
         >>> import tf_adaptive_softmax as tfas
@@ -56,7 +73,8 @@ class CodebookRefresh(K.callbacks.Callback):
     """
 
     def __init__(
-        self, target, every_n_steps: Optional[int] = None, on_epoch_begin: bool = True, class_embeddings=None
+        self, target, every_n_steps: Optional[int] = None, on_epoch_begin: bool = True, class_embeddings=None,
+        on_nonfinite: str = "raise",
     ):
         super().__init__()
         if isinstance(target, Sampler):
@@ -65,7 +83,7 @@ class CodebookRefresh(K.callbacks.Callback):
             raise ValueError("`class_embeddings` is only for a bare Sampler target.")
         if not hasattr(target, "refresh_sampler"):
             raise TypeError(
-                "`target` must be an AdaptiveSampledSoftmaxLoss (or expose `refresh_sampler()`); "
+                "`target` must be an AdaptiveSampledSoftmaxLoss (or expose `refresh_sampler(on_nonfinite)`); "
                 f"got {target!r}."
             )
         if every_n_steps is not None:
@@ -73,24 +91,52 @@ class CodebookRefresh(K.callbacks.Callback):
         self.target = target
         self.every_n_steps = every_n_steps
         self.refresh_on_epoch_begin = bool(on_epoch_begin)
+        self.on_nonfinite = check_nonfinite_policy(on_nonfinite)
         self.refresh_count = 0
+        #: Refreshes whose inputs held NaN/Inf and were skipped (`on_nonfinite="keep"`).
+        self.rejected_refreshes = 0
         #: Wall seconds spent refreshing, to weigh the refresh against the epoch.
         self.refresh_seconds = 0.0
-        self._steps = 0
+        self._steps_seen = 0  # used when the model has no optimizer counter
+        self._slot: Optional[int] = None
+        self._refreshed_at: Optional[int] = None
+
+    def _global_step(self) -> int:
+        iterations = getattr(getattr(self.model, "optimizer", None), "iterations", None)
+        if iterations is None:
+            return self._steps_seen
+        return int(tf.convert_to_tensor(iterations).numpy())
 
     def refresh(self) -> None:
+        """Refreshes now (also called by the schedule)."""
         start = time.perf_counter()
-        self.target.refresh_sampler()
+        if self.target.refresh_sampler(on_nonfinite=self.on_nonfinite) is False:
+            self.rejected_refreshes += 1
         self.refresh_seconds += time.perf_counter() - start
         self.refresh_count += 1
 
+    def _refresh_once_at(self, step: int) -> None:
+        if self._refreshed_at != step:
+            self.refresh()
+            self._refreshed_at = step
+
+    def on_train_begin(self, logs=None):
+        self._slot = None
+        self._refreshed_at = None
+
     def on_epoch_begin(self, epoch, logs=None):
         if self.refresh_on_epoch_begin:
-            self.refresh()
+            self._refresh_once_at(self._global_step())
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_begin(self, batch, logs=None):
         if self.every_n_steps is None:
             return
-        self._steps += 1
-        if self._steps % self.every_n_steps == 0:
-            self.refresh()
+        step = self._global_step()
+        slot = step // self.every_n_steps
+        due = step % self.every_n_steps == 0 if self._slot is None else slot > self._slot
+        self._slot = slot
+        if due:
+            self._refresh_once_at(step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps_seen += 1

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation, estimator
 from tf_adaptive_softmax._keras import K, Untracked, deserialize, raw_variable, register_serializable, serialize
-from tf_adaptive_softmax.samplers.base import Sampler
+from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy, warn_if_kept
 
 
 @register_serializable
@@ -100,7 +100,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             raise TypeError("`tied_embedding` must be an Embedding layer (it provides the class table).")
         self._tied = Untracked(layer=tied_embedding, embeddings=None)
         self.embedding_dim: Optional[int] = None
-        self._refresh_function = None
+        self._refresh_functions = {}
 
     # -- weights -----------------------------------------------------------------------------
     def build(self, input_shape):
@@ -216,13 +216,18 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         return scores, ids
 
     # -- sampler state -----------------------------------------------------------------------
-    def refresh_sampler(self) -> None:
-        """Rebuilds the sampler's adaptive state from the current W and b (a graph function)."""
+    def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
+        """Rebuilds the sampler's adaptive state from the current W and b (a graph function).
+
+        NaN/Inf in W or b raises (`on_nonfinite="raise"`) or keeps the previous state with a
+        warning (`"keep"`); returns False in that case.
+        """
+        check_nonfinite_policy(on_nonfinite)
         if self.sampler is None or not self.sampler.adaptive or self.embedding_dim is None:
-            return
-        if self._refresh_function is None:
-            self._refresh_function = self.sampler.compiled_refresh(self._weights)
-        self._refresh_function()
+            return True
+        if on_nonfinite not in self._refresh_functions:
+            self._refresh_functions[on_nonfinite] = self.sampler.compiled_refresh(self._weights, on_nonfinite)
+        return warn_if_kept(self._refresh_functions[on_nonfinite](), self)
 
     # -- config ------------------------------------------------------------------------------
     def get_config(self) -> dict:

@@ -36,7 +36,7 @@ if IS_KERAS_3:
 
 import tensorflow_recommenders as tfrs  # noqa: E402  (after the flavour check)
 
-from tf_adaptive_softmax.samplers.base import Sampler  # noqa: E402
+from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy  # noqa: E402
 
 
 class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
@@ -143,19 +143,27 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             progress.update(min(total, start + self.refresh_batch_size))
         return tf.concat(parts, axis=0)
 
-    def refresh_sampler(self) -> None:
-        """Refreshes the sampler from the current catalogue embeddings (and re-indexes `index`)."""
+    def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
+        """Refreshes the sampler from the current catalogue embeddings (and re-indexes `index`).
+
+        NaN/Inf embeddings raise (`on_nonfinite="raise"`) or keep the previous sampler state and
+        index with a warning (`"keep"`, returns False).
+        """
+        check_nonfinite_policy(on_nonfinite)
         if self.sampler is None:
-            return
+            return True
         embeddings = None
         if self.sampler.adaptive:
             embeddings = self.catalogue_embeddings()
-            self.sampler.refresh(embeddings)
+            # An eager refresh warns itself when it keeps the previous state.
+            if not bool(self.sampler.refresh(embeddings, on_nonfinite=on_nonfinite)):
+                return False
         index = self._candidates.index
         if index is not None:
             embeddings = self.catalogue_embeddings() if embeddings is None else embeddings
             ids = self._catalogue_ids if self._catalogue_ids is not None else tf.range(tf.shape(embeddings)[0])
             index.index(embeddings, ids)
+        return True
 
     def build(self, input_shape):
         # Sampler state is sized by the embedding width: create it with the task, not mid-trace.

@@ -7,9 +7,11 @@ A sampler is a Keras layer (so its state travels with `.keras` files, checkpoint
   m draws per query, with replacement, with the normalized log-probability of each under the
   distribution actually used for the draw.
 * `log_prob(queries [B, d], ids [B, k]) -> [B, k]`: the same normalized log-probability for any ids.
-* `refresh(class_embeddings [N, d], class_bias=None)`: rebuild adaptive state from the current
-  model. Static samplers ignore it. It only `assign`s to fixed-shape variables, so an already
-  traced (or XLA-compiled) train step sees the new state without retracing.
+* `refresh(class_embeddings [N, d], class_bias=None, on_nonfinite="raise")`: rebuild adaptive
+  state from the current model. Static samplers ignore it. It only `assign`s to fixed-shape
+  variables, so an already traced (or XLA-compiled) train step sees the new state without
+  retracing. NaN or Inf in the inputs raises before any state changes, or with
+  `on_nonfinite="keep"` leaves the previous state in place (the call returns False).
 
 Randomness is stateless with int32 seeds (XLA cannot compile int64 seeds). With `seed=None` the
 sampler draws from its own seed stream, a non-trainable [2] int32 variable advanced once per call,
@@ -19,6 +21,7 @@ so training is reproducible from the constructor's `seed` and resumes exactly fr
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -26,6 +29,29 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K
+
+
+#: What `refresh` does with NaN/Inf class embeddings or bias: raise, or keep the previous state.
+NONFINITE_POLICIES = ("raise", "keep")
+
+
+def check_nonfinite_policy(on_nonfinite: str) -> str:
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"`on_nonfinite` must be one of {NONFINITE_POLICIES}; got {on_nonfinite!r}.")
+    return on_nonfinite
+
+
+def warn_if_kept(accepted, owner) -> bool:
+    """Turns a refresh's result into a Python bool, warning when non-finite inputs were rejected."""
+    accepted = bool(accepted)
+    if not accepted:
+        warnings.warn(
+            f"{owner!r}: the class embeddings (or bias) contain NaN or Inf; the sampler keeps its "
+            "previous state. Training has probably diverged.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return accepted
 
 
 def seed_pair(seed) -> tf.Tensor:
@@ -165,10 +191,12 @@ class Sampler(K.layers.Layer):
             int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name
         )
 
-    def compiled_refresh(self, read_weights):
+    def compiled_refresh(self, read_weights, on_nonfinite: str = "raise"):
         """A graph function refreshing from `read_weights() -> (class_embeddings, class_bias)`;
-        trace it once and call it at every refresh (it only assigns)."""
-        return tf.function(lambda: self.refresh(*read_weights()), autograph=False)
+        trace it once and call it at every refresh (it only assigns). It returns `refresh`'s
+        bool."""
+        check_nonfinite_policy(on_nonfinite)
+        return tf.function(lambda: self.refresh(*read_weights(), on_nonfinite=on_nonfinite), autograph=False)
 
     def bind(self, class_embeddings, class_bias=None) -> None:
         """Gives samplers that read the model's live weights (the `Softmax` oracle) a handle."""
@@ -197,12 +225,19 @@ class Sampler(K.layers.Layer):
         ids = _validation.checked_ids(ids, self.num_classes, name="ids")
         return tf.stop_gradient(self._log_prob(queries, ids))
 
-    def refresh(self, class_embeddings, class_bias=None) -> None:
+    def refresh(self, class_embeddings, class_bias=None, on_nonfinite: str = "raise") -> tf.Tensor:
         """Rebuilds adaptive state from the current class embeddings [N, d] and optional bias [N].
 
-        Checks the shape (and, for adaptive samplers, that the values are finite: NaN or Inf
-        raises before any state changes), then calls `_refresh`. A no-op for static samplers.
+        Checks the shapes, then (adaptive samplers) that the values are finite, then calls
+        `_refresh`. NaN or Inf never reaches the state: with `on_nonfinite="raise"` (default) an
+        `InvalidArgumentError` is raised before anything is assigned; with `"keep"` the previous
+        state stays and the call returns False (eagerly it also warns). The index is never left
+        half-updated. A no-op for static samplers.
+
+        Returns:
+          A scalar bool tensor: True when the inputs were accepted.
         """
+        check_nonfinite_policy(on_nonfinite)
         class_embeddings = tf.convert_to_tensor(class_embeddings)
         shape = class_embeddings.shape
         if self.embedding_dim is None and shape.rank == 2 and shape[-1] is not None:
@@ -210,10 +245,33 @@ class Sampler(K.layers.Layer):
         _validation.check_embedding_shape(
             class_embeddings, self.num_classes, self.embedding_dim, "class_embeddings"
         )
+        if class_bias is not None:
+            class_bias = tf.convert_to_tensor(class_bias)
+            if class_bias.shape.rank != 1 or class_bias.shape[0] not in (None, self.num_classes):
+                raise ValueError(f"`class_bias` must have shape [{self.num_classes}]; got {class_bias.shape}.")
+            class_bias = tf.cast(class_bias, tf.float32)
         if not self.adaptive:
-            return
-        embeddings = _validation.checked_finite(tf.cast(class_embeddings, tf.float32), "class_embeddings")
-        self._refresh(embeddings, class_bias)
+            return tf.constant(True)
+        embeddings = tf.cast(class_embeddings, tf.float32)
+        finite = tf.reduce_all(tf.math.is_finite(embeddings))
+        if class_bias is not None:
+            finite = finite & tf.reduce_all(tf.math.is_finite(class_bias))
+
+        def rebuild():
+            self._refresh(embeddings, class_bias)
+            return tf.constant(True)
+
+        if on_nonfinite == "raise":
+            assertion = tf.debugging.Assert(
+                finite, ["`class_embeddings` or `class_bias` contains NaN or Inf values."],
+                name="check_class_embeddings_finite",
+            )
+            # Every op of the rebuild (seed advance included) waits for the check.
+            with tf.control_dependencies([assertion]):
+                return rebuild()
+        if tf.executing_eagerly():
+            return rebuild() if warn_if_kept(finite, self) else tf.constant(False)
+        return tf.cond(finite, rebuild, lambda: tf.constant(False))
 
     def _refresh(self, class_embeddings: tf.Tensor, class_bias) -> None:
         """Assigns new adaptive state; `class_embeddings` is validated, float32 and finite."""

@@ -232,6 +232,10 @@ class MIDX(Sampler):
         bucket = first * k + second
         start = tf.gather(self.bucket_offsets, bucket)
         end = tf.gather(self.bucket_offsets, bucket + 1)
+        # Empty buckets have zero mass; only non-finite queries (NaN scores) can select one. Keep
+        # such draws in range (their log q is NaN, so the loss shows it) instead of crashing.
+        start = tf.minimum(start, self.num_classes - 1)
+        end = tf.maximum(end, start + 1)
         if self.weighted:
             cumulative = tf.convert_to_tensor(self.cumulative_weight)
             target = uniforms[2] * tf.gather(cumulative, end - 1)
@@ -287,8 +291,7 @@ class MIDX(Sampler):
         if self._static_log_weight is not None:
             log_weight += tf.constant(self._static_log_weight)
         if self.include_bias and class_bias is not None:
-            bias = _validation.checked_finite(tf.cast(tf.convert_to_tensor(class_bias), tf.float32), "class_bias")
-            log_weight += tf.stop_gradient(bias)
+            log_weight += tf.stop_gradient(class_bias)
         return log_weight
 
     def get_config(self) -> dict:
