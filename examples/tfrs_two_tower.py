@@ -31,16 +31,9 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 from tf_adaptive_softmax import CodebookRefresh, datasets, samplers  # noqa: E402
 from tf_adaptive_softmax.tfrs import AdaptiveRetrieval  # noqa: E402
+from common import DATA_DIR, leave_last_out, load_interactions, ranking_metrics  # noqa: E402
 
-DEFAULT_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k.inter"
-
-
-def load_interactions(path: pathlib.Path):
-    """(users, items, timestamps) as dense 0-based int arrays from a user/item/rating/timestamp TSV."""
-    raw = np.loadtxt(path, delimiter="\t", skiprows=1, dtype=np.int64)
-    users = np.unique(raw[:, 0], return_inverse=True)[1]
-    items = np.unique(raw[:, 1], return_inverse=True)[1]
-    return users.astype(np.int32), items.astype(np.int32), raw[:, 3]
+DEFAULT_DATA = DATA_DIR / "ml-100k.inter"
 
 
 def synthetic_interactions(num_users=900, num_items=1600, dim=16, per_user=100, seed=0):
@@ -50,24 +43,6 @@ def synthetic_interactions(num_users=900, num_items=1600, dim=16, per_user=100, 
     logits = user_vectors[users] @ teacher.class_embeddings.T + teacher.class_bias
     items = tf.random.stateless_categorical(logits, 1, seed=[seed, 1])[:, 0].numpy().astype(np.int32)
     return users, items, np.arange(len(users))
-
-
-def leave_last_out(users, items, timestamps):
-    order = np.lexsort((np.arange(len(users)), timestamps, users))
-    users, items = users[order], items[order]
-    last = np.r_[users[1:] != users[:-1], True]
-    return (users[~last], items[~last]), (users[last], items[last])
-
-
-def ranking_metrics(user_vectors, item_vectors, users, items, seen=None, k=10):
-    """Recall@k and NDCG@k of each held-out item against the full catalogue; items in `seen`
-    ([num_users, num_items] bool, the training history) are excluded from the ranking."""
-    scores = user_vectors[users] @ item_vectors.T
-    if seen is not None:
-        scores = np.where(seen[users], -np.inf, scores)
-    rank = (scores > scores[np.arange(len(items)), items][:, None]).sum(axis=1)
-    hit = rank < k
-    return float(hit.mean()), float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean())
 
 
 class TwoTower(tfrs.Model):
@@ -105,7 +80,9 @@ def run(name, train, test, num_users, num_items, args, sampler=None, log_q=False
     seconds = time.perf_counter() - start
     seen = np.zeros((num_users, num_items), bool)
     seen[train[0], train[1]] = True
-    recall, ndcg = ranking_metrics(model.users.embeddings.numpy(), model.items.embeddings.numpy(), *test, seen=seen)
+    test_users, test_items = test
+    scores = model.users.embeddings.numpy()[test_users] @ model.items.embeddings.numpy().T
+    recall, ndcg = ranking_metrics(scores, test_items, exclude=seen[test_users])
     print(f"{name}: Recall@10={recall:.4f} NDCG@10={ndcg:.4f} ({seconds / args.epochs:.1f} s/epoch)", flush=True)
     return {"name": name, "recall_at_10": recall, "ndcg_at_10": ndcg, "seconds_per_epoch": seconds / args.epochs}
 

@@ -1,4 +1,5 @@
-"""`CodebookRefresh`: keeps an adaptive sampler in step with the model during `fit`."""
+"""`CodebookRefresh` keeps an adaptive sampler in step with the model during `fit`;
+`ProposalDiagnostics` (defined in `diagnostics.py`) logs how far the proposal is from the model."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax.diagnostics import ProposalDiagnostics  # noqa: F401  (the other callback)
 from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy, warn_if_kept
 
 

@@ -75,7 +75,7 @@ def train_and_evaluate(
     )
     timer = _EpochTimer()
     refresh = CodebookRefresh(output, every_n_steps=100)
-    model.fit(
+    history = model.fit(
         x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose, shuffle=True,
         callbacks=[timer, refresh],
     )
@@ -88,6 +88,7 @@ def train_and_evaluate(
         "accuracy_at_1": float(np.mean(np.argmax(logits, axis=1) == y_test)),
         "seconds_per_epoch": statistics.median(timer.durations[1:] or timer.durations),
         "refresh_share": refresh.refresh_seconds / sum(timer.durations),
+        "train_losses": [float(v) for v in history.history["loss"]],
     }
 
 

@@ -17,7 +17,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
 
     Logits are o = h Wᵀ + b for a query h [B, d] and class embeddings W [N, d]. Called on
     `(query, labels)` (optionally `(query, labels, sample_weight)`) it returns the per-example loss
-    [B]:
+    [B] (for sequence models: query [B, T, d] with labels [B, T] gives a [B, T] loss):
 
     * in training (`training=True`, as inside `fit`): the sampled-softmax loss over the positives
       and `num_samples` negatives per query drawn from `sampler`, each negative corrected by
@@ -171,7 +171,14 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         return loss
 
     def per_example_loss(self, query, labels, sample_weight=None, training: bool = False) -> tf.Tensor:
-        """Per-example loss [B]: sampled when `training` and a sampler is set, else exact."""
+        """Per-example loss [B]: sampled when `training` and a sampler is set, else exact.
+
+        Sequence models may pass query [B, T, d] with labels [B, T] (or [B, T, num_true]) and get
+        a [B, T] loss: every position is one example.
+        """
+        query = tf.convert_to_tensor(query)
+        if query.shape.rank == 3:
+            return self._per_position_loss(query, labels, sample_weight, training)
         query = _validation.as_queries(query, "query", width=self.embedding_dim)
         if self.embedding_dim is None:
             self.build_for_dim(int(query.shape[-1]))
@@ -198,9 +205,29 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             loss *= tf.reshape(tf.cast(sample_weight, loss.dtype), tf.shape(loss))
         return loss
 
+    def _per_position_loss(self, query, labels, sample_weight, training):
+        labels = tf.convert_to_tensor(labels)
+        if labels.shape.rank not in (2, 3):
+            raise ValueError(
+                "With a [batch, time, dim] query, `labels` must have shape [batch, time] or "
+                f"[batch, time, num_true]; got shape {labels.shape}."
+            )
+        leading = tf.shape(query)[:2]
+        flat_labels = tf.reshape(labels, [-1] if labels.shape.rank == 2 else [-1, labels.shape[-1]])
+        flat_weight = None if sample_weight is None else tf.reshape(sample_weight, [-1])
+        loss = self.per_example_loss(
+            tf.reshape(query, [-1, query.shape[-1]]), flat_labels, flat_weight, training=training
+        )
+        return tf.reshape(loss, leading)
+
     # -- serving -----------------------------------------------------------------------------
     def logits(self, query) -> tf.Tensor:
-        """All N logits [B, N] for query [B, d]; the prediction distribution is their softmax."""
+        """All N logits [B, N] for query [B, d] ([B, T, N] for [B, T, d]); the prediction
+        distribution is their softmax."""
+        query = tf.convert_to_tensor(query)
+        if query.shape.rank == 3:
+            flat = self.logits(tf.reshape(query, [-1, query.shape[-1]]))
+            return tf.reshape(flat, tf.concat([tf.shape(query)[:2], [self.num_classes]], 0))
         query = _validation.as_queries(query, "query", width=self.embedding_dim)
         if self.embedding_dim is None:
             self.build_for_dim(int(query.shape[-1]))
@@ -249,4 +276,4 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         query_shape = input_shape[0]
-        return (query_shape[0],)
+        return tuple(query_shape[:-1])

@@ -89,6 +89,8 @@ class Softmax(Sampler):
     def _sample(self, queries, num_samples, seed):
         log_p = self._logits(queries)
         ids = tf.random.stateless_categorical(log_p, num_samples, seed=seed, dtype=tf.int32)
+        # A row of NaN logits makes the categorical return N; keep it in range (its log q is NaN).
+        ids = tf.minimum(ids, self.num_classes - 1)
         return ids, tf.gather(log_p, ids, batch_dims=1)
 
     def _log_prob(self, queries, ids):

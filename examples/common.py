@@ -1,0 +1,166 @@
+"""What the example scripts share: data loading, leave-last-out splits, ranking metrics, sampler
+choice, command-line flags and the training-curve plot. Import it from a script in this folder
+(`python examples/<script>.py` puts the folder on the path)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from tf_adaptive_softmax import demo, samplers
+
+DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
+SAMPLER_CHOICES = ["full"] + list(demo.SAMPLERS)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", num_samples=64, epochs=5):
+    """Flags every example takes: sampler, m, epochs, --quick, output paths, verbosity."""
+    parser.add_argument("--sampler", default=sampler, choices=SAMPLER_CHOICES,
+                        help="training loss: 'full' softmax or a sampler from tf_adaptive_softmax.demo.SAMPLERS")
+    parser.add_argument("--num-samples", type=int, default=num_samples, help="m, negatives per query")
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--refresh-every", type=int, default=100, help="CodebookRefresh every n steps")
+    parser.add_argument("--quick", action="store_true", help="a run of about a minute")
+    parser.add_argument("--plot", type=pathlib.Path, default=None,
+                        help="PNG of the training curves (default: examples/results/<script>.png)")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the final metrics here")
+    parser.add_argument("--export", type=pathlib.Path, default=None, help="export a serving SavedModel here")
+    parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def make_sampler(name: str, num_classes: int, counts: Optional[np.ndarray] = None) -> Optional[samplers.Sampler]:
+    """None for the full softmax, else the named sampler from the demo's registry."""
+    if name == "full":
+        return None
+    counts = np.ones(num_classes) if counts is None else np.asarray(counts, np.float64)
+    return demo.SAMPLERS[name](num_classes, counts + 1.0)
+
+
+def load_interactions(path: pathlib.Path):
+    """(users, items, timestamps) as dense 0-based int arrays from an interactions file.
+
+    Tab- or comma-separated, with or without a header. Three columns are user, item, timestamp;
+    four are user, item, rating, timestamp (MovieLens' `.inter` layout).
+    """
+    with open(path) as handle:
+        first = handle.readline()
+    delimiter = "\t" if "\t" in first else ","
+    has_header = not first.split(delimiter)[0].strip().lstrip("-").isdigit()
+    raw = np.loadtxt(path, delimiter=delimiter, skiprows=int(has_header), dtype=np.int64, ndmin=2)
+    if raw.shape[1] not in (3, 4):
+        raise ValueError(f"{path}: expected columns user,item,timestamp or user,item,rating,timestamp; "
+                         f"got {raw.shape[1]} columns.")
+    users = np.unique(raw[:, 0], return_inverse=True)[1]
+    items = np.unique(raw[:, 1], return_inverse=True)[1]
+    return users.astype(np.int32), items.astype(np.int32), raw[:, -1]
+
+
+def user_sequences(users, items, timestamps) -> Dict[int, np.ndarray]:
+    """Each user's items in time order (ties kept in file order)."""
+    order = np.lexsort((np.arange(len(users)), timestamps, users))
+    users, items = users[order], items[order]
+    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1, len(users)]
+    return {int(users[a]): items[a:b] for a, b in zip(starts[:-1], starts[1:])}
+
+
+def leave_last_out(users, items, timestamps):
+    """((train users, train items), (test users, test items)): each user's last item is the test."""
+    order = np.lexsort((np.arange(len(users)), timestamps, users))
+    users, items = users[order], items[order]
+    last = np.r_[users[1:] != users[:-1], True]
+    return (users[~last], items[~last]), (users[last], items[last])
+
+
+def ranking_metrics(scores: np.ndarray, targets: np.ndarray, exclude: Optional[np.ndarray] = None, k: int = 10):
+    """(Recall@k, NDCG@k) of each row's target among all columns of `scores` [n, N].
+
+    `exclude` [n, N] bool removes items from the ranking (a user's training history), as
+    RecBole's full-sort evaluation does. Ties count against the target.
+    """
+    if exclude is not None:
+        scores = np.where(exclude, -np.inf, scores)
+    target_scores = scores[np.arange(len(targets)), targets][:, None]
+    rank = (scores > target_scores).sum(axis=1)
+    hit = rank < k
+    return float(hit.mean()), float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean())
+
+
+def precision_at_k(scores: np.ndarray, label_sets: np.ndarray, ks: Sequence[int] = (1, 3, 5)) -> Dict[str, float]:
+    """Precision@k for multi-label rows: |top-k ∩ labels| / k, averaged over rows."""
+    top = np.argsort(-scores, axis=1)[:, : max(ks)]
+    hits = (top[:, :, None] == label_sets[:, None, :]).any(axis=2)
+    return {f"precision_at_{k}": float(hits[:, :k].sum(axis=1).mean() / k) for k in ks}
+
+
+def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: str) -> Optional[pathlib.Path]:
+    """Writes one panel per curve (loss, metrics by epoch) to a PNG; skips with a note without
+    matplotlib (`pip install tf_adaptive_softmax[examples]`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install 'tf_adaptive_softmax[examples]').")
+        return None
+    curves = {name: values for name, values in curves.items() if len(values)}
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
+    for axis, (name, values) in zip(axes[0], curves.items()):
+        axis.plot(np.arange(1, len(values) + 1), values, marker="o")
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.set_title(name)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+    print(f"Training curves: {path}")
+    return path
+
+
+def finish(script: str, args, metrics: dict, curves: Dict[str, Sequence[float]], title: str) -> dict:
+    """Prints the final metrics, writes the plot (and JSON when asked)."""
+    print("\nFinal full-softmax metrics: " + ", ".join(
+        f"{key}={value:.4f}" for key, value in metrics.items() if isinstance(value, float)))
+    plot_curves(curves, args.plot or RESULTS_DIR / f"{script}.png", title)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({**metrics, "curves": {k: list(map(float, v)) for k, v in curves.items()}},
+                                        indent=2))
+    return metrics
+
+
+
+def export_serving(path: pathlib.Path, query_model, output_layer, input_signature, k: int = 10) -> pathlib.Path:
+    """Saves a serving SavedModel: `serve(inputs) -> {"top_k_ids", "top_k_scores"}` over all N
+    classes (exact logits, no sampler op), via `tf.saved_model.save`."""
+    import tensorflow as tf
+
+    from tf_adaptive_softmax._keras import raw_variable
+
+    # Track only the variables serving reads (not the optimizer slots, the sampler state or the
+    # Keras objects' own training functions): a small SavedModel with one signature.
+    module = tf.Module()
+    module.serving_variables = [raw_variable(v) for v in query_model.weights] + [
+        raw_variable(output_layer.class_embeddings)] + (
+        [raw_variable(output_layer.class_bias)] if output_layer.class_bias is not None else [])
+
+    @tf.function(input_signature=input_signature)
+    def serve(inputs):
+        scores, ids = output_layer.top_k(query_model(inputs, training=False), k=k)
+        return {"top_k_ids": ids, "top_k_scores": scores}
+
+    module.serve = serve
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+    print(f"Serving SavedModel: {path}")
+    return pathlib.Path(path)
