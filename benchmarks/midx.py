@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import time_call, write_results  # noqa: E402
+from timing import time_call, write_results  # noqa: E402
 from tf_adaptive_softmax import samplers  # noqa: E402
 
 

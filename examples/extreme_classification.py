@@ -27,6 +27,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_adaptive_softmax as tfas  # noqa: E402
+from tf_adaptive_softmax.demo import EpochTimer  # noqa: E402
 from common import add_training_arguments, export_serving, finish, make_sampler, precision_at_k  # noqa: E402
 
 K = tf.keras
@@ -97,14 +98,10 @@ def main(argv=None) -> dict:
         name="output")
     query_model.compile(optimizer=K.optimizers.Adam(args.learning_rate),
                         loss=tfas.SampledSoftmaxLoss(output, model=query_model))
-    precision_curve, seconds = [], []
+    precision_curve, timer = [], EpochTimer()
 
     class Precision(K.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
         def on_epoch_end(self, epoch, logs=None):
-            seconds.append(time.perf_counter() - self._start)
             value = precision_at_k(scores_for(query_model, output, x_test), y_test, ks=(1,))["precision_at_1"]
             precision_curve.append(value)
             if logs is not None:
@@ -112,9 +109,9 @@ def main(argv=None) -> dict:
 
     history = query_model.fit(
         x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose, shuffle=True,
-        callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), Precision()])
+        callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer, Precision()])
     metrics = {**precision_at_k(scores_for(query_model, output, x_test), y_test),
-               "seconds_per_epoch": float(np.median(seconds))}
+               "seconds_per_epoch": float(np.median(timer.durations))}
     if args.export is not None:
         export_serving(args.export, query_model, output,
                        [tf.TensorSpec([None, args.features_per_example], tf.int32, name="feature_ids")])

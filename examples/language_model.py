@@ -25,7 +25,6 @@ import collections
 import os
 import pathlib
 import sys
-import time
 from typing import List, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -34,6 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_adaptive_softmax as tfas  # noqa: E402
+from tf_adaptive_softmax.demo import EpochTimer  # noqa: E402
 from common import DATA_DIR, add_training_arguments, export_serving, finish, make_sampler  # noqa: E402
 
 K = tf.keras
@@ -128,17 +128,6 @@ def build_model(vocab_size: int, seq_len: int, dim: int, arch: str, sampler, num
     return K.Model([tokens, next_tokens], per_token_loss), K.Model(tokens, hidden), output
 
 
-class TimeHistory(K.callbacks.Callback):
-    def on_train_begin(self, logs=None):
-        self.seconds: List[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=pathlib.Path, default=None)
@@ -165,13 +154,13 @@ def main(argv=None) -> dict:
     model, query_model, output = build_model(len(vocab), args.seq_len, args.dim, args.arch, sampler,
                                              args.num_samples)
     model.compile(optimizer=K.optimizers.Adam(args.learning_rate, clipnorm=1.0))
-    timer = TimeHistory()
+    timer = EpochTimer()
     history = model.fit(
         list(train), validation_data=(list(test),), batch_size=args.batch_size, epochs=args.epochs,
         verbose=args.verbose, callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer])
     test_cross_entropy = float(model.evaluate(list(test), batch_size=256, verbose=0))
     metrics = {"test_perplexity": float(np.exp(test_cross_entropy)), "test_cross_entropy": test_cross_entropy,
-               "seconds_per_epoch": float(np.median(timer.seconds))}
+               "seconds_per_epoch": float(np.median(timer.durations))}
     if args.export is not None:
         export_serving(args.export, query_model, output,
                        [tf.TensorSpec([None, args.seq_len], tf.int32, name="tokens")])

@@ -10,8 +10,10 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K
-from tf_adaptive_softmax.diagnostics import ProposalDiagnostics  # noqa: F401  (the other callback)
+from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
 from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy, warn_if_kept
+
+__all__ = ["CodebookRefresh", "ProposalDiagnostics"]
 
 
 class _SamplerTarget:

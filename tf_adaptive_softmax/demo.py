@@ -42,7 +42,9 @@ SAMPLERS: Dict[str, SamplerFactory] = {
 }
 
 
-class _EpochTimer(K.callbacks.Callback):
+class EpochTimer(K.callbacks.Callback):
+    """Wall seconds of every epoch, in `durations`."""
+
     def __init__(self):
         super().__init__()
         self.durations: List[float] = []
@@ -58,6 +60,7 @@ class _EpochTimer(K.callbacks.Callback):
 def train_and_evaluate(
     train, test, num_classes: int, sampler: Optional[samplers.Sampler], num_samples: int,
     epochs: int, batch_size: int, learning_rate: float, jit_compile: bool, verbose: int, seed: int = 0,
+    correct_positive: bool = False,
 ) -> dict:
     """Trains one student; returns its full-softmax test metrics and seconds per epoch."""
     (x_train, y_train), (x_test, y_test) = train, test
@@ -67,13 +70,14 @@ def train_and_evaluate(
     hidden = K.layers.Dense(2 * dim, activation="relu")(features)
     query = K.layers.Dense(dim, name="query")(hidden)
     model = K.Model(features, query)
-    output = AdaptiveSampledSoftmaxLoss(num_classes, sampler, num_samples=num_samples)
+    output = AdaptiveSampledSoftmaxLoss(
+        num_classes, sampler, num_samples=num_samples, correct_positive=correct_positive)
     model.compile(
         optimizer=K.optimizers.Adam(learning_rate),
         loss=SampledSoftmaxLoss(output, model=model),
         jit_compile=jit_compile,
     )
-    timer = _EpochTimer()
+    timer = EpochTimer()
     refresh = CodebookRefresh(output, every_n_steps=100)
     history = model.fit(
         x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose, shuffle=True,

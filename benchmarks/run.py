@@ -1,0 +1,438 @@
+"""The benchmark runner: speed and scale of the output layer, and bias against sample size.
+
+    python benchmarks/run.py --quick        # under 5 minutes on 2 cores
+    python benchmarks/run.py                # the full grid (hours on 2 cores; see --sections)
+    python benchmarks/run.py --sections speed --sizes 10000,1000000
+
+Sections (each writes JSON, a markdown table and PNG plots under benchmarks/results/, with the
+machine; `--quick` writes `*_quick.*` files so it never overwrites a full run, and `--tag` names
+partial runs):
+
+* `speed`: one training step of the output layer alone on a fixed query batch (forward, backward,
+  SGD update of the touched rows; the query gets its gradient too): full softmax,
+  `tf.nn.sampled_softmax_loss` (its log-uniform sampler, negatives shared by the batch), and our
+  Uniform, MIDX (pq, rvq) and QuadraticKernel (per-query negatives), in graph mode and under XLA.
+  Steps/s (median of repeated timings, with min-max), the ratio to the full softmax measured in the
+  same run, and the peak memory of the configuration: resident-set growth over the process's
+  resident size before it (Linux VmHWM, reset before each configuration; the variables, the
+  sampler state, the compiled step and its activations).
+* `bias`: the synthetic teacher task (`tf_adaptive_softmax.demo`'s student, same optimizer,
+  steps and seed for every row): exact test cross-entropy after training with each sampler at
+  each m, against full-softmax training. A sampler name with `+cp` (e.g. `uniform+cp`) trains
+  with `correct_positive=True` (the positive corrected by log(m·q) too, TF's convention).
+* `ptb`: the word-level LSTM language model of `examples/language_model.py` on the PTB subset in
+  ../shared/data: test perplexity against m.
+* `ml100k`: the SASRec-style model of `examples/sequential_recommender.py` on MovieLens 100K:
+  Recall@10 / NDCG@10 over the full catalogue against m.
+
+The real-data sections skip (and say so) when ../shared/data is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Callable, Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "examples"))
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from timing import RESULTS, machine, time_call  # noqa: E402
+from tf_adaptive_softmax import datasets, demo, estimator, samplers  # noqa: E402
+
+SPEED_METHODS = ["full", "tf_sampled", "uniform", "midx_pq", "midx_rvq", "quadratic_kernel"]
+BIAS_SAMPLERS = ["uniform", "log_uniform", "unigram", "midx_pq", "midx_rvq", "quadratic_kernel"]
+LEARNING_RATE = 0.05
+
+
+# -- memory --------------------------------------------------------------------------------
+def _reset_peak_memory() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:  # not Linux: the peak is then the process's high-water mark
+        pass
+
+
+def _memory_mb(field: str = "VmHWM") -> float:
+    """Peak (VmHWM) or current (VmRSS) resident memory of this process, in MB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # pylint: disable=import-outside-toplevel
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- speed ---------------------------------------------------------------------------------
+def _speed_sampler(method: str, num_classes: int) -> Optional[samplers.Sampler]:
+    return {
+        "uniform": lambda: samplers.Uniform(num_classes, seed=0),
+        "midx_pq": lambda: samplers.MIDX(num_classes, num_codewords=64, quantizer="pq", seed=0),
+        "midx_rvq": lambda: samplers.MIDX(num_classes, num_codewords=64, quantizer="rvq", seed=0),
+        "quadratic_kernel": lambda: samplers.QuadraticKernel(num_classes, seed=0),
+    }.get(method, lambda: None)()
+
+
+def _sgd(variable: tf.Variable, gradient) -> None:
+    """Plain SGD that touches only the rows a sparse (IndexedSlices) gradient names."""
+    if isinstance(gradient, tf.IndexedSlices):
+        variable.scatter_sub(tf.IndexedSlices(LEARNING_RATE * gradient.values, gradient.indices))
+    else:
+        variable.assign_sub(LEARNING_RATE * gradient)
+
+
+def make_train_step(method: str, num_classes: int, dim: int, batch: int, num_samples: int, jit: bool):
+    """A compiled training step of the output layer alone, and the sampler (or None)."""
+    rng = np.random.default_rng(0)
+    weights = tf.Variable(rng.standard_normal((num_classes, dim), dtype=np.float32) * 0.05, name="W")
+    bias = tf.Variable(tf.zeros([num_classes]), name="b")
+    query = tf.Variable(rng.standard_normal((batch, dim), dtype=np.float32), name="query")
+    labels = tf.constant(rng.integers(0, num_classes, batch), tf.int32)
+    sampler = _speed_sampler(method, num_classes)
+    if sampler is not None:
+        sampler.build_state(dim)
+        if sampler.adaptive:
+            tf.function(lambda: sampler.refresh(weights, bias))()
+
+    def loss_fn():
+        if method == "full":
+            return estimator.full_softmax_loss(query, labels, weights, bias)
+        if method == "tf_sampled":
+            return tf.nn.sampled_softmax_loss(
+                weights, bias, tf.cast(labels[:, tf.newaxis], tf.int64), query, num_samples, num_classes)
+        ids, log_q = sampler.sample(query, num_samples)
+        return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias)
+
+    @tf.function(jit_compile=jit)
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(loss_fn())
+        for variable, gradient in zip((weights, bias, query), tape.gradient(loss, [weights, bias, query])):
+            _sgd(variable, gradient)
+        return loss
+
+    return step, sampler
+
+
+def run_speed(args) -> List[dict]:
+    rows = []
+    sizes = [int(n) for n in args.sizes.split(",")]
+    dims = [int(d) for d in args.dims.split(",")]
+    sample_sizes = [int(m) for m in args.speed_samples.split(",")]
+    configs = [(n, d, m) for n in sizes for d in dims for m in sample_sizes]
+    for index, (n, d, m) in enumerate(configs, 1):
+        for method in SPEED_METHODS:
+            for mode in ("graph", "xla"):
+                label = f"[speed {index}/{len(configs)}] N={n:,} d={d} m={m} {method} {mode}"
+                if method == "full" and m != sample_sizes[0]:
+                    continue  # the full softmax does not depend on m
+                if method == "tf_sampled" and mode == "xla":
+                    rows.append({"N": n, "d": d, "m": m, "method": method, "mode": mode,
+                                 "skipped": "TF's candidate samplers have no XLA kernel"})
+                    continue
+                if method == "full" and n * args.batch * 4 * 3 > args.memory_budget_gb * 2**30:
+                    rows.append({"N": n, "d": d, "m": m, "method": method, "mode": mode,
+                                 "skipped": "the [B, N] logits exceed the memory budget"})
+                    continue
+                _reset_peak_memory()
+                baseline = _memory_mb("VmRSS")
+                start = time.perf_counter()
+                try:
+                    step, _ = make_train_step(method, n, d, args.batch, m, jit=mode == "xla")
+                    timing = time_call(step, repeats=args.repeats, warmup=2)
+                except (tf.errors.OpError, ValueError) as error:  # reported, not fatal
+                    rows.append({"N": n, "d": d, "m": m, "method": method, "mode": mode,
+                                 "skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"})
+                    print(f"{label}: skipped ({rows[-1]['skipped']})", flush=True)
+                    continue
+                row = {"N": n, "d": d, "m": m, "method": method, "mode": mode,
+                       "steps_per_s": 1.0 / timing["median_s"], "median_ms": timing["median_s"] * 1e3,
+                       "min_ms": timing["min_s"] * 1e3, "max_ms": timing["max_s"] * 1e3,
+                       "peak_rss_mb": max(0.0, _memory_mb() - baseline), "setup_s": time.perf_counter() - start}
+                rows.append(row)
+                print(f"{label}: {row['median_ms']:.1f} ms/step ({row['min_ms']:.1f}-{row['max_ms']:.1f}), "
+                      f"peak memory +{row['peak_rss_mb']:.0f} MB", flush=True)
+    _add_speed_ratios(rows)
+    return rows
+
+
+def _add_speed_ratios(rows: List[dict]) -> None:
+    full = {(r["N"], r["d"], r["mode"]): r["median_ms"] for r in rows if r["method"] == "full" and "median_ms" in r}
+    full_graph = {(r["N"], r["d"]): r["median_ms"] for r in rows
+                  if r["method"] == "full" and r["mode"] == "graph" and "median_ms" in r}
+    for row in rows:
+        if "median_ms" not in row:
+            continue
+        reference = full.get((row["N"], row["d"], row["mode"])) or full_graph.get((row["N"], row["d"]))
+        row["speedup_vs_full"] = reference / row["median_ms"] if reference else None
+
+
+def speed_table(rows: List[dict]) -> str:
+    lines = ["| N | d | m | method | mode | ms / step (min-max) | steps/s | x full softmax | peak memory MB |",
+             "|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+    for r in rows:
+        if "skipped" in r:
+            if r["method"] == "tf_sampled" and r["mode"] == "xla" and r["m"] != rows[0]["m"]:
+                continue
+            lines.append(f"| {r['N']:,} | {r['d']} | {r['m']} | {r['method']} | {r['mode']} | skipped: {r['skipped']} "
+                         "| | | |")
+            continue
+        ratio = "—" if r.get("speedup_vs_full") is None else f"{r['speedup_vs_full']:.1f}x"
+        lines.append(f"| {r['N']:,} | {r['d']} | {r['m'] if r['method'] != 'full' else '—'} | {r['method']} | "
+                     f"{r['mode']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
+                     f"{r['steps_per_s']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def speed_targets(rows: List[dict]) -> str:
+    """The issue's targets at N=10^6, d=64, m=128 (best of graph and XLA per method)."""
+    def best(method):
+        times = [r["median_ms"] for r in rows if r["method"] == method and r["N"] == 1_000_000 and r["d"] == 64
+                 and (r["m"] == 128 or method == "full") and "median_ms" in r]
+        return min(times) if times else None
+
+    full, uniform = best("full"), best("uniform")
+    lines = []
+    for method in ("midx_pq", "midx_rvq", "quadratic_kernel"):
+        own = best(method)
+        if own is None or full is None:
+            continue
+        line = f"- {method}: {full / own:.1f}x faster than the full softmax"
+        line += " (target >= 20x)" if method.startswith("midx") else " (target >= 5x)"
+        if method.startswith("midx") and uniform:
+            line += f", {own / uniform:.2f}x a Uniform step (target <= 1.5x)"
+        lines.append(line)
+    return "\n".join(lines) or "- (N = 10^6, d = 64, m = 128 not in this run)"
+
+
+# -- bias ----------------------------------------------------------------------------------
+def _gap_table(rows: List[dict], metric: str, higher_is_better: bool, fmt: str = ".3f") -> str:
+    full = next(r[metric] for r in rows if r["sampler"] == "full")
+    sample_sizes = sorted({r["m"] for r in rows if r["sampler"] != "full"})
+    lines = ["| sampler | " + " | ".join(f"m={m}" for m in sample_sizes) + " |",
+             "|---|" + "---:|" * len(sample_sizes),
+             f"| full softmax | {format(full, fmt)} (every m) |" + " |" * (len(sample_sizes) - 1)]
+    for name in dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "full"):
+        cells = []
+        for m in sample_sizes:
+            row = next((r for r in rows if r["sampler"] == name and r["m"] == m), None)
+            cells.append("" if row is None else format(row[metric], fmt))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(_two_percent_summary(rows, metric, higher_is_better))
+    return "\n".join(lines)
+
+
+def _two_percent_summary(rows: List[dict], metric: str, higher_is_better: bool) -> str:
+    """Smallest m within 2% of the full softmax, per sampler (the issue's target)."""
+    full = next(r[metric] for r in rows if r["sampler"] == "full")
+    lines = [f"Smallest m within 2% of the full softmax ({metric} {full:.4g}):"]
+    for name in dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "full"):
+        ok = [r["m"] for r in rows if r["sampler"] == name and (
+            r[metric] >= full * 0.98 if higher_is_better else r[metric] <= full * 1.02)]
+        lines.append(f"- {name}: {min(ok) if ok else 'none of the m tried'}")
+    return "\n".join(lines)
+
+
+def _grid(args, runner: Callable[[Optional[str], int], dict], section: str, names: List[str]) -> List[dict]:
+    sample_sizes = [int(m) for m in args.bias_samples.split(",")]
+    runs = [("full", 0)] + [(name, m) for name in names for m in sample_sizes]
+    rows = []
+    for index, (name, m) in enumerate(runs, 1):
+        start = time.perf_counter()
+        metrics = runner(name, m)
+        rows.append({"sampler": name, "m": m, **metrics, "seconds": time.perf_counter() - start})
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        print(f"[{section} {index}/{len(runs)}] {name}" + (f" m={m}" if m else "") + f": {shown} "
+              f"({rows[-1]['seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def run_teacher_bias(args, num_classes: int) -> List[dict]:
+    teacher = datasets.make_teacher(num_classes, 32, seed=0)
+    train, test = datasets.train_test_split(teacher, args.teacher_examples, 5_000)
+    counts = np.bincount(train[1], minlength=num_classes).astype(np.float64)
+
+    def runner(name, m):
+        # "<sampler>+cp" corrects the positive too (correct_positive=True, TF's convention).
+        base, correct_positive = name.removesuffix("+cp"), name.endswith("+cp")
+        sampler = None if name == "full" else demo.SAMPLERS[base](num_classes, counts)
+        result = demo.train_and_evaluate(train, test, num_classes, sampler, max(m, 1), args.bias_epochs, 256,
+                                         3e-3, jit_compile=False, verbose=0, correct_positive=correct_positive)
+        return {"test_cross_entropy": result["test_cross_entropy"], "seconds_per_epoch": result["seconds_per_epoch"]}
+
+    rows = _grid(args, runner, f"teacher N={num_classes:,}", args.bias_sampler_list)
+    floor = teacher.cross_entropy(*test)
+    for row in rows:
+        row["bayes_floor"] = floor
+    return rows
+
+
+def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
+    module = __import__(script)
+    scratch = pathlib.Path(tempfile.mkdtemp())
+
+    def runner(name, m):
+        argv = extra + ["--sampler", name, "--num-samples", str(max(m, 1)), "--verbose", "0",
+                        "--plot", str(scratch / "curves.png")]
+        return {k: v for k, v in module.main(argv).items() if isinstance(v, float)}
+
+    return _grid(args, runner, script, args.real_sampler_list)
+
+
+# -- plots ---------------------------------------------------------------------------------
+def _pyplot():
+    try:
+        import matplotlib  # pylint: disable=import-outside-toplevel
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+        return plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install 'tf_adaptive_softmax[examples]').")
+        return None
+
+
+def plot_speed(rows: List[dict], path: pathlib.Path) -> None:
+    plt = _pyplot()
+    if plt is None:
+        return
+    timed = [r for r in rows if "median_ms" in r]
+    dim = timed[0]["d"]
+    sample_sizes = sorted({r["m"] for r in timed if r["method"] != "full"})
+    m = 128 if 128 in sample_sizes else sample_sizes[len(sample_sizes) // 2]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    for axis, mode in zip(axes, ("graph", "xla")):
+        for color, method in enumerate(SPEED_METHODS):
+            points = sorted((r["N"], r["steps_per_s"]) for r in timed if r["method"] == method and r["mode"] == mode
+                            and r["d"] == dim and (r["m"] == m or method == "full"))
+            if points:
+                axis.plot(*zip(*points), marker="o", color=f"C{color}", label=method)
+        axis.set(xscale="log", yscale="log", xlabel="N (classes)", title=f"{mode}: d={dim}, B=256, m={m}")
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("training steps / s")
+    axes[0].legend(fontsize=7, loc="lower left")  # graph mode has every method (TF's has no XLA kernel)
+    figure.suptitle(f"Output-layer training step ({machine()})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def plot_bias(rows: List[dict], metric: str, label: str, path: pathlib.Path, title: str) -> None:
+    plt = _pyplot()
+    if plt is None:
+        return
+    figure, axis = plt.subplots(figsize=(5.5, 3.8))
+    full = next(r[metric] for r in rows if r["sampler"] == "full")
+    for name in dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "full"):
+        points = sorted((r["m"], r[metric]) for r in rows if r["sampler"] == name)
+        axis.plot(*zip(*points), marker="o", label=name)
+    axis.axhline(full, color="black", linestyle="--", label="full softmax")
+    axis.set(xscale="log", xlabel="m (samples per query)", ylabel=label, title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+# -- main ----------------------------------------------------------------------------------
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a run under 5 minutes on 2 cores")
+    parser.add_argument("--tag", default=None,
+                        help="suffix of the result files (default: 'quick' with --quick, none otherwise)")
+    parser.add_argument("--sections", default="speed,bias,ptb,ml100k")
+    parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS)
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="speed: N values")
+    parser.add_argument("--dims", default="64,128", help="speed: d values")
+    parser.add_argument("--speed-samples", default="32,128,512", help="speed: m values")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--memory-budget-gb", type=float, default=8.0)
+    parser.add_argument("--teacher-sizes", default="20000,100000", help="bias: teacher N values")
+    parser.add_argument("--teacher-examples", type=int, default=200_000)
+    parser.add_argument("--bias-epochs", type=int, default=3)
+    parser.add_argument("--bias-samples", default="5,10,20,50,100,200", help="bias: m values")
+    parser.add_argument("--bias-samplers", default=",".join(BIAS_SAMPLERS))
+    parser.add_argument("--real-samplers", default="uniform,log_uniform,midx_rvq,quadratic_kernel")
+    parser.add_argument("--real-epochs", type=int, default=3)
+    parser.add_argument("--real-args", default="", help="extra flags for the example scripts, e.g. '--dim 64'")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.dims, args.speed_samples, args.repeats = "10000,100000", "64", "128", 5
+        args.teacher_sizes, args.teacher_examples, args.bias_epochs = "5000", 40_000, 2
+        args.bias_samples, args.bias_samplers = "5,20,100", "uniform,midx_rvq,quadratic_kernel"
+        args.sections = ",".join(s for s in args.sections.split(",") if s in ("speed", "bias"))
+    args.bias_sampler_list = [s for s in args.bias_samplers.split(",") if s]
+    args.real_sampler_list = [s for s in args.real_samplers.split(",") if s]
+    return args
+
+
+def main(argv=None) -> Dict[str, List[dict]]:
+    args = parse_args(argv)
+    tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
+    suffix = f"_{tag}" if tag else ""
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = f"Machine: {machine()}; TensorFlow {tf.__version__}. Command: `{command.strip()}`\n\n"
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    results: Dict[str, List[dict]] = {}
+    report: List[str] = []
+    data = HERE.parent.parent / "shared" / "data"
+    if "speed" in sections:
+        rows = results["speed"] = run_speed(args)
+        plot_speed(rows, args.results_dir / f"speed{suffix}.png")
+        report += ["## Speed: one output-layer training step (B=256, SGD)", "", speed_table(rows), "",
+                   "Targets at N=10^6, d=64, m=128:", speed_targets(rows), "", f"![speed](speed{suffix}.png)", ""]
+    if "bias" in sections:
+        for n in (int(v) for v in args.teacher_sizes.split(",")):
+            rows = results[f"bias_teacher_{n}"] = run_teacher_bias(args, n)
+            plot_bias(rows, "test_cross_entropy", "test cross-entropy (exact)",
+                      args.results_dir / f"bias_teacher_{n}{suffix}.png", f"Teacher task, N={n:,}")
+            report += [f"## Bias: teacher task, N={n:,} (test cross-entropy, lower is better; Bayes floor "
+                       f"{rows[0]['bayes_floor']:.3f})", "", _gap_table(rows, "test_cross_entropy", False), "",
+                       f"![bias](bias_teacher_{n}{suffix}.png)", ""]
+    for section, script, metric, label, higher, extra in (
+        ("ptb", "language_model", "test_perplexity", "test perplexity", False,
+         ["--data", str(data / "ptb_subset.train.txt"), "--epochs", str(args.real_epochs)]),
+        ("ml100k", "sequential_recommender", "recall_at_10", "Recall@10", True,
+         ["--data", str(data / "ml-100k.inter"), "--epochs", str(args.real_epochs)]),
+    ):
+        if section not in sections:
+            continue
+        extra = extra + args.real_args.split()
+        if not data.exists():
+            report += [f"## {section}: skipped (no {data})", ""]
+            print(f"{section}: skipped, {data} is absent")
+            continue
+        rows = results[section] = run_example_bias(args, script, extra)
+        plot_bias(rows, metric, label, args.results_dir / f"bias_{section}{suffix}.png", f"{script}: {label} vs m")
+        report += [f"## Bias: {script} ({label})", "", _gap_table(rows, metric, higher, ".4f"), "",
+                   f"![bias](bias_{section}{suffix}.png)", ""]
+    (args.results_dir / f"run{suffix}.json").write_text(json.dumps({"machine": machine(), "command": command,
+                                                            "results": results}, indent=1))
+    (args.results_dir / f"run{suffix}.md").write_text(header + "\n".join(report))
+    print("\n" + header + "\n".join(report))
+    print(f"wrote {args.results_dir / ('run' + suffix + '.md')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
