@@ -288,8 +288,8 @@ def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
     scratch = pathlib.Path(tempfile.mkdtemp())
 
     def runner(name, m):
-        argv = extra + ["--sampler", name, "--num-samples", str(max(m, 1)), "--verbose", "0",
-                        "--plot", str(scratch / "curves.png")]
+        argv = extra + ["--sampler", name.removesuffix("+cp"), "--num-samples", str(max(m, 1)), "--verbose", "0",
+                        "--plot", str(scratch / "curves.png")] + (["--correct-positive"] if name.endswith("+cp") else [])
         return {k: v for k, v in module.main(argv).items() if isinstance(v, float)}
 
     return _grid(args, runner, script, args.real_sampler_list)
