@@ -106,7 +106,13 @@ def test_refresh_inside_fit_with_absolute_softmax():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((128, d)).astype(np.float32)
     y = rng.integers(0, n, 128).astype(np.int32)
-    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[CodebookRefresh(layer, every_n_steps=2)])
-    # The snapshot is the embedding table as of the last refresh (after step 8's update - 0 steps).
+    initial = layer.class_embeddings.numpy().copy()
+    refresh = CodebookRefresh(layer, every_n_steps=2)
+    model.fit(x, y, batch_size=32, epochs=2, verbose=0, callbacks=[refresh])
+    assert refresh.refresh_count == 4  # before global steps 0, 2, 4, 6 (epoch starts coincide)
+    # The last refresh (before step 6) snapshotted trained weights, two updates behind the end.
+    snapshot = sampler.snapshot_embeddings.numpy()[:n]
+    assert not np.allclose(snapshot, initial) and not np.allclose(snapshot, layer.class_embeddings.numpy())
+    layer.refresh_sampler()
     np.testing.assert_allclose(sampler.snapshot_embeddings.numpy()[:n], layer.class_embeddings.numpy(), rtol=1e-6)
     assert np.isfinite(model.evaluate(x, y, verbose=0))

@@ -80,7 +80,7 @@ class MIDX(Sampler):
         >>> import numpy as np, tensorflow as tf
         >>> from tf_adaptive_softmax.samplers import MIDX
         >>> sampler = MIDX(1000, num_codewords=8, quantizer="rvq", seed=0)
-        >>> sampler.refresh(np.random.default_rng(0).normal(size=(1000, 16)).astype("float32"))
+        >>> _ = sampler.refresh(np.random.default_rng(0).normal(size=(1000, 16)).astype("float32"))
         >>> ids, log_q = sampler.sample(tf.random.normal([4, 16]), num_samples=32)
         >>> ids.shape, sampler.bucket_sizes.shape
         (TensorShape([4, 32]), TensorShape([8, 8]))

@@ -58,7 +58,7 @@ class QuadraticKernel(Sampler):
         >>> import numpy as np, tensorflow as tf
         >>> from tf_adaptive_softmax.samplers import QuadraticKernel
         >>> sampler = QuadraticKernel(1000, alpha=100.0, seed=0)
-        >>> sampler.refresh(np.random.default_rng(0).normal(size=(1000, 8)).astype("float32") / 8)
+        >>> _ = sampler.refresh(np.random.default_rng(0).normal(size=(1000, 8)).astype("float32") / 8)
         >>> ids, log_q = sampler.sample(tf.random.normal([2, 8]), num_samples=16)
         >>> ids.shape
         TensorShape([2, 16])

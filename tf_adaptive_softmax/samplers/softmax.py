@@ -33,7 +33,7 @@ class Softmax(Sampler):
         >>> import tensorflow as tf
         >>> from tf_adaptive_softmax.samplers import Softmax
         >>> sampler = Softmax(5)
-        >>> sampler.refresh(tf.eye(5, 3))
+        >>> _ = sampler.refresh(tf.eye(5, 3))
         >>> float(tf.reduce_logsumexp(sampler.log_prob(tf.ones([1, 3]), [[0, 1, 2, 3, 4]])))  # doctest: +ELLIPSIS
         0.0...
     """
