@@ -47,6 +47,7 @@ sys.path.insert(0, str(HERE.parent / "examples"))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common import pyplot  # noqa: E402  (examples/common.py)
 from timing import RESULTS, machine, time_call  # noqa: E402
 from tf_adaptive_softmax import datasets, demo, estimator, samplers  # noqa: E402
 
@@ -97,7 +98,7 @@ def _sgd(variable: tf.Variable, gradient) -> None:
 
 
 def make_train_step(method: str, num_classes: int, dim: int, batch: int, num_samples: int, jit: bool):
-    """A compiled training step of the output layer alone, and the sampler (or None)."""
+    """A compiled training step of the output layer alone (it holds the sampler it draws from)."""
     rng = np.random.default_rng(0)
     weights = tf.Variable(rng.standard_normal((num_classes, dim), dtype=np.float32) * 0.05, name="W")
     bias = tf.Variable(tf.zeros([num_classes]), name="b")
@@ -126,7 +127,7 @@ def make_train_step(method: str, num_classes: int, dim: int, batch: int, num_sam
             _sgd(variable, gradient)
         return loss
 
-    return step, sampler
+    return step
 
 
 def run_speed(args) -> List[dict]:
@@ -141,26 +142,24 @@ def run_speed(args) -> List[dict]:
                 label = f"[speed {index}/{len(configs)}] N={n:,} d={d} m={m} {method} {mode}"
                 if method == "full" and m != sample_sizes[0]:
                     continue  # the full softmax does not depend on m
+                config = {"N": n, "d": d, "m": m, "method": method, "mode": mode}
                 if method == "tf_sampled" and mode == "xla":
-                    rows.append({"N": n, "d": d, "m": m, "method": method, "mode": mode,
-                                 "skipped": "TF's candidate samplers have no XLA kernel"})
+                    rows.append({**config, "skipped": "TF's candidate samplers have no XLA kernel"})
                     continue
                 if method == "full" and n * args.batch * 4 * 3 > args.memory_budget_gb * 2**30:
-                    rows.append({"N": n, "d": d, "m": m, "method": method, "mode": mode,
-                                 "skipped": "the [B, N] logits exceed the memory budget"})
+                    rows.append({**config, "skipped": "the [B, N] logits exceed the memory budget"})
                     continue
                 _reset_peak_memory()
                 baseline = _memory_mb("VmRSS")
                 start = time.perf_counter()
                 try:
-                    step, _ = make_train_step(method, n, d, args.batch, m, jit=mode == "xla")
+                    step = make_train_step(method, n, d, args.batch, m, jit=mode == "xla")
                     timing = time_call(step, repeats=args.repeats, warmup=2)
                 except (tf.errors.OpError, ValueError) as error:  # reported, not fatal
-                    rows.append({"N": n, "d": d, "m": m, "method": method, "mode": mode,
-                                 "skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"})
+                    rows.append({**config, "skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"})
                     print(f"{label}: skipped ({rows[-1]['skipped']})", flush=True)
                     continue
-                row = {"N": n, "d": d, "m": m, "method": method, "mode": mode,
+                row = {**config,
                        "steps_per_s": 1.0 / timing["median_s"], "median_ms": timing["median_s"] * 1e3,
                        "min_ms": timing["min_s"] * 1e3, "max_ms": timing["max_s"] * 1e3,
                        "peak_rss_mb": max(0.0, _memory_mb() - baseline), "setup_s": time.perf_counter() - start}
@@ -296,21 +295,8 @@ def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
 
 
 # -- plots ---------------------------------------------------------------------------------
-def _pyplot():
-    try:
-        import matplotlib  # pylint: disable=import-outside-toplevel
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-        return plt
-    except ImportError:
-        print("matplotlib is not installed: no plots (pip install 'tf_adaptive_softmax[examples]').")
-        return None
-
-
 def plot_speed(rows: List[dict], path: pathlib.Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return
     timed = [r for r in rows if "median_ms" in r]
@@ -335,7 +321,7 @@ def plot_speed(rows: List[dict], path: pathlib.Path) -> None:
 
 
 def plot_bias(rows: List[dict], metric: str, label: str, path: pathlib.Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return
     figure, axis = plt.subplots(figsize=(5.5, 3.8))

@@ -100,24 +100,39 @@ def precision_at_k(scores: np.ndarray, label_sets: np.ndarray, ks: Sequence[int]
     return {f"precision_at_{k}": float(hits[:, :k].sum(axis=1).mean() / k) for k in ks}
 
 
-def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: str) -> Optional[pathlib.Path]:
-    """Writes one panel per curve (loss, metrics by epoch) to a PNG; skips with a note without
-    matplotlib (`pip install tf_adaptive_softmax[examples]`)."""
+def exact_logits(query_model, output_layer, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """All N full-softmax logits [n, N] for `inputs`, computed `batch_size` rows at a time."""
+    return np.concatenate([
+        output_layer.logits(query_model(inputs[start:start + batch_size], training=False)).numpy()
+        for start in range(0, len(inputs), batch_size)])
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None (with a note) when matplotlib is
+    missing (`pip install tf_adaptive_softmax[examples]`)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        import matplotlib.ticker
     except ImportError:
         print("matplotlib is not installed: no plot (pip install 'tf_adaptive_softmax[examples]').")
         return None
+    return plt
+
+
+def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: str) -> Optional[pathlib.Path]:
+    """Writes one panel per curve (loss, metrics by epoch) to a PNG; skips without matplotlib."""
+    plt = pyplot()
+    if plt is None:
+        return None
+    from matplotlib.ticker import MaxNLocator
     curves = {name: values for name, values in curves.items() if len(values)}
     figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
     for axis, (name, values) in zip(axes[0], curves.items()):
         axis.plot(np.arange(1, len(values) + 1), values, marker="o")
         axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(name)
         axis.grid(alpha=0.3)
     figure.suptitle(title)

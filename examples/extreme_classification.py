@@ -28,7 +28,9 @@ import tensorflow as tf  # noqa: E402
 
 import tf_adaptive_softmax as tfas  # noqa: E402
 from tf_adaptive_softmax.demo import EpochTimer  # noqa: E402
-from common import add_training_arguments, export_serving, finish, make_sampler, precision_at_k  # noqa: E402
+from common import (  # noqa: E402
+    add_training_arguments, exact_logits, export_serving, finish, make_sampler, precision_at_k,
+)
 
 K = tf.keras
 
@@ -59,11 +61,6 @@ def build_query_model(num_features: int, features_per_example: int, dim: int) ->
     bag = K.layers.GlobalAveragePooling1D()(K.layers.Embedding(num_features, dim, name="features")(feature_ids))
     hidden = K.layers.Dense(2 * dim, activation="relu")(bag)
     return K.Model(feature_ids, K.layers.Dense(dim, name="query")(hidden), name="bag_of_features")
-
-
-def scores_for(query_model, output, features) -> np.ndarray:
-    return np.concatenate([output.logits(query_model(features[i:i + 256], training=False)).numpy()
-                           for i in range(0, len(features), 256)])
 
 
 def main(argv=None) -> dict:
@@ -102,7 +99,7 @@ def main(argv=None) -> dict:
 
     class Precision(K.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            value = precision_at_k(scores_for(query_model, output, x_test), y_test, ks=(1,))["precision_at_1"]
+            value = precision_at_k(exact_logits(query_model, output, x_test), y_test, ks=(1,))["precision_at_1"]
             precision_curve.append(value)
             if logs is not None:
                 logs["val_precision_at_1"] = value
@@ -110,7 +107,7 @@ def main(argv=None) -> dict:
     history = query_model.fit(
         x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose, shuffle=True,
         callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer, Precision()])
-    metrics = {**precision_at_k(scores_for(query_model, output, x_test), y_test),
+    metrics = {**precision_at_k(exact_logits(query_model, output, x_test), y_test),
                "seconds_per_epoch": float(np.median(timer.durations))}
     if args.export is not None:
         export_serving(args.export, query_model, output,

@@ -33,8 +33,8 @@ import tensorflow as tf  # noqa: E402
 import tf_adaptive_softmax as tfas  # noqa: E402
 from tf_adaptive_softmax.demo import EpochTimer  # noqa: E402
 from common import (  # noqa: E402
-    DATA_DIR, add_training_arguments, export_serving, finish, load_interactions, make_sampler, ranking_metrics,
-    user_sequences,
+    DATA_DIR, add_training_arguments, exact_logits, export_serving, finish, load_interactions, make_sampler,
+    ranking_metrics, user_sequences,
 )
 
 K = tf.keras
@@ -102,8 +102,7 @@ def build_query_model(num_items: int, max_len: int, dim: int, blocks: int = 2) -
 
 def evaluate(query_model, output, split, seen) -> dict:
     users, history, targets = split
-    scores = np.concatenate([
-        output.logits(query_model(history[i:i + 512], training=False)).numpy() for i in range(0, len(users), 512)])
+    scores = exact_logits(query_model, output, history, batch_size=512)
     exclude = seen[users].copy()
     exclude[np.arange(len(targets)), targets] = False  # a re-consumed item still counts
     recall, ndcg = ranking_metrics(scores, targets, exclude=exclude)

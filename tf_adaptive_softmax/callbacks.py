@@ -24,18 +24,14 @@ class _SamplerTarget:
             raise ValueError("A bare Sampler target needs `class_embeddings` (a [N, d] variable or a callable).")
         self.sampler = sampler
         self._read = class_embeddings if callable(class_embeddings) else (lambda: class_embeddings)
-        self._refresh_functions = {}
+        self._refresh = sampler.compiled_refresh(lambda: (tf.convert_to_tensor(self._read()), None))
 
     def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
         if not self.sampler.adaptive:
             return True
         if self.sampler.embedding_dim is None:  # state variables are created eagerly, once
             self.sampler.build_state(int(self._read().shape[-1]))
-        if on_nonfinite not in self._refresh_functions:
-            self._refresh_functions[on_nonfinite] = self.sampler.compiled_refresh(
-                lambda: (tf.convert_to_tensor(self._read()), None), on_nonfinite
-            )
-        return warn_if_kept(self._refresh_functions[on_nonfinite](), self.sampler)
+        return warn_if_kept(self._refresh(on_nonfinite), self.sampler)
 
 
 class CodebookRefresh(K.callbacks.Callback):

@@ -100,7 +100,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             raise TypeError("`tied_embedding` must be an Embedding layer (it provides the class table).")
         self._tied = Untracked(layer=tied_embedding, embeddings=None)
         self.embedding_dim: Optional[int] = None
-        self._refresh_functions = {}
+        self._refresh_function = None
 
     # -- weights -----------------------------------------------------------------------------
     def build(self, input_shape):
@@ -252,9 +252,9 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         check_nonfinite_policy(on_nonfinite)
         if self.sampler is None or not self.sampler.adaptive or self.embedding_dim is None:
             return True
-        if on_nonfinite not in self._refresh_functions:
-            self._refresh_functions[on_nonfinite] = self.sampler.compiled_refresh(self._weights, on_nonfinite)
-        return warn_if_kept(self._refresh_functions[on_nonfinite](), self)
+        if self._refresh_function is None:
+            self._refresh_function = self.sampler.compiled_refresh(self._weights)
+        return warn_if_kept(self._refresh_function(on_nonfinite), self)
 
     # -- config ------------------------------------------------------------------------------
     def get_config(self) -> dict:

@@ -191,12 +191,14 @@ class Sampler(K.layers.Layer):
             int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name
         )
 
-    def compiled_refresh(self, read_weights, on_nonfinite: str = "raise"):
+    def compiled_refresh(self, read_weights):
         """A graph function refreshing from `read_weights() -> (class_embeddings, class_bias)`;
-        trace it once and call it at every refresh (it only assigns). It returns `refresh`'s
-        bool."""
-        check_nonfinite_policy(on_nonfinite)
-        return tf.function(lambda: self.refresh(*read_weights(), on_nonfinite=on_nonfinite), autograph=False)
+        keep it and call it at every refresh (it only assigns) as `fn(on_nonfinite)`: the policy
+        is a Python string, so each one is traced once. It returns `refresh`'s bool."""
+        return tf.function(
+            lambda on_nonfinite: self.refresh(*read_weights(), on_nonfinite=check_nonfinite_policy(on_nonfinite)),
+            autograph=False,
+        )
 
     def bind(self, class_embeddings, class_bias=None) -> None:
         """Gives samplers that read the model's live weights (the `Softmax` oracle) a handle."""
