@@ -11,7 +11,8 @@ partial runs):
 * `speed`: one training step of the output layer alone on a fixed query batch (forward, backward,
   SGD update of the touched rows; the query gets its gradient too): full softmax,
   `tf.nn.sampled_softmax_loss` (its log-uniform sampler, negatives shared by the batch), and our
-  Uniform, MIDX (pq, rvq) and QuadraticKernel (per-query negatives), in graph mode and under XLA.
+  Uniform, MIDX (pq, rvq) and QuadraticKernel, each with per-query negatives and with negatives
+  shared by the batch (`+shared`), in graph mode and under XLA.
   Steps/s (median of repeated timings, with min-max), the ratio to the full softmax measured in the
   same run, and the peak memory of the configuration: resident-set growth over the process's
   resident size before it (Linux VmHWM, reset before each configuration; the variables, the
@@ -19,7 +20,9 @@ partial runs):
 * `bias`: the synthetic teacher task (`tf_adaptive_softmax.demo`'s student, same optimizer,
   steps and seed for every row): exact test cross-entropy after training with each sampler at
   each m, against full-softmax training. A sampler name with `+cp` (e.g. `uniform+cp`) trains
-  with `correct_positive=True` (the positive corrected by log(m·q) too, TF's convention).
+  with `correct_positive=True` (the positive corrected by log(m·q) too, TF's convention); with
+  `+shared` (e.g. `quadratic_kernel+shared`, also in `speed`) it draws m negatives shared by the
+  batch from the batch mixture (`shared_negatives=True`). Suffixes combine: `midx_rvq+shared+cp`.
 * `ptb`: the word-level LSTM language model of `examples/language_model.py` on the PTB subset in
   ../shared/data: test perplexity against m.
 * `ml100k`: the SASRec-style model of `examples/sequential_recommender.py` on MovieLens 100K:
@@ -51,7 +54,8 @@ from common import pyplot  # noqa: E402  (examples/common.py)
 from timing import RESULTS, machine, time_call  # noqa: E402
 from tf_adaptive_softmax import datasets, demo, estimator, samplers  # noqa: E402
 
-SPEED_METHODS = ["full", "tf_sampled", "uniform", "midx_pq", "midx_rvq", "quadratic_kernel"]
+SPEED_METHODS = ["full", "tf_sampled", "uniform", "midx_pq", "midx_rvq", "quadratic_kernel",
+                 "uniform+shared", "midx_pq+shared", "midx_rvq+shared", "quadratic_kernel+shared"]
 BIAS_SAMPLERS = ["uniform", "log_uniform", "unigram", "midx_pq", "midx_rvq", "quadratic_kernel"]
 LEARNING_RATE = 0.05
 
@@ -79,6 +83,15 @@ def _memory_mb(field: str = "VmHWM") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def variant(name: str):
+    """'<sampler>[+cp][+shared]' -> (sampler, correct_positive, shared_negatives)."""
+    base, *options = name.split("+")
+    unknown = set(options) - {"cp", "shared"}
+    if unknown:
+        raise ValueError(f"Unknown suffix {sorted(unknown)} in {name!r}; use +cp and/or +shared.")
+    return base, "cp" in options, "shared" in options
+
+
 # -- speed ---------------------------------------------------------------------------------
 def _speed_sampler(method: str, num_classes: int) -> Optional[samplers.Sampler]:
     return {
@@ -104,7 +117,8 @@ def make_train_step(method: str, num_classes: int, dim: int, batch: int, num_sam
     bias = tf.Variable(tf.zeros([num_classes]), name="b")
     query = tf.Variable(rng.standard_normal((batch, dim), dtype=np.float32), name="query")
     labels = tf.constant(rng.integers(0, num_classes, batch), tf.int32)
-    sampler = _speed_sampler(method, num_classes)
+    base, _, shared = variant(method)
+    sampler = _speed_sampler(base, num_classes)
     if sampler is not None:
         sampler.build_state(dim)
         if sampler.adaptive:
@@ -116,7 +130,8 @@ def make_train_step(method: str, num_classes: int, dim: int, batch: int, num_sam
         if method == "tf_sampled":
             return tf.nn.sampled_softmax_loss(
                 weights, bias, tf.cast(labels[:, tf.newaxis], tf.int64), query, num_samples, num_classes)
-        ids, log_q = sampler.sample(query, num_samples)
+        draw = sampler.sample_shared if shared else sampler.sample
+        ids, log_q = draw(query, num_samples)
         return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias)
 
     @tf.function(jit_compile=jit)
@@ -137,7 +152,7 @@ def run_speed(args) -> List[dict]:
     sample_sizes = [int(m) for m in args.speed_samples.split(",")]
     configs = [(n, d, m) for n in sizes for d in dims for m in sample_sizes]
     for index, (n, d, m) in enumerate(configs, 1):
-        for method in SPEED_METHODS:
+        for method in args.speed_method_list:
             for mode in ("graph", "xla"):
                 label = f"[speed {index}/{len(configs)}] N={n:,} d={d} m={m} {method} {mode}"
                 if method == "full" and m != sample_sizes[0]:
@@ -205,16 +220,19 @@ def speed_targets(rows: List[dict]) -> str:
                  and (r["m"] == 128 or method == "full") and "median_ms" in r]
         return min(times) if times else None
 
-    full, uniform = best("full"), best("uniform")
+    full = best("full")
     lines = []
-    for method in ("midx_pq", "midx_rvq", "quadratic_kernel"):
+    for method in ("midx_pq", "midx_rvq", "quadratic_kernel",
+                   "midx_pq+shared", "midx_rvq+shared", "quadratic_kernel+shared"):
         own = best(method)
         if own is None or full is None:
             continue
         line = f"- {method}: {full / own:.1f}x faster than the full softmax"
         line += " (target >= 20x)" if method.startswith("midx") else " (target >= 5x)"
+        # Compared with Uniform drawing the same way (per query, or shared by the batch).
+        uniform = best("uniform+shared" if method.endswith("+shared") else "uniform")
         if method.startswith("midx") and uniform:
-            line += f", {own / uniform:.2f}x a Uniform step (target <= 1.5x)"
+            line += f", {own / uniform:.2f}x a Uniform step drawn the same way (target <= 1.5x)"
         lines.append(line)
     return "\n".join(lines) or "- (N = 10^6, d = 64, m = 128 not in this run)"
 
@@ -256,6 +274,8 @@ def _grid(args, runner: Callable[[Optional[str], int], dict], section: str, name
         start = time.perf_counter()
         metrics = runner(name, m)
         rows.append({"sampler": name, "m": m, **metrics, "seconds": time.perf_counter() - start})
+        # Long grids are interrupted: keep what has run so far.
+        (args.results_dir / f"partial_{section.split()[0]}{getattr(args, 'suffix', '')}.json").write_text(json.dumps(rows, indent=1))
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"[{section} {index}/{len(runs)}] {name}" + (f" m={m}" if m else "") + f": {shown} "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)
@@ -268,11 +288,11 @@ def run_teacher_bias(args, num_classes: int) -> List[dict]:
     counts = np.bincount(train[1], minlength=num_classes).astype(np.float64)
 
     def runner(name, m):
-        # "<sampler>+cp" corrects the positive too (correct_positive=True, TF's convention).
-        base, correct_positive = name.removesuffix("+cp"), name.endswith("+cp")
+        base, correct_positive, shared = variant(name)
         sampler = None if name == "full" else demo.SAMPLERS[base](num_classes, counts)
         result = demo.train_and_evaluate(train, test, num_classes, sampler, max(m, 1), args.bias_epochs, 256,
-                                         3e-3, jit_compile=False, verbose=0, correct_positive=correct_positive)
+                                         3e-3, jit_compile=False, verbose=0, correct_positive=correct_positive,
+                                         shared_negatives=shared)
         return {"test_cross_entropy": result["test_cross_entropy"], "seconds_per_epoch": result["seconds_per_epoch"]}
 
     rows = _grid(args, runner, f"teacher N={num_classes:,}", args.bias_sampler_list)
@@ -287,8 +307,10 @@ def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
     scratch = pathlib.Path(tempfile.mkdtemp())
 
     def runner(name, m):
-        argv = extra + ["--sampler", name.removesuffix("+cp"), "--num-samples", str(max(m, 1)), "--verbose", "0",
-                        "--plot", str(scratch / "curves.png")] + (["--correct-positive"] if name.endswith("+cp") else [])
+        base, correct_positive, shared = variant(name)
+        argv = extra + ["--sampler", base, "--num-samples", str(max(m, 1)), "--verbose", "0",
+                        "--plot", str(scratch / "curves.png")]
+        argv += (["--correct-positive"] if correct_positive else []) + (["--shared-negatives"] if shared else [])
         return {k: v for k, v in module.main(argv).items() if isinstance(v, float)}
 
     return _grid(args, runner, script, args.real_sampler_list)
@@ -305,7 +327,7 @@ def plot_speed(rows: List[dict], path: pathlib.Path) -> None:
     m = 128 if 128 in sample_sizes else sample_sizes[len(sample_sizes) // 2]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for axis, mode in zip(axes, ("graph", "xla")):
-        for color, method in enumerate(SPEED_METHODS):
+        for color, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
             points = sorted((r["N"], r["steps_per_s"]) for r in timed if r["method"] == method and r["mode"] == mode
                             and r["d"] == dim and (r["m"] == m or method == "full"))
             if points:
@@ -349,6 +371,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="speed: N values")
     parser.add_argument("--dims", default="64,128", help="speed: d values")
     parser.add_argument("--speed-samples", default="32,128,512", help="speed: m values")
+    parser.add_argument("--speed-methods", default=",".join(SPEED_METHODS),
+                        help="speed: methods ('+shared': negatives shared by the batch)")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
@@ -367,6 +391,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.bias_samples, args.bias_samplers = "5,20,100", "uniform,midx_rvq,quadratic_kernel"
         args.sections = ",".join(s for s in args.sections.split(",") if s in ("speed", "bias"))
     args.bias_sampler_list = [s for s in args.bias_samplers.split(",") if s]
+    args.speed_method_list = [s for s in args.speed_methods.split(",") if s]
+    for name in args.speed_method_list + args.bias_sampler_list:
+        variant(name)  # fails fast on a misspelt suffix
     args.real_sampler_list = [s for s in args.real_samplers.split(",") if s]
     return args
 
@@ -374,7 +401,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> Dict[str, List[dict]]:
     args = parse_args(argv)
     tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
-    suffix = f"_{tag}" if tag else ""
+    suffix = args.suffix = f"_{tag}" if tag else ""
     args.results_dir.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = f"Machine: {machine()}; TensorFlow {tf.__version__}. Command: `{command.strip()}`\n\n"

@@ -25,6 +25,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", 
     parser.add_argument("--num-samples", type=int, default=num_samples, help="m, negatives per query")
     parser.add_argument("--correct-positive", action="store_true",
                         help="subtract log(m·q) from the positive too (TF's convention; advised for static samplers)")
+    parser.add_argument("--shared-negatives", action="store_true",
+                        help="one set of m negatives for the whole batch (batch-mixture proposal)")
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--refresh-every", type=int, default=100, help="CodebookRefresh every n steps")
     parser.add_argument("--quick", action="store_true", help="a run of about a minute")

@@ -92,7 +92,8 @@ def main(argv=None) -> dict:
     query_model = build_query_model(args.num_features, args.features_per_example, args.dim)
     output = tfas.AdaptiveSampledSoftmaxLoss(
         args.num_labels, make_sampler(args.sampler, args.num_labels, counts), num_samples=args.num_samples,
-        correct_positive=args.correct_positive, name="output")
+        correct_positive=args.correct_positive,
+        shared_negatives=args.shared_negatives, name="output")
     query_model.compile(optimizer=K.optimizers.Adam(args.learning_rate),
                         loss=tfas.SampledSoftmaxLoss(output, model=query_model))
     precision_curve, timer = [], EpochTimer()

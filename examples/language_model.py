@@ -103,7 +103,7 @@ def windows(stream: np.ndarray, seq_len: int):
 
 
 def build_model(vocab_size: int, seq_len: int, dim: int, arch: str, sampler, num_samples: int,
-                correct_positive: bool = False):
+                correct_positive: bool = False, shared_negatives: bool = False):
     """(training model on [tokens, next tokens] -> per-token loss, query model tokens -> hidden,
     output layer). The output layer is tied to the input embedding."""
     tokens = K.Input((seq_len,), dtype="int32", name="tokens")
@@ -124,7 +124,7 @@ def build_model(vocab_size: int, seq_len: int, dim: int, arch: str, sampler, num
             hidden = K.layers.LayerNormalization(name=f"norm_f{block}")(K.layers.Add()([hidden, feed]))
     output = tfas.AdaptiveSampledSoftmaxLoss(
         vocab_size, sampler, num_samples=num_samples, tied_embedding=embedding, add_to_model_loss=True,
-        correct_positive=correct_positive, name="output")
+        correct_positive=correct_positive, shared_negatives=shared_negatives, name="output")
     per_token_loss = output((hidden, next_tokens))
     return K.Model([tokens, next_tokens], per_token_loss), K.Model(tokens, hidden), output
 
@@ -153,7 +153,8 @@ def main(argv=None) -> dict:
 
     sampler = make_sampler(args.sampler, len(vocab), vocab.counts)
     model, query_model, output = build_model(len(vocab), args.seq_len, args.dim, args.arch, sampler,
-                                             args.num_samples, args.correct_positive)
+                                             args.num_samples, args.correct_positive,
+                                             args.shared_negatives)
     model.compile(optimizer=K.optimizers.Adam(args.learning_rate, clipnorm=1.0))
     timer = EpochTimer()
     history = model.fit(

@@ -153,7 +153,8 @@ def main(argv=None) -> dict:
     query_model = build_query_model(num_items, args.max_len, args.dim)
     output = tfas.AdaptiveSampledSoftmaxLoss(
         num_items, make_sampler(args.sampler, num_items, counts), num_samples=args.num_samples,
-        correct_positive=args.correct_positive, name="output")
+        correct_positive=args.correct_positive,
+        shared_negatives=args.shared_negatives, name="output")
     query_model.compile(optimizer=K.optimizers.Adam(args.learning_rate),
                         loss=tfas.SampledSoftmaxLoss(output, model=query_model))
     ranking = RankingHistory(query_model, output, valid, seen)

@@ -30,6 +30,9 @@ def test_sampler_ops_compile_without_forbidden_ops(name):
     ids = tf.constant(np.tile(np.arange(5), (4, 1)), tf.int32)
     (sampled, log_q), sample_graph = _compiled(lambda q: sampler.sample(q, 8), queries)
     assert sampled.shape == (4, 8)
+    # One draw per query (a unit axis once sent XLA:CPU's simplifier into a minutes-long loop).
+    (single, _), _ = _compiled(lambda q: sampler.sample(q, 1), queries)
+    assert single.shape == (4, 1)
     log_prob, log_prob_graph = _compiled(sampler.log_prob, queries, ids)
     np.testing.assert_allclose(log_prob.numpy(), sampler.log_prob(queries, ids).numpy(), atol=1e-5)
     embeddings = tf.ones((NUM_CLASSES, 4))

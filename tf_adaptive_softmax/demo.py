@@ -60,7 +60,7 @@ class EpochTimer(K.callbacks.Callback):
 def train_and_evaluate(
     train, test, num_classes: int, sampler: Optional[samplers.Sampler], num_samples: int,
     epochs: int, batch_size: int, learning_rate: float, jit_compile: bool, verbose: int, seed: int = 0,
-    correct_positive: bool = False,
+    correct_positive: bool = False, shared_negatives: bool = False,
 ) -> dict:
     """Trains one student; returns its full-softmax test metrics and seconds per epoch."""
     (x_train, y_train), (x_test, y_test) = train, test
@@ -71,7 +71,8 @@ def train_and_evaluate(
     query = K.layers.Dense(dim, name="query")(hidden)
     model = K.Model(features, query)
     output = AdaptiveSampledSoftmaxLoss(
-        num_classes, sampler, num_samples=num_samples, correct_positive=correct_positive)
+        num_classes, sampler, num_samples=num_samples, correct_positive=correct_positive,
+        shared_negatives=shared_negatives)
     model.compile(
         optimizer=K.optimizers.Adam(learning_rate),
         loss=SampledSoftmaxLoss(output, model=model),

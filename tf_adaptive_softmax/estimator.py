@@ -74,6 +74,21 @@ def gathered_logits(
     return _transform(logits, logit_transform)
 
 
+def shared_logits(
+    query: tf.Tensor,
+    ids: tf.Tensor,
+    class_embeddings: tf.Tensor,
+    class_bias: Optional[tf.Tensor] = None,
+    logit_transform: LogitTransform = None,
+) -> tf.Tensor:
+    """Logits of ids shared by the batch: [B, m] for query [B, d] and ids [m] (one matmul)."""
+    rows = tf.gather(class_embeddings, ids)  # [m, d]
+    logits = tf.matmul(query, rows, transpose_b=True)
+    if class_bias is not None:
+        logits += tf.gather(class_bias, ids)
+    return _transform(logits, logit_transform)
+
+
 def accidental_hit_mask(true_ids: tf.Tensor, sampled_ids: tf.Tensor) -> tf.Tensor:
     """bool [B, m]: sampled id equals any of its row's true ids ([B, T]). XLA-safe, static shape."""
     equal = tf.equal(sampled_ids[:, :, tf.newaxis], true_ids[:, tf.newaxis, :])
@@ -146,8 +161,9 @@ def sampled_softmax_loss(
     Args:
       query: [B, d] float query embeddings h.
       labels: [B] or [B, num_true] integer positive class ids.
-      sampled_ids: [B, m] integer negatives drawn with replacement (per query).
-      sampled_log_q: [B, m] normalized log q of each draw.
+      sampled_ids: [B, m] integer negatives drawn with replacement per query, or [m] shared by
+        the whole batch (as `tf.nn.sampled_softmax_loss` draws them; one matmul scores them).
+      sampled_log_q: normalized log q of each draw, shaped like `sampled_ids`.
       class_embeddings: [N, d] class embedding matrix W.
       class_bias: optional [N] bias.
       true_log_q: [B, num_true] log q of the positives (needed for `correct_positive`).
@@ -158,9 +174,19 @@ def sampled_softmax_loss(
     """
     query = _validation.as_queries(query, "query")
     labels = _validation.as_label_matrix(labels)
-    sampled_ids = _validation.as_ids(sampled_ids, "sampled_ids", rank=2)
+    sampled_ids = _validation.as_ids(sampled_ids, "sampled_ids")
     true_logits = gathered_logits(query, labels, class_embeddings, class_bias, logit_transform)
-    sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
+    if sampled_ids.shape.rank == 1:
+        sampled_logits = shared_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
+        sampled_ids = tf.broadcast_to(sampled_ids, tf.shape(sampled_logits))
+        sampled_log_q = tf.broadcast_to(sampled_log_q, tf.shape(sampled_logits))
+    elif sampled_ids.shape.rank == 2:
+        sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
+    else:
+        raise ValueError(
+            "`sampled_ids` must have shape [batch, num_samples] (per query) or [num_samples] "
+            f"(shared by the batch); got shape {sampled_ids.shape}."
+        )
     hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
     logits = corrected_logits(
         true_logits, sampled_logits, sampled_log_q, true_log_q, correct_positive, hit_mask

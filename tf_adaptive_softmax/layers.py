@@ -44,6 +44,11 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         loss.
       absolute_softmax: apply |o| to the logits in training and inference (Blanc & Rendle's
         recommendation when sampling from a symmetric kernel such as `QuadraticKernel`).
+      shared_negatives: draw one set of `num_samples` negatives for the whole batch (as
+        `tf.nn.sampled_softmax_loss` does) instead of `num_samples` per query. An adaptive
+        sampler then draws from the batch mixture q̄ = mean_b q(· | h_b), and log q̄ corrects.
+        Much cheaper per step (one [B, d] x [d, m] matmul, m gradient rows), less adapted to
+        each query: use it with a larger `num_samples`.
       embeddings_initializer: initializer of W when the layer owns it.
 
     Example:
@@ -72,6 +77,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         remove_accidental_hits: bool = True,
         add_to_model_loss: bool = False,
         absolute_softmax: bool = False,
+        shared_negatives: bool = False,
         embeddings_initializer="uniform",
         **kwargs,
     ):
@@ -95,6 +101,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.add_to_model_loss = bool(add_to_model_loss)
         self.absolute_softmax = bool(absolute_softmax)
+        self.shared_negatives = bool(shared_negatives)
         self.embeddings_initializer = K.initializers.get(embeddings_initializer)
         if tied_embedding is not None and not hasattr(tied_embedding, "build"):
             raise TypeError("`tied_embedding` must be an Embedding layer (it provides the class table).")
@@ -187,8 +194,13 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         labels = _validation.checked_ids(labels, self.num_classes)
         weights, bias = self._weights()
         if training and self.sampler is not None:
-            sampled_ids, sampled_log_q = self.sampler.sample(query, self.num_samples)
-            true_log_q = self.sampler.log_prob(query, labels) if self.correct_positive else None
+            if self.shared_negatives:
+                sampled_ids, sampled_log_q = self.sampler.sample_shared(query, self.num_samples)
+                log_prob = self.sampler.mixture_log_prob
+            else:
+                sampled_ids, sampled_log_q = self.sampler.sample(query, self.num_samples)
+                log_prob = self.sampler.log_prob
+            true_log_q = log_prob(query, labels) if self.correct_positive else None
             loss = estimator.sampled_softmax_loss(
                 query, labels, sampled_ids, sampled_log_q, weights, bias,
                 true_log_q=true_log_q,
@@ -269,6 +281,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 "remove_accidental_hits": self.remove_accidental_hits,
                 "add_to_model_loss": self.add_to_model_loss,
                 "absolute_softmax": self.absolute_softmax,
+                "shared_negatives": self.shared_negatives,
                 "embeddings_initializer": K.initializers.serialize(self.embeddings_initializer),
             }
         )

@@ -113,13 +113,16 @@ def search_buckets(cumulative: tf.Tensor, start: tf.Tensor, end: tf.Tensor, targ
     per draw, where `tf.searchsorted` is O(N) per draw under XLA and `stateless_categorical`
     draws one Gumbel variate per category.
     """
-    low, high = start, end - 1
+    shape = tf.shape(start)
+    # On flat vectors: with a unit axis (one draw per query) XLA:CPU's simplifier spins for
+    # minutes on the chain of gathers; flat, it compiles in about a second.
+    low, high, target = tf.reshape(start, [-1]), tf.reshape(end - 1, [-1]), tf.reshape(target, [-1])
     for _ in range(steps):
         middle = (low + high) // 2
         go_left = tf.gather(cumulative, middle) > target
         high = tf.where(go_left, middle, high)
         low = tf.where(go_left, low, middle + 1)
-    return low
+    return tf.reshape(low, shape)
 
 
 def draw_from_cdf_rows(cdf: tf.Tensor, rows: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
@@ -136,6 +139,18 @@ def draw_from_cdf_rows(cdf: tf.Tensor, rows: tf.Tensor, u: tf.Tensor) -> tf.Tens
     steps = max(1, math.ceil(math.log2(size))) + 1
     position = search_buckets(tf.reshape(cdf, [-1]), start, start + size, u * tf.gather(total, rows), steps)
     return tf.minimum(position - start, tf.gather(last, rows))
+
+
+def _one_query(queries: tf.Tensor) -> tf.Tensor:
+    """A single zero query of the batch's width: what a static sampler's draw is conditioned on."""
+    return tf.zeros(tf.stack([1, tf.shape(queries)[1]]), queries.dtype)
+
+
+def at_least_one_query(queries: tf.Tensor) -> tf.Tensor:
+    """The batch, or one zero query when it is empty: a mixture over no queries is undefined, and
+    an empty batch (the last shard of a dataset) must still trace and run."""
+    missing = tf.maximum(1 - tf.shape(queries)[0], 0)
+    return tf.concat([queries, tf.zeros(tf.stack([missing, tf.shape(queries)[1]]), queries.dtype)], 0)
 
 
 class Sampler(K.layers.Layer):
@@ -220,6 +235,34 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
+    def sample_shared(self, queries, num_samples: int, seed=None) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Draws `num_samples` ids shared by the whole batch (TF's `sampled_softmax_loss` layout).
+
+        The draws come from the batch mixture q̄(i) = (1/B)·Σ_b q(i | h_b), which for a static
+        sampler is q itself. One [B, d] x [d, m] matmul then scores every query against every
+        draw, and only m rows of W get a gradient, so a step costs far less than m draws per
+        query; the price is a proposal less matched to each query.
+
+        Returns:
+          ids: int32 [num_samples].
+          log_q: float32 [num_samples], log q̄ of each draw (normalized).
+        """
+        num_samples = _validation.check_num_samples(num_samples)
+        queries = _validation.as_queries(queries, width=self.embedding_dim)
+        seed = self._next_seed() if seed is None else seed_pair(seed)
+        ids, log_q = self._sample_shared(queries, num_samples, _per_replica(seed))
+        ids = tf.ensure_shape(ids, [num_samples])
+        log_q = tf.ensure_shape(log_q, [num_samples])
+        return tf.stop_gradient(ids), tf.stop_gradient(log_q)
+
+    def mixture_log_prob(self, queries, ids) -> tf.Tensor:
+        """log q̄ of `ids` (any shape) under the batch mixture of `queries` [B, d], the
+        distribution `sample_shared` draws from. Same shape as `ids`."""
+        queries = _validation.as_queries(queries, width=self.embedding_dim)
+        ids = _validation.checked_ids(_validation.as_ids(ids, "ids"), self.num_classes, name="ids")
+        flat = tf.reshape(ids, [-1])
+        return tf.stop_gradient(tf.reshape(self._mixture_log_prob(queries, flat), tf.shape(ids)))
+
     def log_prob(self, queries, ids) -> tf.Tensor:
         """Normalized log q of `ids` [B, k] (or [B], returned as [B, 1]) for each query."""
         queries = _validation.as_queries(queries, width=self.embedding_dim)
@@ -283,6 +326,27 @@ class Sampler(K.layers.Layer):
 
     def _log_prob(self, queries, ids):
         raise NotImplementedError
+
+    def _sample_shared(self, queries, num_samples, seed):
+        """Generic batch-mixture draw: each draw picks a query uniformly, then draws from its q."""
+        if not self.adaptive:
+            ids, log_q = self._sample(_one_query(queries), num_samples, seed)
+            return ids[0], log_q[0]
+        queries = at_least_one_query(queries)
+        owners = uniform_ints([num_samples], tf.shape(queries)[0], sub_seed(seed, 0))
+        ids, _ = self._sample(tf.gather(queries, owners), 1, sub_seed(seed, 1))
+        ids = ids[:, 0]
+        return ids, self._mixture_log_prob(queries, ids)
+
+    def _mixture_log_prob(self, queries, ids):
+        """log q̄ of flat ids [k]: log-mean-exp over the batch of each query's log q."""
+        if not self.adaptive:
+            return self._log_prob(_one_query(queries), ids[tf.newaxis])[0]
+        queries = at_least_one_query(queries)
+        batch = tf.shape(queries)[0]
+        width = ids.shape[0] if ids.shape[0] is not None else tf.size(ids)  # static where known (XLA)
+        per_query = self._log_prob(queries, tf.broadcast_to(ids, tf.stack([batch, width])))
+        return tf.reduce_logsumexp(per_query, axis=0) - tf.math.log(tf.cast(batch, tf.float32))
 
     # -- helpers -----------------------------------------------------------------------------
     def _next_seed(self) -> tf.Tensor:

@@ -30,7 +30,7 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import register_serializable
-from tf_adaptive_softmax.samplers.base import Sampler, draw_from_cdf_rows, sub_seed
+from tf_adaptive_softmax.samplers.base import Sampler, at_least_one_query, draw_from_cdf_rows, sub_seed
 
 # Leaf members gathered by one chunk of draws stay under this many floats (16 MB).
 _CHUNK_ELEMENTS = 1 << 22
@@ -114,20 +114,29 @@ class QuadraticKernel(Sampler):
         # α·hᵀSh >= 0 exactly; rounding must not push a group below its count.
         return self.alpha * tf.maximum(quadratic, 0.0) + tf.constant(self._group_sizes)
 
+    def _second_moment(self):
+        """S = Σ_i w_i w_iᵀ [d, d] of the snapshot (the sum of the group sums)."""
+        total = tf.reduce_sum(tf.convert_to_tensor(self.group_second_moments), axis=0)
+        return tf.reshape(total, [self.embedding_dim, self.embedding_dim])
+
+    def _log_normalizer(self, queries):
+        """[B, 1] log Z_b, Z_b = Σ_i α·<h_b, w_i>² + 1 = α·h_bᵀ S h_b + N."""
+        quadratic = tf.einsum("bd,de,be->b", queries, self._second_moment(), queries)
+        return tf.math.log(self.alpha * tf.maximum(quadratic, 0.0) + self.num_classes)[:, tf.newaxis]
+
     def _log_kernel(self, queries, ids):
         rows = tf.gather(self.snapshot_embeddings, ids)
         return tf.math.log(self._kernel(tf.einsum("bd,bkd->bk", queries, rows)))
 
-    def _pick_in_leaf(self, queries, group, u):
-        """Exact draw inside the drawn leaf: group [B, c], u [B, c] -> class ids [B, c]."""
-        members = group[:, :, tf.newaxis] * self.leaf + tf.range(self.leaf)  # [B, c, L]
+    def _pick_in_leaf(self, leaf_mass, group, u):
+        """Exact draw inside the drawn leaf: group [R, c], u [R, c] -> class ids [R, c], where
+        `leaf_mass(r, rows [R, c, L, d])` gives the unnormalized mass of every member."""
+        members = group[:, :, tf.newaxis] * self.leaf + tf.range(self.leaf)  # [R, c, L]
         # Leaves are contiguous blocks of the snapshot: one block copy per draw, not L row gathers.
         blocks = tf.reshape(self.snapshot_embeddings, [self.num_groups, self.leaf, self.embedding_dim])
-        rows = tf.gather(blocks, group)  # [B, c, L, d]
-        kernel = self._kernel(tf.einsum("bd,bcld->bcl", queries, rows))
-        kernel = tf.where(members < self.num_classes, kernel, tf.zeros_like(kernel))
-        cdf = tf.cumsum(kernel, axis=-1)
-        flat = tf.reshape(cdf, [-1, self.leaf])
+        mass = leaf_mass(tf.gather(blocks, group))  # [R, c, L]
+        mass = tf.where(members < self.num_classes, mass, tf.zeros_like(mass))
+        flat = tf.reshape(tf.cumsum(mass, axis=-1), [-1, self.leaf])
         rows_index = tf.reshape(tf.range(tf.size(group)), tf.shape(group))
         return group * self.leaf + draw_from_cdf_rows(flat, rows_index, u)
 
@@ -137,32 +146,75 @@ class QuadraticKernel(Sampler):
         uniforms = tf.random.stateless_uniform(tf.stack([2, batch, num_samples]), seed=sub_seed(seed, 0))
         query_row = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], [batch, num_samples])
         group = draw_from_cdf_rows(tf.cumsum(mass, axis=1), query_row, uniforms[0])  # [B, m]
-        ids = self._chunked_leaf_draws(queries, group, uniforms[1], num_samples)
+
+        def leaf_mass(rows):
+            return self._kernel(tf.einsum("bd,bcld->bcl", queries, rows))
+
+        ids = self._chunked_leaf_draws(leaf_mass, group, uniforms[1], queries.shape[0] or 256)
         log_normalizer = tf.math.log(tf.reduce_sum(mass, axis=1, keepdims=True))
         return ids, self._log_kernel(queries, ids) - log_normalizer
 
-    def _chunked_leaf_draws(self, queries, group, u, num_samples):
-        static_batch = queries.shape[0] or 256
-        chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // (static_batch * self.leaf * self.embedding_dim)))
+    def _chunked_leaf_draws(self, leaf_mass, group, u, static_rows):
+        num_samples = group.shape[1]
+        chunk = max(1, min(num_samples, _CHUNK_ELEMENTS // (static_rows * self.leaf * self.embedding_dim)))
         num_chunks = -(-num_samples // chunk)
         if num_chunks == 1:
-            return self._pick_in_leaf(queries, group, u)
+            return self._pick_in_leaf(leaf_mass, group, u)
         pad = num_chunks * chunk - num_samples
-        # [B, m] -> [chunks, B, chunk]: a fixed-count loop keeps [B, chunk, L, d] bounded.
+        # [R, m] -> [chunks, R, chunk]: a fixed-count loop keeps [R, chunk, L, d] bounded.
         def split(x):
             x = tf.pad(x, [[0, 0], [0, pad]])
             return tf.transpose(tf.reshape(x, [-1, num_chunks, chunk]), [1, 0, 2])
 
         picked = tf.map_fn(
-            lambda args: self._pick_in_leaf(queries, args[0], args[1]),
+            lambda args: self._pick_in_leaf(leaf_mass, args[0], args[1]),
             (split(group), split(u)),
             fn_output_signature=tf.int32,
         )
         return tf.reshape(tf.transpose(picked, [1, 0, 2]), [-1, num_chunks * chunk])[:, :num_samples]
 
     def _log_prob(self, queries, ids):
-        log_normalizer = tf.math.log(tf.reduce_sum(self._group_mass(queries), axis=1, keepdims=True))
-        return self._log_kernel(queries, ids) - log_normalizer
+        return self._log_kernel(queries, ids) - self._log_normalizer(queries)
+
+    # -- the batch mixture (shared negatives) ------------------------------------------------
+    def _mixture_form(self, queries):
+        """(A [d, d], c) with q̄(i) = α·w_iᵀ A w_i + c, exactly normalized.
+
+        The batch mixture of quadratic kernels is again a quadratic form in w:
+        (1/B)·Σ_b (α·<h_b, w>² + 1) / Z_b = α·wᵀ A w + c with A = (1/B)·Σ_b h_b h_bᵀ / Z_b and
+        c = (1/B)·Σ_b 1 / Z_b. So a shared draw costs one [G, d²] matvec plus m leaf scans, not
+        B query-specific group scorings.
+        """
+        queries = at_least_one_query(queries)
+        inverse_z = tf.exp(-self._log_normalizer(queries))[:, 0]
+        batch = tf.cast(tf.shape(queries)[0], tf.float32)
+        form = tf.einsum("b,bd,be->de", inverse_z, queries, queries) / batch
+        return form, tf.reduce_sum(inverse_z) / batch
+
+    def _mixture_mass(self, rows, form, offset):
+        return self.alpha * tf.maximum(tf.einsum("...d,de,...e->...", rows, form, rows), 0.0) + offset
+
+    def _sample_shared(self, queries, num_samples, seed):
+        form, offset = self._mixture_form(queries)
+        quadratic = tf.linalg.matvec(
+            tf.convert_to_tensor(self.group_second_moments), tf.reshape(form, [-1])
+        )
+        mass = self.alpha * tf.maximum(quadratic, 0.0) + offset * tf.constant(self._group_sizes)
+        uniforms = tf.random.stateless_uniform([2, 1, num_samples], seed=sub_seed(seed, 0))
+        group = draw_from_cdf_rows(
+            tf.cumsum(mass)[tf.newaxis], tf.zeros([1, num_samples], tf.int32), uniforms[0]
+        )
+        ids = self._chunked_leaf_draws(
+            lambda rows: self._mixture_mass(rows, form, offset), group, uniforms[1], 1
+        )[0]
+        rows = tf.gather(self.snapshot_embeddings, ids)
+        return ids, tf.math.log(self._mixture_mass(rows, form, offset) / tf.reduce_sum(mass))
+
+    def _mixture_log_prob(self, queries, ids):
+        form, offset = self._mixture_form(queries)
+        rows = tf.gather(self.snapshot_embeddings, ids)
+        total = self.alpha * tf.maximum(tf.reduce_sum(form * self._second_moment()), 0.0) + offset * self.num_classes
+        return tf.math.log(self._mixture_mass(rows, form, offset) / total)
 
     # -- refresh -----------------------------------------------------------------------------
     def _refresh(self, class_embeddings, class_bias) -> None:
