@@ -34,24 +34,38 @@ def main(argv=None):
             sampler = samplers.QuadraticKernel(n, alpha=100.0, seed=0)
             refresh = tf.function(lambda e: sampler.refresh(e))
             refresh_time = time_call(lambda: refresh(embeddings), repeats=1, warmup=1)
-            sample = tf.function(lambda q: sampler.sample(q, num_samples))
-            timing = time_call(lambda: sample(queries), repeats=7)
-            logits = tf.function(lambda q: tf.matmul(q, embeddings, transpose_b=True))
-            full = time_call(lambda: logits(queries), repeats=7)
-            rows.append({"d": dim, "N": n, "leaf": sampler.leaf, **timing, "full_logits_s": full["median_s"],
+            timings = {}
+            for mode, jit in (("graph", False), ("xla", True)):
+                for key, fn in (("sample", lambda q: sampler.sample(q, num_samples)),
+                                ("shared", lambda q: sampler.sample_shared(q, num_samples)),
+                                ("logits", lambda q: tf.matmul(q, embeddings, transpose_b=True))):
+                    compiled = tf.function(fn, jit_compile=jit)
+                    timings[f"{key}_{mode}"] = time_call(lambda: compiled(queries))
+            rows.append({"d": dim, "N": n, "leaf": sampler.leaf, **timings,
                          "refresh_s": refresh_time["median_s"], "state_bytes": sampler.state_bytes()})
-            print(f"d={dim} N={n}: sample {timing['median_s'] * 1e3:.1f} ms, full logits "
-                  f"{full['median_s'] * 1e3:.1f} ms, refresh {refresh_time['median_s']:.2f}s", flush=True)
-    lines = ["| d | N | leaf | sample() median ms (min–max) | growth vs N=10^4 | full logits ms | sample / full logits | refresh s |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            print(f"d={dim} N={n} leaf={sampler.leaf}: " + ", ".join(
+                f"{key} {value['median_s'] * 1e3:.1f} ms" for key, value in timings.items())
+                + f", refresh {refresh_time['median_s']:.2f}s", flush=True)
+
+    def ms(row, key):
+        return row[key]["median_s"] * 1e3
+
+    lines = ["| d | N | leaf | mode | sample() ms (min–max) | growth vs N=10^4 | full logits ms | "
+             "sample / full logits | sample_shared() ms | refresh s |",
+             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         base = next(r for r in rows if r["d"] == row["d"] and r["N"] == sizes[0])
-        lines.append(
-            f"| {row['d']} | {row['N']:,} | {row['leaf']} | {row['median_s'] * 1e3:.1f} "
-            f"({row['min_s'] * 1e3:.1f}–{row['max_s'] * 1e3:.1f}) | {row['median_s'] / base['median_s']:.2f} | "
-            f"{row['full_logits_s'] * 1e3:.1f} | {row['median_s'] / row['full_logits_s']:.2f} | {row['refresh_s']:.2f} |"
-        )
-    header = f"QuadraticKernel, B={batch}, m={num_samples}, graph mode; full logits = one [B, d] x [d, N] matmul.\n\n"
+        for mode in ("graph", "xla"):
+            sample = row[f"sample_{mode}"]
+            lines.append(
+                f"| {row['d']} | {row['N']:,} | {row['leaf']} | {mode} | {ms(row, f'sample_{mode}'):.1f} "
+                f"({sample['min_s'] * 1e3:.1f}–{sample['max_s'] * 1e3:.1f}) | "
+                f"{ms(row, f'sample_{mode}') / ms(base, f'sample_{mode}'):.2f} | {ms(row, f'logits_{mode}'):.1f} | "
+                f"{ms(row, f'sample_{mode}') / ms(row, f'logits_{mode}'):.2f} | {ms(row, f'shared_{mode}'):.1f} | "
+                f"{row['refresh_s']:.2f} |"
+            )
+    header = (f"QuadraticKernel, B={batch}, m={num_samples} (per query; `sample_shared`: m for the whole batch); "
+              "full logits = one [B, d] x [d, N] matmul, in the same mode.\n\n")
     write_results("quadratic_kernel" + ("_quick" if args.quick else ""), rows, header + "\n".join(lines))
 
 

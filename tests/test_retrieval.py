@@ -46,6 +46,27 @@ def test_catalogue_columns_subtract_unclipped_log_expected_count():
     assert labels.shape == (B, B + 5)
 
 
+def test_shared_catalogue_columns_score_one_draw_set_for_the_batch():
+    q, c, ids, _ = _batch()
+    table = np.random.default_rng(1).standard_normal((N, D)).astype(np.float32)
+    calls = []
+
+    def embed(i):
+        calls.append(i.shape)
+        return tf.gather(table, i)
+
+    sampler, twin = samplers.MIDX(N, num_codewords=4, seed=3), samplers.MIDX(N, num_codewords=4, seed=3)
+    for each in (sampler, twin):
+        each.refresh(table)
+    scores, _ = retrieval.mixed_negatives_scores(
+        q, c[:B], ids[:B], sampler=sampler, num_samples=5, embed_ids=embed, shared_negatives=True)
+    drawn, log_q = twin.sample_shared(q, 5)
+    expected = q @ table[drawn.numpy()].T - np.log(5 * np.exp(log_q.numpy()))
+    expected[drawn.numpy()[None, :] == ids[:B, None]] = -1e30
+    np.testing.assert_allclose(scores.numpy()[:, B:], expected, rtol=1e-5)
+    assert calls == [tf.TensorShape([5])]  # the tower embeds m ids, not B·m
+
+
 def test_sampler_needs_ids_and_embed_fn():
     q, c, ids, _ = _batch()
     with pytest.raises(ValueError, match="embed_ids"):

@@ -102,6 +102,29 @@ def test_mixed_negatives_match_a_hand_computation(temperature):
 
 
 @pytestmark_legacy
+def test_shared_catalogue_negatives_match_tfrs_extra_candidates():
+    # Shared negatives are TFRS's own layout (C > B extra candidates) with q̄ as their probability:
+    # Retrieval given those columns, log(m·q̄) and their ids gives the same loss.
+    q, c, ids, _ = _batch()
+    c, ids = c[:B], ids[:B]
+    table = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
+    embedding = tf.keras.layers.Embedding(N, D, embeddings_initializer=tf.keras.initializers.Constant(table))
+    embedding.build((None,))
+    sampler, twin = (samplers.QuadraticKernel(N, leaf_size=8, seed=5) for _ in range(2))
+    for each in (sampler, twin):
+        each.refresh(table)
+    task = AdaptiveRetrieval(sampler, num_samples=7, candidate_embeddings=embedding, shared_negatives=True,
+                             remove_accidental_hits=True)
+    loss = task(q, c, candidate_ids=ids, training=True).numpy()
+    drawn, log_q = twin.sample_shared(q, 7)
+    theirs = tfrs.tasks.Retrieval(remove_accidental_hits=True)(
+        q, np.concatenate([c, table[drawn.numpy()]]),
+        candidate_sampling_probability=np.concatenate([np.ones(B), 7 * np.exp(log_q.numpy())]).astype(np.float32),
+        candidate_ids=np.concatenate([ids, drawn.numpy()]))
+    assert loss == pytest.approx(float(theirs), rel=1e-5)
+
+
+@pytestmark_legacy
 def test_catalogue_draws_of_the_positive_are_masked():
     q, c, ids, _ = _batch()
     counts = np.zeros(N)

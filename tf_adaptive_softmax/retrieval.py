@@ -87,9 +87,11 @@ def catalogue_scores(
     num_samples: int,
     embed_ids: Callable[[tf.Tensor], tf.Tensor],
     temperature: Optional[float] = None,
+    shared_negatives: bool = False,
 ) -> tf.Tensor:
     """[B, m] scores of m catalogue negatives per query, minus log(m·q), positives' ids masked
-    (with the estimator's `MASKED_LOGIT`)."""
+    (with the estimator's `MASKED_LOGIT`). With `shared_negatives` the m negatives are one set for
+    the whole batch, drawn from the batch mixture (the tower embeds m ids instead of B·m)."""
     if positive_ids is None:
         raise ValueError(
             "`candidate_ids` (the positive candidates' catalogue ids) are required with catalogue "
@@ -98,8 +100,14 @@ def catalogue_scores(
     query = tf.cast(query_embeddings, tf.float32)
     num_queries = tf.shape(query)[0]
     positives = _validation.as_ids(tf.reshape(positive_ids, [-1]), "candidate_ids")[:num_queries, tf.newaxis]
-    sampled_ids, sampled_log_q = sampler.sample(query, num_samples)
-    logits = tf.einsum("bd,bmd->bm", query, tf.cast(embed_ids(sampled_ids), tf.float32))
+    if shared_negatives:
+        sampled_ids, sampled_log_q = sampler.sample_shared(query, num_samples)
+        logits = tf.matmul(query, tf.cast(embed_ids(sampled_ids), tf.float32), transpose_b=True)
+        sampled_ids = tf.broadcast_to(sampled_ids, tf.shape(logits))
+        sampled_log_q = tf.broadcast_to(sampled_log_q, tf.shape(logits))
+    else:
+        sampled_ids, sampled_log_q = sampler.sample(query, num_samples)
+        logits = tf.einsum("bd,bmd->bm", query, tf.cast(embed_ids(sampled_ids), tf.float32))
     if temperature is not None:
         logits = logits / temperature
     hits = estimator.accidental_hit_mask(positives, sampled_ids)
@@ -119,13 +127,15 @@ def mixed_negatives_scores(
     remove_accidental_hits: bool = False,
     score_mask=None,
     cross_replica_candidates: bool = False,
+    shared_negatives: bool = False,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """(scores [B, C + m], labels [B, C + m]): in-batch columns, then catalogue columns.
 
     With `sampler=None` only the in-batch columns (exactly `tfrs.tasks.Retrieval`'s scores). With
     `cross_replica_candidates=True` under a multi-replica strategy, every replica's candidates
     (and their ids and probabilities) join the in-batch columns, this replica's first, so each
-    query sees R·C in-batch negatives instead of C (tensorflow/tensorflow#47344).
+    query sees R·C in-batch negatives instead of C (tensorflow/tensorflow#47344). With
+    `shared_negatives=True` the m catalogue negatives are shared by the batch (`catalogue_scores`).
     """
     positive_ids = candidate_ids
     if cross_replica_candidates:
@@ -142,7 +152,8 @@ def mixed_negatives_scores(
         if embed_ids is None:
             raise ValueError("`embed_ids` (ids -> candidate embeddings) is required with a sampler.")
         _validation.check_num_samples(num_samples)
-        sampled = catalogue_scores(query_embeddings, positive_ids, sampler, num_samples, embed_ids, temperature)
+        sampled = catalogue_scores(query_embeddings, positive_ids, sampler, num_samples, embed_ids, temperature,
+                                   shared_negatives)
         scores = tf.concat([scores, tf.cast(sampled, scores.dtype)], axis=1)
     labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1], dtype=scores.dtype)
     return scores, labels
@@ -161,13 +172,14 @@ def mixed_negatives_loss(
     sample_weight=None,
     reduction: str = "sum",
     cross_replica_candidates: bool = False,
+    shared_negatives: bool = False,
 ) -> tf.Tensor:
     """Softmax cross-entropy over the mixed-negatives scores: "sum" over the batch (TFRS's
     default), "mean", or "none" for per-query losses [B]."""
     scores, labels = mixed_negatives_scores(
         query_embeddings, candidate_embeddings, candidate_ids, sampler, num_samples, embed_ids,
         candidate_sampling_probability, temperature, remove_accidental_hits,
-        cross_replica_candidates=cross_replica_candidates,
+        cross_replica_candidates=cross_replica_candidates, shared_negatives=shared_negatives,
     )
     per_query = tf.nn.softmax_cross_entropy_with_logits(labels, scores)
     if sample_weight is not None:

@@ -56,6 +56,8 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
       cross_replica_candidates: under a multi-replica strategy (MirroredStrategy, TPUStrategy), use
         every replica's positives as extra in-batch negatives (equal per-replica batch sizes:
         batch with `drop_remainder=True`).
+      shared_negatives: draw the `num_samples` catalogue negatives once for the whole batch from
+        the batch mixture (one matmul, and the candidate tower embeds m ids instead of B·m).
       loss, metrics, batch_metrics, loss_metrics, temperature, num_hard_negatives,
       remove_accidental_hits, name: as for `tfrs.tasks.Retrieval` (loss defaults to its
         sum-reduced categorical cross-entropy).
@@ -86,6 +88,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         num_hard_negatives: Optional[int] = None,
         remove_accidental_hits: bool = False,
         cross_replica_candidates: bool = False,
+        shared_negatives: bool = False,
         name: Optional[str] = None,
     ):
         super().__init__(name=name)
@@ -110,6 +113,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         self._num_hard_negatives = num_hard_negatives
         self._remove_accidental_hits = remove_accidental_hits
         self._cross_replica_candidates = bool(cross_replica_candidates)
+        self.shared_negatives = bool(shared_negatives)
 
     @property
     def factorized_metrics(self):
@@ -205,6 +209,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             embed_ids=self._embed_ids, candidate_sampling_probability=candidate_sampling_probability,
             temperature=self._temperature, remove_accidental_hits=self._remove_accidental_hits,
             score_mask=score_mask, cross_replica_candidates=self._cross_replica_candidates,
+            shared_negatives=self.shared_negatives,
         )
         if self._num_hard_negatives is not None:
             scores, labels = tfrs.layers.loss.HardNegativeMining(self._num_hard_negatives)(scores, labels)

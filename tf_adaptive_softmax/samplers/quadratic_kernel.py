@@ -5,14 +5,16 @@
 Because α<h, w>² + 1 = <φ(h), φ(w)> for φ(x) = [√α·vec(x xᵀ), 1], the kernel mass of a whole
 group g of classes is α·hᵀ S_g h + |g| with S_g = Σ_{i∈g} w_i w_iᵀ. Divide and conquer:
 
-1. every query scores all G groups at once, one matmul of vec(h hᵀ) [B, d²] against the stacked
-   vec(S_g) [G, d²], and draws a group per sample by inverse CDF over those G masses;
+1. every query scores all G groups at once, one matmul of its quadratic features [B, P] against
+   the stacked S_g [G, P], and draws a group per sample by inverse CDF over those G masses. S_g is
+   symmetric, so only its P = d(d+1)/2 upper-triangle entries are stored and multiplied
+   (hᵀSh = Σ_{i<=j} (2 - [i=j])·h_i h_j S_ij), half the work of vec(h hᵀ)·vec(S_g);
 2. inside the drawn group (a leaf of `leaf_size` classes) it computes the exact kernel values of
    the members and draws one.
 
 The product of the two stages is exactly q. Leaves hold at least d classes, so the stacked S_g cost
-(N / leaf_size)·d² <= N·d floats: memory stays O(N·d) (a snapshot of W plus the group sums), never
-O(N·d²). State is refreshed from the current embeddings (`refresh`), and log q describes the
+(N / leaf_size)·d(d+1)/2 <= N·d floats: memory stays O(N·d) (a snapshot of W plus the group sums),
+never O(N·d²). State is refreshed from the current embeddings (`refresh`), and log q describes the
 snapshot actually sampled from.
 
 The quadratic kernel is symmetric in the logit, so it over-samples classes with large negative
@@ -32,15 +34,25 @@ from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import register_serializable
 from tf_adaptive_softmax.samplers.base import Sampler, at_least_one_query, draw_from_cdf_rows, sub_seed
 
-# Leaf members gathered by one chunk of draws stay under this many floats (16 MB).
-_CHUNK_ELEMENTS = 1 << 22
+# Leaf members gathered by one chunk of draws stay under this many floats (256 MB).
+_CHUNK_ELEMENTS = 1 << 26
+# Measured on CPU (XLA and graph): a gathered-and-multiplied leaf float costs about as much as 40
+# multiply-adds of the group-scoring matmul.
+_GATHER_COST = 40.0
 
 
 def default_leaf_size(num_classes: int, embedding_dim: int, num_samples: int = 128) -> int:
-    """Balances the per-query group scoring, (N / L)·d² multiply-adds in one matmul, against the
-    per-draw leaf work, L·d gathered floats (about 10x dearer per element on CPU), for m draws."""
-    balanced = math.sqrt(num_classes * embedding_dim / (10.0 * num_samples))
+    """Balances the per-query group scoring, (N / L)·d(d+1)/2 multiply-adds in one matmul,
+    against the per-draw leaf work, L·d gathered floats for each of m draws."""
+    packed = embedding_dim * (embedding_dim + 1) / 2
+    balanced = math.sqrt(num_classes * packed / (_GATHER_COST * num_samples * embedding_dim))
     return max(embedding_dim, min(512, 2 ** round(math.log2(max(1.0, balanced)))))
+
+
+def _upper_triangle(dim: int):
+    """(rows, cols, multiplicity) of the d(d+1)/2 upper-triangle entries of a symmetric d x d."""
+    rows, cols = np.triu_indices(dim)
+    return rows.astype(np.int32), cols.astype(np.int32), np.where(rows == cols, 1.0, 2.0).astype(np.float32)
 
 
 @register_serializable
@@ -51,7 +63,8 @@ class QuadraticKernel(Sampler):
       num_classes: N.
       alpha: α, the weight of the squared logit (100 in the paper).
       leaf_size: classes per leaf group (>= the embedding width d); the default balances the two
-        stages for m = 128 draws: sqrt(N·d / 1280) rounded to a power of two, within [d, 512].
+        stages for m = 128 draws on CPU: sqrt(N·(d+1) / 10240) rounded to a power of two, within
+        [d, 512] (64 for d = 64 up to N = 10^6).
       seed: seeds the sampler's own stream.
 
     Example:
@@ -96,9 +109,11 @@ class QuadraticKernel(Sampler):
         self.snapshot_embeddings = self.add_weight(
             name="snapshot_embeddings", shape=(padded, embedding_dim), initializer="zeros", trainable=False
         )
+        rows, cols, multiplicity = _upper_triangle(embedding_dim)
+        self._triangle = (rows, cols, multiplicity)
+        # S_g restricted to its upper triangle, [G, d(d+1)/2].
         self.group_second_moments = self.add_weight(
-            name="group_second_moments", shape=(self.num_groups, embedding_dim * embedding_dim),
-            initializer="zeros", trainable=False,
+            name="group_second_moments", shape=(self.num_groups, rows.size), initializer="zeros", trainable=False,
         )
         sizes = np.minimum(leaf, self.num_classes - leaf * np.arange(self.num_groups)).astype(np.float32)
         self._group_sizes = sizes  # a NumPy constant: safe to embed in any graph
@@ -107,17 +122,27 @@ class QuadraticKernel(Sampler):
     def _kernel(self, logits):
         return self.alpha * tf.square(logits) + 1.0
 
+    def _packed(self, symmetric):
+        """[..., d, d] symmetric -> [..., P] upper-triangle entries times their multiplicity, so
+        that <A, S> = Σ packed(A) · (S's stored upper triangle)."""
+        rows, cols, multiplicity = self._triangle
+        flat = tf.reshape(symmetric, tf.concat([tf.shape(symmetric)[:-2], [-1]], 0))
+        return tf.gather(flat, rows * self.embedding_dim + cols, axis=-1) * multiplicity
+
     def _group_mass(self, queries):
-        """[B, G] kernel mass of every group: α·vec(h hᵀ)·vec(S_g) + |g|."""
-        outer = tf.reshape(queries[:, :, tf.newaxis] * queries[:, tf.newaxis, :], [tf.shape(queries)[0], -1])
-        quadratic = tf.matmul(outer, tf.convert_to_tensor(self.group_second_moments), transpose_b=True)
+        """[B, G] kernel mass of every group: α·hᵀS_g h + |g|, one [B, P] x [P, G] matmul."""
+        rows, cols, multiplicity = self._triangle
+        features = tf.gather(queries, rows, axis=1) * tf.gather(queries, cols, axis=1) * multiplicity
+        quadratic = tf.matmul(features, tf.convert_to_tensor(self.group_second_moments), transpose_b=True)
         # α·hᵀSh >= 0 exactly; rounding must not push a group below its count.
         return self.alpha * tf.maximum(quadratic, 0.0) + tf.constant(self._group_sizes)
 
     def _second_moment(self):
         """S = Σ_i w_i w_iᵀ [d, d] of the snapshot (the sum of the group sums)."""
+        rows, cols, _ = self._triangle
         total = tf.reduce_sum(tf.convert_to_tensor(self.group_second_moments), axis=0)
-        return tf.reshape(total, [self.embedding_dim, self.embedding_dim])
+        upper = tf.scatter_nd(np.stack([rows, cols], axis=1), total, [self.embedding_dim] * 2)
+        return upper + tf.transpose(upper) - tf.linalg.diag(tf.linalg.diag_part(upper))
 
     def _log_normalizer(self, queries):
         """[B, 1] log Z_b, Z_b = Σ_i α·<h_b, w_i>² + 1 = α·h_bᵀ S h_b + N."""
@@ -196,9 +221,7 @@ class QuadraticKernel(Sampler):
 
     def _sample_shared(self, queries, num_samples, seed):
         form, offset = self._mixture_form(queries)
-        quadratic = tf.linalg.matvec(
-            tf.convert_to_tensor(self.group_second_moments), tf.reshape(form, [-1])
-        )
+        quadratic = tf.linalg.matvec(tf.convert_to_tensor(self.group_second_moments), self._packed(form))
         mass = self.alpha * tf.maximum(quadratic, 0.0) + offset * tf.constant(self._group_sizes)
         uniforms = tf.random.stateless_uniform([2, 1, num_samples], seed=sub_seed(seed, 0))
         group = draw_from_cdf_rows(
@@ -222,8 +245,11 @@ class QuadraticKernel(Sampler):
         padded = tf.pad(class_embeddings, [[0, self.num_groups * self.leaf - self.num_classes], [0, 0]])
         groups = tf.reshape(padded, [self.num_groups, self.leaf, self.embedding_dim])
         moments = tf.einsum("gld,gle->gde", groups, groups)
+        rows, cols, _ = self._triangle
         self.snapshot_embeddings.assign(padded)
-        self.group_second_moments.assign(tf.reshape(moments, [self.num_groups, -1]))
+        self.group_second_moments.assign(
+            tf.gather(tf.reshape(moments, [self.num_groups, -1]), rows * self.embedding_dim + cols, axis=1)
+        )
 
     def get_config(self) -> dict:
         config = super().get_config()
