@@ -66,24 +66,13 @@ def gathered_logits(
     class_bias: Optional[tf.Tensor] = None,
     logit_transform: LogitTransform = None,
 ) -> tf.Tensor:
-    """Logits of the given ids only: [B, k] for query [B, d] and ids [B, k]."""
-    rows = tf.gather(class_embeddings, ids)  # [B, k, d]; its gradient is sparse (IndexedSlices)
-    logits = tf.einsum("bd,bkd->bk", query, rows)
-    if class_bias is not None:
-        logits += tf.gather(class_bias, ids)
-    return _transform(logits, logit_transform)
-
-
-def shared_logits(
-    query: tf.Tensor,
-    ids: tf.Tensor,
-    class_embeddings: tf.Tensor,
-    class_bias: Optional[tf.Tensor] = None,
-    logit_transform: LogitTransform = None,
-) -> tf.Tensor:
-    """Logits of ids shared by the batch: [B, m] for query [B, d] and ids [m] (one matmul)."""
-    rows = tf.gather(class_embeddings, ids)  # [m, d]
-    logits = tf.matmul(query, rows, transpose_b=True)
+    """Logits of the given ids only, [B, k]: ids [B, k] per query, or [k] shared by the batch
+    (then one [B, d] x [d, k] matmul)."""
+    rows = tf.gather(class_embeddings, ids)  # its gradient is sparse (IndexedSlices)
+    if ids.shape.rank == 1:
+        logits = tf.matmul(query, rows, transpose_b=True)
+    else:
+        logits = tf.einsum("bd,bkd->bk", query, rows)
     if class_bias is not None:
         logits += tf.gather(class_bias, ids)
     return _transform(logits, logit_transform)
@@ -176,17 +165,15 @@ def sampled_softmax_loss(
     labels = _validation.as_label_matrix(labels)
     sampled_ids = _validation.as_ids(sampled_ids, "sampled_ids")
     true_logits = gathered_logits(query, labels, class_embeddings, class_bias, logit_transform)
-    if sampled_ids.shape.rank == 1:
-        sampled_logits = shared_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
-        sampled_ids = tf.broadcast_to(sampled_ids, tf.shape(sampled_logits))
-        sampled_log_q = tf.broadcast_to(sampled_log_q, tf.shape(sampled_logits))
-    elif sampled_ids.shape.rank == 2:
-        sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
-    else:
+    if sampled_ids.shape.rank not in (1, 2):
         raise ValueError(
             "`sampled_ids` must have shape [batch, num_samples] (per query) or [num_samples] "
             f"(shared by the batch); got shape {sampled_ids.shape}."
         )
+    sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
+    if sampled_ids.shape.rank == 1:
+        sampled_ids = tf.broadcast_to(sampled_ids, tf.shape(sampled_logits))
+        sampled_log_q = tf.broadcast_to(sampled_log_q, tf.shape(sampled_logits))
     hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
     logits = corrected_logits(
         true_logits, sampled_logits, sampled_log_q, true_log_q, correct_positive, hit_mask
