@@ -387,6 +387,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.dims, args.speed_samples, args.repeats = "10000,100000", "64", "128", 5
+        args.speed_methods = ",".join(m for m in SPEED_METHODS if "midx_pq" not in m)
         args.teacher_sizes, args.teacher_examples, args.bias_epochs = "5000", 40_000, 2
         args.bias_samples, args.bias_samplers = "5,20,100", "uniform,midx_rvq,quadratic_kernel"
         args.sections = ",".join(s for s in args.sections.split(",") if s in ("speed", "bias"))

@@ -50,3 +50,11 @@ def test_two_percent_summary_picks_the_smallest_m_within_two_percent():
     rows = [{"sampler": "full", "m": 0, "recall": 0.10}, {"sampler": "a", "m": 5, "recall": 0.097},
             {"sampler": "a", "m": 50, "recall": 0.099}]
     assert "- a: 50" in runner._two_percent_summary(rows, "recall", higher_is_better=True)
+
+
+def test_variant_suffixes_parse_and_misspellings_fail_fast():
+    assert runner.variant("midx_rvq") == ("midx_rvq", False, False)
+    assert runner.variant("midx_rvq+shared+cp") == ("midx_rvq", True, True)
+    assert runner.variant("uniform+cp") == ("uniform", True, False)
+    with pytest.raises(ValueError, match="suffix"):
+        runner.parse_args(["--bias-samplers", "uniform+shraed"])
