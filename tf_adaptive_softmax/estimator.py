@@ -79,7 +79,10 @@ def gathered_logits(
 
 
 def accidental_hit_mask(true_ids: tf.Tensor, sampled_ids: tf.Tensor) -> tf.Tensor:
-    """bool [B, m]: sampled id equals any of its row's true ids ([B, T]). XLA-safe, static shape."""
+    """bool [B, m]: sampled id equals any of its row's true ids ([B, T]). `sampled_ids` is [B, m]
+    per query or [m] shared by the batch. XLA-safe, static shape."""
+    if sampled_ids.shape.rank == 1:
+        sampled_ids = sampled_ids[tf.newaxis]
     equal = tf.equal(sampled_ids[:, :, tf.newaxis], true_ids[:, tf.newaxis, :])
     return tf.reduce_any(equal, axis=-1)
 
@@ -97,7 +100,8 @@ def corrected_logits(
     Args:
       true_logits: [B, T] raw logits of the positives.
       sampled_logits: [B, m] raw logits of the drawn negatives.
-      sampled_log_q: [B, m] normalized log-probabilities of the draws (not expected counts).
+      sampled_log_q: [B, m] normalized log-probabilities of the draws (not expected counts), or
+        [m] for draws shared by the batch.
       true_log_q: [B, T] log q of the positives; required when `correct_positive`.
       correct_positive: subtract log(m·q) from the positives too (TF / TFRS convention).
       hit_mask: optional bool [B, m]; True columns get `MASKED_LOGIT`.
@@ -171,9 +175,6 @@ def sampled_softmax_loss(
             f"(shared by the batch); got shape {sampled_ids.shape}."
         )
     sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
-    if sampled_ids.shape.rank == 1:
-        sampled_ids = tf.broadcast_to(sampled_ids, tf.shape(sampled_logits))
-        sampled_log_q = tf.broadcast_to(sampled_log_q, tf.shape(sampled_logits))
     hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
     logits = corrected_logits(
         true_logits, sampled_logits, sampled_log_q, true_log_q, correct_positive, hit_mask

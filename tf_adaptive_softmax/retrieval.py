@@ -103,8 +103,6 @@ def catalogue_scores(
     if shared_negatives:
         sampled_ids, sampled_log_q = sampler.sample_shared(query, num_samples)
         logits = tf.matmul(query, tf.cast(embed_ids(sampled_ids), tf.float32), transpose_b=True)
-        sampled_ids = tf.broadcast_to(sampled_ids, tf.shape(logits))
-        sampled_log_q = tf.broadcast_to(sampled_log_q, tf.shape(logits))
     else:
         sampled_ids, sampled_log_q = sampler.sample(query, num_samples)
         logits = tf.einsum("bd,bmd->bm", query, tf.cast(embed_ids(sampled_ids), tf.float32))

@@ -115,6 +115,11 @@ class QuadraticKernel(Sampler):
         self.group_second_moments = self.add_weight(
             name="group_second_moments", shape=(self.num_groups, rows.size), initializer="zeros", trainable=False,
         )
+        # S = Σ_g S_g [d, d], kept from the refresh: every normalizer needs it, and summing the
+        # group sums again would read all of them on each call.
+        self.second_moment = self.add_weight(
+            name="second_moment", shape=(embedding_dim, embedding_dim), initializer="zeros", trainable=False,
+        )
         sizes = np.minimum(leaf, self.num_classes - leaf * np.arange(self.num_groups)).astype(np.float32)
         self._group_sizes = sizes  # a NumPy constant: safe to embed in any graph
 
@@ -122,12 +127,16 @@ class QuadraticKernel(Sampler):
     def _kernel(self, logits):
         return self.alpha * tf.square(logits) + 1.0
 
-    def _packed(self, symmetric):
-        """[..., d, d] symmetric -> [..., P] upper-triangle entries times their multiplicity, so
-        that <A, S> = Σ packed(A) · (S's stored upper triangle)."""
-        rows, cols, multiplicity = self._triangle
+    def _upper_entries(self, symmetric):
+        """[..., d, d] symmetric -> its [..., P] upper-triangle entries (the stored layout)."""
+        rows, cols, _ = self._triangle
         flat = tf.reshape(symmetric, tf.concat([tf.shape(symmetric)[:-2], [-1]], 0))
-        return tf.gather(flat, rows * self.embedding_dim + cols, axis=-1) * multiplicity
+        return tf.gather(flat, rows * self.embedding_dim + cols, axis=-1)
+
+    def _packed(self, symmetric):
+        """Upper-triangle entries times their multiplicity, so that <A, S> = Σ packed(A) · (S's
+        stored upper triangle)."""
+        return self._upper_entries(symmetric) * self._triangle[2]
 
     def _group_mass(self, queries):
         """[B, G] kernel mass of every group: α·hᵀS_g h + |g|, one [B, P] x [P, G] matmul."""
@@ -137,16 +146,9 @@ class QuadraticKernel(Sampler):
         # α·hᵀSh >= 0 exactly; rounding must not push a group below its count.
         return self.alpha * tf.maximum(quadratic, 0.0) + tf.constant(self._group_sizes)
 
-    def _second_moment(self):
-        """S = Σ_i w_i w_iᵀ [d, d] of the snapshot (the sum of the group sums)."""
-        rows, cols, _ = self._triangle
-        total = tf.reduce_sum(tf.convert_to_tensor(self.group_second_moments), axis=0)
-        upper = tf.scatter_nd(np.stack([rows, cols], axis=1), total, [self.embedding_dim] * 2)
-        return upper + tf.transpose(upper) - tf.linalg.diag(tf.linalg.diag_part(upper))
-
     def _log_normalizer(self, queries):
         """[B, 1] log Z_b, Z_b = Σ_i α·<h_b, w_i>² + 1 = α·h_bᵀ S h_b + N."""
-        quadratic = tf.einsum("bd,de,be->b", queries, self._second_moment(), queries)
+        quadratic = tf.einsum("bd,de,be->b", queries, tf.convert_to_tensor(self.second_moment), queries)
         return tf.math.log(self.alpha * tf.maximum(quadratic, 0.0) + self.num_classes)[:, tf.newaxis]
 
     def _log_kernel(self, queries, ids):
@@ -236,7 +238,8 @@ class QuadraticKernel(Sampler):
     def _mixture_log_prob(self, queries, ids):
         form, offset = self._mixture_form(queries)
         rows = tf.gather(self.snapshot_embeddings, ids)
-        total = self.alpha * tf.maximum(tf.reduce_sum(form * self._second_moment()), 0.0) + offset * self.num_classes
+        quadratic = tf.reduce_sum(form * tf.convert_to_tensor(self.second_moment))
+        total = self.alpha * tf.maximum(quadratic, 0.0) + offset * self.num_classes
         return tf.math.log(self._mixture_mass(rows, form, offset) / total)
 
     # -- refresh -----------------------------------------------------------------------------
@@ -245,11 +248,9 @@ class QuadraticKernel(Sampler):
         padded = tf.pad(class_embeddings, [[0, self.num_groups * self.leaf - self.num_classes], [0, 0]])
         groups = tf.reshape(padded, [self.num_groups, self.leaf, self.embedding_dim])
         moments = tf.einsum("gld,gle->gde", groups, groups)
-        rows, cols, _ = self._triangle
         self.snapshot_embeddings.assign(padded)
-        self.group_second_moments.assign(
-            tf.gather(tf.reshape(moments, [self.num_groups, -1]), rows * self.embedding_dim + cols, axis=1)
-        )
+        self.group_second_moments.assign(self._upper_entries(moments))
+        self.second_moment.assign(tf.reduce_sum(moments, axis=0))
 
     def get_config(self) -> dict:
         config = super().get_config()
