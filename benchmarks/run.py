@@ -17,18 +17,19 @@ partial runs):
   same run, and the peak memory of the configuration: resident-set growth over the process's
   resident size before it (Linux VmHWM, reset before each configuration; the variables, the
   sampler state, the compiled step and its activations).
-* `bias`: the synthetic teacher task (`tf_adaptive_softmax.demo`'s student, same optimizer,
+* `bias`: the synthetic teacher task (`tf_adaptive_softmax.experiments`' student, same optimizer,
   steps and seed for every row): exact test cross-entropy after training with each sampler at
-  each m, against full-softmax training. A sampler name with `+cp` (e.g. `uniform+cp`) trains
-  with `correct_positive=True` (the positive corrected by log(m·q) too, TF's convention); with
-  `+shared` (e.g. `quadratic_kernel+shared`, also in `speed`) it draws m negatives shared by the
-  batch from the batch mixture (`shared_negatives=True`). Suffixes combine: `midx_rvq+shared+cp`.
+  each m, against full-softmax training. Every row corrects the positive by log(m·q) (the
+  default); a sampler name with `+eq3` (e.g. `uniform+eq3`) trains with it uncorrected
+  (`correct_positive=False`, Blanc & Rendle's eq. 3); with `+shared` (e.g.
+  `quadratic_kernel+shared`, also in `speed`) it draws m negatives shared by the batch from the
+  batch mixture (`shared_negatives=True`). Suffixes combine: `midx_rvq+shared+eq3`.
 * `ptb`: the word-level LSTM language model of `examples/language_model.py` on the PTB subset in
-  ../shared/data: test perplexity against m.
+  the data folder (`--data-dir`, default `$TFAS_DATA_DIR`): test perplexity against m.
 * `ml100k`: the SASRec-style model of `examples/sequential_recommender.py` on MovieLens 100K:
   Recall@10 / NDCG@10 over the full catalogue against m.
 
-The real-data sections skip (and say so) when ../shared/data is absent.
+The real-data sections skip (and say so) when the data folder is not set or lacks the file.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import argparse
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,19 +46,21 @@ from typing import Callable, Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "examples"))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import pyplot  # noqa: E402  (examples/common.py)
-from timing import RESULTS, machine, time_call  # noqa: E402
-from tf_adaptive_softmax import datasets, demo, estimator, samplers  # noqa: E402
+from tf_adaptive_softmax import datasets, estimator, experiments, samplers  # noqa: E402
+from tf_adaptive_softmax.experiments import pyplot  # noqa: E402
+
+try:  # `python benchmarks/run.py` puts this folder on the path; `import benchmarks.run` needs the package form
+    from timing import RESULTS, machine, time_call  # noqa: E402
+except ImportError:  # pragma: no cover
+    from benchmarks.timing import RESULTS, machine, time_call  # noqa: E402
 
 SPEED_METHODS = ["full", "tf_sampled", "uniform", "midx_pq", "midx_rvq", "quadratic_kernel",
                  "uniform+shared", "midx_pq+shared", "midx_rvq+shared", "quadratic_kernel+shared"]
-BIAS_SAMPLERS = ["uniform", "log_uniform", "unigram", "midx_pq", "midx_rvq", "quadratic_kernel"]
+BIAS_SAMPLERS = ["tf_sampled", "uniform", "log_uniform", "unigram", "midx_pq", "midx_rvq", "quadratic_kernel"]
 LEARNING_RATE = 0.05
 
 
@@ -84,12 +88,15 @@ def _memory_mb(field: str = "VmHWM") -> float:
 
 
 def variant(name: str):
-    """'<sampler>[+cp][+shared]' -> (sampler, correct_positive, shared_negatives)."""
+    """'<sampler>[+eq3][+shared]' -> (sampler, correct_positive, shared_negatives).
+
+    The positive is corrected by default; `+eq3` trains with it uncorrected (Blanc & Rendle's
+    eq. 3). `+cp` (the explicit default) is still accepted, for the names of earlier results."""
     base, *options = name.split("+")
-    unknown = set(options) - {"cp", "shared"}
-    if unknown:
-        raise ValueError(f"Unknown suffix {sorted(unknown)} in {name!r}; use +cp and/or +shared.")
-    return base, "cp" in options, "shared" in options
+    unknown = set(options) - {"cp", "eq3", "shared"}
+    if unknown or {"cp", "eq3"} <= set(options):
+        raise ValueError(f"Bad suffixes {options} in {name!r}; use +eq3 (or +cp) and/or +shared.")
+    return base, "eq3" not in options, "shared" in options
 
 
 # -- speed ---------------------------------------------------------------------------------
@@ -283,19 +290,21 @@ def _grid(args, runner: Callable[[Optional[str], int], dict], section: str, name
 
 
 def run_teacher_bias(args, num_classes: int) -> List[dict]:
-    teacher = datasets.make_teacher(num_classes, 32, seed=0)
+    teacher = datasets.make_teacher(num_classes, 32, seed=0, frequency_sorted_ids=not args.unsorted_ids)
     train, test = datasets.train_test_split(teacher, args.teacher_examples, 5_000)
     counts = np.bincount(train[1], minlength=num_classes).astype(np.float64)
 
     def runner(name, m):
         base, correct_positive, shared = variant(name)
-        sampler = None if name == "full" else demo.SAMPLERS[base](num_classes, counts)
-        result = demo.train_and_evaluate(train, test, num_classes, sampler, max(m, 1), args.bias_epochs, 256,
-                                         3e-3, jit_compile=False, verbose=0, correct_positive=correct_positive,
-                                         shared_negatives=shared)
+        tf_sampled = base == "tf_sampled"  # tf.nn.sampled_softmax_loss: log-uniform, shared by the batch
+        sampler = None if base in ("full", "tf_sampled") else experiments.make_sampler(base, num_classes, counts)
+        result = experiments.train_and_evaluate(
+            train, test, num_classes, sampler, max(m, 1), args.bias_epochs, 256, 3e-3, jit_compile=False,
+            verbose=0, correct_positive=correct_positive, shared_negatives=shared, tf_sampled=tf_sampled)
         return {"test_cross_entropy": result["test_cross_entropy"], "seconds_per_epoch": result["seconds_per_epoch"]}
 
-    rows = _grid(args, runner, f"teacher N={num_classes:,}", args.bias_sampler_list)
+    layout = "ids in no particular order" if args.unsorted_ids else "ids sorted by frequency"
+    rows = _grid(args, runner, f"teacher N={num_classes:,} ({layout})", args.bias_sampler_list)
     floor = teacher.cross_entropy(*test)
     for row in rows:
         row["bayes_floor"] = floor
@@ -303,15 +312,17 @@ def run_teacher_bias(args, num_classes: int) -> List[dict]:
 
 
 def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
-    module = __import__(script)
+    """Runs `examples/<script>.py` once per (sampler, m) in a fresh process; reads its --json."""
     scratch = pathlib.Path(tempfile.mkdtemp())
 
     def runner(name, m):
         base, correct_positive, shared = variant(name)
         argv = extra + ["--sampler", base, "--num-samples", str(max(m, 1)), "--verbose", "0",
-                        "--plot", str(scratch / "curves.png")]
-        argv += (["--correct-positive"] if correct_positive else []) + (["--shared-negatives"] if shared else [])
-        return {k: v for k, v in module.main(argv).items() if isinstance(v, float)}
+                        "--plot", str(scratch / "curves.png"), "--json", str(scratch / "metrics.json")]
+        argv += ([] if correct_positive else ["--no-correct-positive"]) + (["--shared-negatives"] if shared else [])
+        subprocess.run([sys.executable, str(HERE.parent / "examples" / f"{script}.py"), *argv], check=True)
+        metrics = json.loads((scratch / "metrics.json").read_text())
+        return {k: v for k, v in metrics.items() if isinstance(v, float)}
 
     return _grid(args, runner, script, args.real_sampler_list)
 
@@ -381,6 +392,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bias-epochs", type=int, default=3)
     parser.add_argument("--bias-samples", default="5,10,20,50,100,200", help="bias: m values")
     parser.add_argument("--bias-samplers", default=",".join(BIAS_SAMPLERS))
+    parser.add_argument("--unsorted-ids", action="store_true",
+                        help="bias: teacher ids in no particular order (an item catalogue) instead of sorted "
+                             "by frequency (a vocabulary: log-uniform's best case)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder with ptb_subset.train.txt and ml-100k.inter (default: $TFAS_DATA_DIR)")
     parser.add_argument("--real-samplers", default="uniform,log_uniform,midx_rvq,quadratic_kernel")
     parser.add_argument("--real-epochs", type=int, default=3)
     parser.add_argument("--real-args", default="", help="extra flags for the example scripts, e.g. '--dim 64'")
@@ -409,7 +425,7 @@ def main(argv=None) -> Dict[str, List[dict]]:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     results: Dict[str, List[dict]] = {}
     report: List[str] = []
-    data = HERE.parent.parent / "shared" / "data"
+    data = experiments.data_dir(args.data_dir) or pathlib.Path("TFAS_DATA_DIR-is-not-set")
     if "speed" in sections:
         rows = results["speed"] = run_speed(args)
         plot_speed(rows, args.results_dir / f"speed{suffix}.png")
@@ -420,7 +436,8 @@ def main(argv=None) -> Dict[str, List[dict]]:
             rows = results[f"bias_teacher_{n}"] = run_teacher_bias(args, n)
             plot_bias(rows, "test_cross_entropy", "test cross-entropy (exact)",
                       args.results_dir / f"bias_teacher_{n}{suffix}.png", f"Teacher task, N={n:,}")
-            report += [f"## Bias: teacher task, N={n:,} (test cross-entropy, lower is better; Bayes floor "
+            layout = "ids in no particular order" if args.unsorted_ids else "ids sorted by frequency"
+            report += [f"## Bias: teacher task, N={n:,}, {layout} (test cross-entropy, lower is better; Bayes floor "
                        f"{rows[0]['bayes_floor']:.3f})", "", _gap_table(rows, "test_cross_entropy", False), "",
                        f"![bias](bias_teacher_{n}{suffix}.png)", ""]
     for section, script, metric, label, higher, extra in (
@@ -433,7 +450,7 @@ def main(argv=None) -> Dict[str, List[dict]]:
             continue
         extra = extra + args.real_args.split()
         if not data.exists():
-            report += [f"## {section}: skipped (no {data})", ""]
+            report += [f"## {section}: skipped (no data folder: --data-dir or $TFAS_DATA_DIR)", ""]
             print(f"{section}: skipped, {data} is absent")
             continue
         rows = results[section] = run_example_bias(args, script, extra)

@@ -11,20 +11,24 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from tf_adaptive_softmax import demo, samplers
+from tf_adaptive_softmax import experiments, samplers
+from tf_adaptive_softmax.experiments import export_serving, pyplot  # noqa: F401  (the scripts' API)
 
-DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+# Real data sets live wherever $TFAS_DATA_DIR points (none ship with the package); without it the
+# scripts use their synthetic stand-ins.
+DATA_DIR = experiments.data_dir() or pathlib.Path("TFAS_DATA_DIR-is-not-set")
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
-SAMPLER_CHOICES = ["full"] + list(demo.SAMPLERS)
+SAMPLER_CHOICES = ["full"] + list(experiments.SAMPLERS)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", num_samples=64, epochs=5):
     """Flags every example takes: sampler, m, epochs, --quick, output paths, verbosity."""
     parser.add_argument("--sampler", default=sampler, choices=SAMPLER_CHOICES,
-                        help="training loss: 'full' softmax or a sampler from tf_adaptive_softmax.demo.SAMPLERS")
+                        help="training loss: 'full' softmax or a sampler from tf_adaptive_softmax.experiments.SAMPLERS")
     parser.add_argument("--num-samples", type=int, default=num_samples, help="m, negatives per query")
-    parser.add_argument("--correct-positive", action="store_true",
-                        help="subtract log(m·q) from the positive too (TF's convention; advised for static samplers)")
+    parser.add_argument("--correct-positive", action=argparse.BooleanOptionalAction, default=True,
+                        help="subtract log(m·q) from the positive too (the default; --no-correct-positive "
+                             "keeps it uncorrected, Blanc & Rendle's eq. 3)")
     parser.add_argument("--shared-negatives", action="store_true",
                         help="one set of m negatives for the whole batch (batch-mixture proposal)")
     parser.add_argument("--epochs", type=int, default=epochs)
@@ -39,11 +43,11 @@ def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", 
 
 
 def make_sampler(name: str, num_classes: int, counts: Optional[np.ndarray] = None) -> Optional[samplers.Sampler]:
-    """None for the full softmax, else the named sampler from the demo's registry."""
+    """None for the full softmax, else the named sampler from tf_adaptive_softmax.experiments.SAMPLERS."""
     if name == "full":
         return None
     counts = np.ones(num_classes) if counts is None else np.asarray(counts, np.float64)
-    return demo.SAMPLERS[name](num_classes, counts + 1.0)
+    return experiments.SAMPLERS[name](num_classes, counts + 1.0)
 
 
 def load_interactions(path: pathlib.Path):
@@ -109,20 +113,6 @@ def exact_logits(query_model, output_layer, inputs: np.ndarray, batch_size: int 
         for start in range(0, len(inputs), batch_size)])
 
 
-def pyplot():
-    """matplotlib.pyplot on the file-only Agg backend, or None (with a note) when matplotlib is
-    missing (`pip install tf_adaptive_softmax[examples]`)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install 'tf_adaptive_softmax[examples]').")
-        return None
-    return plt
-
-
 def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: str) -> Optional[pathlib.Path]:
     """Writes one panel per curve (loss, metrics by epoch) to a PNG; skips without matplotlib."""
     plt = pyplot()
@@ -157,29 +147,3 @@ def finish(script: str, args, metrics: dict, curves: Dict[str, Sequence[float]],
         args.json.write_text(json.dumps({**metrics, "curves": {k: list(map(float, v)) for k, v in curves.items()}},
                                         indent=2))
     return metrics
-
-
-
-def export_serving(path: pathlib.Path, query_model, output_layer, input_signature, k: int = 10) -> pathlib.Path:
-    """Saves a serving SavedModel: `serve(inputs) -> {"top_k_ids", "top_k_scores"}` over all N
-    classes (exact logits, no sampler op), via `tf.saved_model.save`."""
-    import tensorflow as tf
-
-    from tf_adaptive_softmax._keras import raw_variable
-
-    # Track only the variables serving reads (not the optimizer slots, the sampler state or the
-    # Keras objects' own training functions): a small SavedModel with one signature.
-    module = tf.Module()
-    module.serving_variables = [raw_variable(v) for v in query_model.weights] + [
-        raw_variable(output_layer.class_embeddings)] + (
-        [raw_variable(output_layer.class_bias)] if output_layer.class_bias is not None else [])
-
-    @tf.function(input_signature=input_signature)
-    def serve(inputs):
-        scores, ids = output_layer.top_k(query_model(inputs, training=False), k=k)
-        return {"top_k_ids": ids, "top_k_scores": scores}
-
-    module.serve = serve
-    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
-    print(f"Serving SavedModel: {path}")
-    return pathlib.Path(path)

@@ -1,6 +1,6 @@
 """Word-level language model with tied input/output embeddings, trained by sampled softmax.
 
-    python examples/language_model.py                      # PTB subset in ../shared/data when present
+    python examples/language_model.py                      # PTB subset ($TFAS_DATA_DIR/ptb_subset.train.txt) when present
     python examples/language_model.py --quick              # about a minute
     python examples/language_model.py --arch transformer   # a small causal Transformer instead of an LSTM
     python examples/language_model.py --sampler full       # the full-softmax baseline
@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import tf_adaptive_softmax as tfas  # noqa: E402
-from tf_adaptive_softmax.demo import EpochTimer  # noqa: E402
+from tf_adaptive_softmax.experiments import EpochTimer  # noqa: E402
 from common import DATA_DIR, add_training_arguments, export_serving, finish, make_sampler  # noqa: E402
 
 K = tf.keras
@@ -61,13 +61,16 @@ def read_lines(path: pathlib.Path) -> List[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_corpus(data: pathlib.Path | None):
+def load_corpus(data: pathlib.Path | None, synthetic: bool = False, synthetic_lines: int = 4000,
+                synthetic_vocab: int = 1000):
     """(train lines, test lines, description). A `.train.txt` file pairs with its `.test.txt`;
-    any other file is split 90/10 by lines."""
-    data = data or (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
+    any other file is split 90/10 by lines. Without a file (or with `synthetic`), a synthetic
+    bigram corpus of `synthetic_lines` lines over `synthetic_vocab` words."""
+    data = None if synthetic else data or (DEFAULT_DATA if DEFAULT_DATA.exists() else None)
     if data is None:
-        lines = synthetic_corpus()
-        return lines[:3600], lines[3600:], "synthetic bigram corpus (no data file found)"
+        lines = synthetic_corpus(synthetic_lines, synthetic_vocab)
+        split = int(0.9 * len(lines))
+        return lines[:split], lines[split:], "synthetic bigram corpus"
     lines = read_lines(data)
     test_path = pathlib.Path(str(data).replace(".train.", ".test."))
     if test_path != data and test_path.exists():
@@ -103,7 +106,7 @@ def windows(stream: np.ndarray, seq_len: int):
 
 
 def build_model(vocab_size: int, seq_len: int, dim: int, arch: str, sampler, num_samples: int,
-                correct_positive: bool = False, shared_negatives: bool = False):
+                correct_positive: bool = True, shared_negatives: bool = False):
     """(training model on [tokens, next tokens] -> per-token loss, query model tokens -> hidden,
     output layer). The output layer is tied to the input embedding."""
     tokens = K.Input((seq_len,), dtype="int32", name="tokens")
@@ -132,6 +135,9 @@ def build_model(vocab_size: int, seq_len: int, dim: int, arch: str, sampler, num
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=pathlib.Path, default=None)
+    parser.add_argument("--synthetic", action="store_true", help="train on the synthetic corpus, whatever the data")
+    parser.add_argument("--synthetic-lines", type=int, default=4000, help="lines of the synthetic corpus")
+    parser.add_argument("--synthetic-vocab", type=int, default=1000, help="words of the synthetic corpus")
     parser.add_argument("--arch", choices=["lstm", "transformer"], default="lstm")
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=35)
@@ -142,7 +148,7 @@ def main(argv=None) -> dict:
     if args.quick:
         args.epochs, args.dim = 2, 64
     K.utils.set_random_seed(args.seed)
-    train_lines, test_lines, source = load_corpus(args.data)
+    train_lines, test_lines, source = load_corpus(args.data, args.synthetic, args.synthetic_lines, args.synthetic_vocab)
     if args.quick:
         train_lines, test_lines = train_lines[:3000], test_lines[:600]
     vocab = Vocabulary(train_lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -24,23 +25,19 @@ import numpy as np
 import tensorflow as tf
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "examples"))
-
-import extreme_classification  # noqa: E402
-import language_model  # noqa: E402
-import sequential_recommender  # noqa: E402
+EXAMPLES = HERE.parent / "examples"
 
 COMMON = ["--epochs", "1", "--verbose", "0", "--sampler", "midx_rvq"]
 
 
 def _recipes(scratch: pathlib.Path):
-    corpus = scratch / "corpus.train.txt"
-    corpus.write_text("\n".join(language_model.synthetic_corpus(num_lines=1500, vocab_size=400)) + "\n")
-    yield "language_model", language_model.main, [
-        "--data", str(corpus), "--dim", "16", "--seq-len", "12", "--num-samples", "16"], (12, 400)
-    yield "sequential_recommender", sequential_recommender.main, [
+    # The language model trains on its synthetic corpus (no --data file): 400 words, 1,500 lines.
+    yield "language_model", [
+        "--synthetic", "--synthetic-lines", "1500", "--synthetic-vocab", "400",
+        "--dim", "16", "--seq-len", "12", "--num-samples", "16"], (12, 400)
+    yield "sequential_recommender", [
         "--data", str(scratch / "absent.tsv"), "--dim", "16", "--max-len", "10", "--num-samples", "16"], (10, 800)
-    yield "extreme_classification", extreme_classification.main, [
+    yield "extreme_classification", [
         "--num-labels", "2000", "--num-features", "500", "--train-examples", "3000", "--test-examples", "200",
         "--dim", "16", "--features-per-example", "8", "--num-samples", "16"], (8, 500)
 
@@ -49,10 +46,11 @@ def main() -> None:
     expected = {}
     with tempfile.TemporaryDirectory() as scratch:
         scratch = pathlib.Path(scratch)
-        for name, run, args, (width, id_range) in _recipes(scratch):
+        for name, args, (width, id_range) in _recipes(scratch):
             target = HERE / name
             shutil.rmtree(target, ignore_errors=True)
-            run(args + COMMON + ["--export", str(target), "--plot", str(scratch / f"{name}.png")])
+            subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), *args, *COMMON, "--export", str(target),
+                            "--plot", str(scratch / f"{name}.png")], check=True)
             probe = np.random.default_rng(0).integers(0, id_range, (4, width)).astype(np.int32)
             if name == "sequential_recommender":
                 probe += 1  # item ids + 1; 0 is padding

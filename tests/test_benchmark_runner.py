@@ -2,14 +2,10 @@
 benchmarks, not tests) and its summaries compute what they claim."""
 
 import json
-import pathlib
-import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import run as runner  # noqa: E402
+from benchmarks import run as runner  # `python -m pytest` runs from the repository root
 
 
 @pytest.mark.slow
@@ -53,8 +49,10 @@ def test_two_percent_summary_picks_the_smallest_m_within_two_percent():
 
 
 def test_variant_suffixes_parse_and_misspellings_fail_fast():
-    assert runner.variant("midx_rvq") == ("midx_rvq", False, False)
+    assert runner.variant("midx_rvq") == ("midx_rvq", True, False)
     assert runner.variant("midx_rvq+shared+cp") == ("midx_rvq", True, True)
     assert runner.variant("uniform+cp") == ("uniform", True, False)
+    assert runner.variant("uniform") == ("uniform", True, False)
+    assert runner.variant("midx_rvq+eq3+shared") == ("midx_rvq", False, True)
     with pytest.raises(ValueError, match="suffix"):
         runner.parse_args(["--bias-samplers", "uniform+shraed"])

@@ -52,3 +52,14 @@ def test_bad_arguments():
         datasets.make_teacher(0)
     with pytest.raises(ValueError, match="num_examples"):
         datasets.make_teacher(10, 2).sample(0)
+
+
+def test_unsorted_ids_permute_the_prior_and_keep_everything_else():
+    sorted_teacher = datasets.make_teacher(300, 4, seed=2)
+    shuffled = datasets.make_teacher(300, 4, seed=2, frequency_sorted_ids=False)
+    np.testing.assert_array_equal(shuffled.class_embeddings, sorted_teacher.class_embeddings)
+    np.testing.assert_array_equal(np.sort(shuffled.class_bias), np.sort(sorted_teacher.class_bias))
+    assert np.all(np.diff(sorted_teacher.class_bias) <= 0)
+    # Frequency no longer falls with the id: the rank correlation of id and prior is near 0.
+    ranks = np.argsort(np.argsort(-shuffled.class_bias))
+    assert abs(np.corrcoef(np.arange(300), ranks)[0, 1]) < 0.2

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from test_samplers import FACTORIES, _queries
-from tf_adaptive_softmax import datasets, demo
+from tf_adaptive_softmax import datasets, experiments
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -34,8 +34,8 @@ def test_same_seed_same_training_curve(sampler_name, jit_compile):
     counts = np.bincount(train[1], minlength=200).astype(np.float64)
     results = []
     for _ in range(2):
-        sampler = demo.SAMPLERS[sampler_name](200, counts)
-        results.append(demo.train_and_evaluate(
+        sampler = experiments.SAMPLERS[sampler_name](200, counts)
+        results.append(experiments.train_and_evaluate(
             train, test, 200, sampler, num_samples=10, epochs=2, batch_size=64, learning_rate=3e-3,
             jit_compile=jit_compile, verbose=0, seed=3,
         ))

@@ -43,7 +43,7 @@ EQUIVALENCE_SCRIPT = textwrap.dedent("""
     import json, numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tf_adaptive_softmax import datasets, demo
+    from tf_adaptive_softmax import datasets, experiments
     N = 300
     teacher = datasets.make_teacher(N, 16, seed=0)
     train, test = datasets.train_test_split(teacher, 6_016, 1_000)
@@ -55,8 +55,8 @@ EQUIVALENCE_SCRIPT = textwrap.dedent("""
     for name in [None, "midx_rvq", "quadratic_kernel"]:
         for label, strategy in [("single", tf.distribute.get_strategy()), ("mirrored", mirrored)]:
             with strategy.scope():
-                sampler = None if name is None else demo.SAMPLERS[name](N, counts)
-                run = demo.train_and_evaluate(train, test, N, sampler, 20, 3, 64, 3e-3, False, 0, seed=0)
+                sampler = None if name is None else experiments.SAMPLERS[name](N, counts)
+                run = experiments.train_and_evaluate(train, test, N, sampler, 20, 3, 64, 3e-3, False, 0, seed=0)
             results[f"{name}/{label}"] = run["test_cross_entropy"]
     print("RESULTS", json.dumps(results))
 """)

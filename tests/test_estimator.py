@@ -47,14 +47,30 @@ def test_parity_with_tf_sampled_softmax_loss(num_true):
     assert ours[0].numpy() == pytest.approx(manual, rel=1e-6)
 
 
-def test_default_keeps_positive_uncorrected():
+def test_eq3_keeps_positive_uncorrected():
     h, labels, w, b = _problem(batch=2)
     sampled = np.array([[1, 2, 3], [4, 5, 6]])
     log_q = np.full((2, 3), math.log(0.01), np.float32)
     logits = h @ w.T + b
-    loss = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, remove_accidental_hits=False)
+    loss = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, correct_positive=False,
+                                          remove_accidental_hits=False)
     for row in range(2):
         pos = logits[row, labels[row, 0]]
+        neg = logits[row, sampled[row]] - math.log(3 * 0.01)
+        manual = -pos + np.logaddexp.reduce(np.concatenate([[pos], neg]))
+        assert loss[row].numpy() == pytest.approx(manual, rel=1e-5)
+
+
+def test_default_corrects_the_positive_by_its_log_expected_count():
+    h, labels, w, b = _problem(batch=2)
+    sampled = np.array([[1, 2, 3], [4, 5, 6]])
+    log_q = np.full((2, 3), math.log(0.01), np.float32)
+    true_log_q = np.log([[0.2], [0.03]]).astype(np.float32)
+    logits = h @ w.T + b
+    loss = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, true_log_q=true_log_q,
+                                          remove_accidental_hits=False)
+    for row in range(2):
+        pos = logits[row, labels[row, 0]] - math.log(3 * float(np.exp(true_log_q[row, 0])))
         neg = logits[row, sampled[row]] - math.log(3 * 0.01)
         manual = -pos + np.logaddexp.reduce(np.concatenate([[pos], neg]))
         assert loss[row].numpy() == pytest.approx(manual, rel=1e-5)
@@ -71,7 +87,7 @@ def test_masked_hits_do_not_change_loss_when_removed():
     h, labels, w, b = _problem(batch=1)
     y = int(labels[0, 0])
     log_q = np.full((1, 3), math.log(0.05), np.float32)
-    with_hit = estimator.sampled_softmax_loss(h, labels, [[y, 7, 9]], log_q, w, b)
+    with_hit = estimator.sampled_softmax_loss(h, labels, [[y, 7, 9]], log_q, w, b, correct_positive=False)
     logits = h @ w.T + b
     negatives = logits[0, [7, 9]] - math.log(3 * 0.05)
     manual = -logits[0, y] + np.logaddexp.reduce(np.concatenate([[logits[0, y]], negatives]))
@@ -82,8 +98,10 @@ def test_sample_weight_scales_rows():
     h, labels, w, b = _problem(batch=3)
     sampled = np.tile(np.arange(5), (3, 1))
     log_q = np.full((3, 5), -3.0, np.float32)
-    plain = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b)
-    weighted = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, sample_weight=[0.0, 1.0, 2.0])
+    true_log_q = np.full((3, 1), -2.0, np.float32)
+    plain = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, true_log_q=true_log_q)
+    weighted = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, true_log_q=true_log_q,
+                                              sample_weight=[0.0, 1.0, 2.0])
     np.testing.assert_allclose(weighted.numpy(), plain.numpy() * [0.0, 1.0, 2.0], rtol=1e-6)
 
 
@@ -102,7 +120,8 @@ def _logit_gradient_error(logits, y, draw, log_q_of, num_samples, repeats, seed)
     with tf.GradientTape() as tape:
         # Identity class embeddings make the logits equal the query: d(loss)/d(query) = d/d(logits).
         loss = estimator.sampled_softmax_loss(
-            query, np.full(repeats, y), sampled, log_q_of(sampled), np.eye(n, dtype=np.float32)
+            query, np.full(repeats, y), sampled, log_q_of(sampled), np.eye(n, dtype=np.float32),
+            correct_positive=False,  # Blanc & Rendle's theorem is about eq. 3
         )
         total = tf.reduce_sum(loss)
     mean_grad = tape.gradient(total, query).numpy().mean(axis=0)

@@ -5,8 +5,8 @@ import tensorflow as tf
 from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, quantization, samplers
 from tf_adaptive_softmax._keras import K
-from tf_adaptive_softmax.samplers.base import search_buckets
-from tf_adaptive_softmax.samplers.midx import segmented_cumsum
+from tf_adaptive_softmax._ops.discrete import search_buckets, segmented_cumsum
+from tf_adaptive_softmax.samplers.midx import default_num_codewords
 
 N, D = 203, 6  # N prime: a multiple of nothing
 
@@ -245,3 +245,69 @@ def test_refresh_reaches_an_xla_compiled_function_without_retracing():
     assert compiled.experimental_get_tracing_count() == 1
     assert not np.allclose(before, after)
     np.testing.assert_allclose(after, _numpy_log_q(sampler, queries.numpy()), atol=2e-4)
+
+
+# -- the default codebook size -------------------------------------------------------------------
+@pytest.mark.parametrize("num_classes,expected", [
+    (1, 1), (2, 2), (15, 15), (16, 16), (17, 16), (511, 16), (2_047, 16), (2_048, 32), (5_000, 32),
+    (8_191, 32), (8_192, 64), (10_000, 64), (100_000, 64), (1_000_000, 64), (10**9, 64),
+])
+def test_default_num_codewords_values(num_classes, expected):
+    assert default_num_codewords(num_classes) == expected
+    assert default_num_codewords(num_classes, embedding_dim=128) == expected  # d does not change it
+
+
+def test_default_num_codewords_closed_form():
+    # K = min(N, clip(2^⌊(⌊log2 N⌋ − 1) / 2⌋, 16, 64)): the power of two nearest √N / 2 (log scale).
+    previous = 0
+    for n in list(range(1, 70_000, 7)) + [2**e + o for e in range(1, 31) for o in (-1, 0, 1)]:
+        k = default_num_codewords(n)
+        assert isinstance(k, int) and 1 <= k <= n
+        assert k == min(n, max(16, min(64, 2 ** ((int(np.floor(np.log2(n))) - 1) // 2 if n > 1 else 1))))
+        if 16 < k < 64:
+            assert 2**-0.5 - 1e-9 <= np.sqrt(n) / 2 / k < 2**0.5 + 1e-9
+    for n in range(1, 20_000):
+        k = default_num_codewords(n)
+        assert k >= previous  # never shrinks as the catalogue grows
+        previous = k
+
+
+def test_default_num_codewords_in_the_sampler_and_explicit_k_wins():
+    sampler = samplers.MIDX(10_000, seed=0)
+    assert type(sampler.num_codewords) is int and sampler.num_codewords == 64
+    assert samplers.MIDX(12, seed=0).num_codewords == 12  # never above N
+    assert samplers.MIDX(10_000, num_codewords=8).num_codewords == 8
+    assert samplers.MIDX(100, num_codewords=100).num_codewords == 100
+    with pytest.raises(ValueError, match="num_codewords"):
+        samplers.MIDX(100, num_codewords=101)  # an explicit K above N still raises
+    with pytest.raises(ValueError, match="num_codewords"):
+        samplers.MIDX(100, num_codewords=0)
+    with pytest.raises(ValueError, match="embedding_dim"):
+        default_num_codewords(100, embedding_dim=0)
+    sampler.build_state(D)
+    assert type(sampler.num_codewords) is int and sampler.codebooks[0].shape == (64, D)
+    assert sampler.bucket_sizes.shape == (64, 64)
+
+
+def test_default_num_codewords_config_round_trip():
+    sampler = samplers.MIDX(3_000, quantizer="pq", seed=2)
+    config = sampler.get_config()
+    assert config["num_codewords"] == 32  # the resolved K is recorded, not None
+    clone = samplers.MIDX.from_config(config)
+    assert clone.num_codewords == 32 and clone.quantizer == "pq"
+
+
+def test_default_num_codewords_survives_a_keras_file(tmp_path):
+    n, d = 9_000, 4  # default K = 64
+    layer = AdaptiveSampledSoftmaxLoss(n, samplers.MIDX(n, seed=0), num_samples=5, add_to_model_loss=True)
+    features = K.Input((d,), name="features")
+    labels = K.Input((), dtype="int32", name="labels")
+    model = K.Model([features, labels], layer((K.layers.Dense(d)(features), labels)))
+    assert layer.refresh_sampler()
+    path = str(tmp_path / "midx_default.keras")
+    model.save(path)
+    restored = K.models.load_model(path)
+    restored_sampler = next(x for x in restored.layers if isinstance(x, AdaptiveSampledSoftmaxLoss)).sampler
+    assert restored_sampler.num_codewords == layer.sampler.num_codewords == 64
+    np.testing.assert_array_equal(restored_sampler.bucket_sizes.numpy(), layer.sampler.bucket_sizes.numpy())
+    np.testing.assert_array_equal(restored_sampler.codebooks[0].numpy(), layer.sampler.codebooks[0].numpy())

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, datasets, demo
+from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, datasets, experiments
 from tf_adaptive_softmax._keras import K
 
 
@@ -21,8 +21,8 @@ def test_demo_model_trains_finite(policy, sampler_name):
     teacher = datasets.make_teacher(300, 16, seed=0)
     train, test = datasets.train_test_split(teacher, 3_000, 500)
     counts = np.bincount(train[1], minlength=300).astype(np.float64)
-    result = demo.train_and_evaluate(
-        train, test, 300, demo.SAMPLERS[sampler_name](300, counts), num_samples=20, epochs=2, batch_size=64,
+    result = experiments.train_and_evaluate(
+        train, test, 300, experiments.SAMPLERS[sampler_name](300, counts), num_samples=20, epochs=2, batch_size=64,
         learning_rate=3e-3, jit_compile=False, verbose=0,
     )
     assert all(np.isfinite(result["train_losses"])), result["train_losses"]
@@ -34,7 +34,7 @@ def test_demo_model_trains_finite(policy, sampler_name):
 def test_low_precision_queries_give_float32_log_q_and_loss(policy, sampler_name):
     compute_dtype = K.mixed_precision.global_policy().compute_dtype
     num_classes = 300
-    sampler = demo.SAMPLERS[sampler_name](num_classes, np.ones(num_classes))
+    sampler = experiments.SAMPLERS[sampler_name](num_classes, np.ones(num_classes))
     output = AdaptiveSampledSoftmaxLoss(num_classes, sampler, num_samples=16)
     # Large queries: exp(o) would overflow float16 (max 65504) if the softmax ran in half precision.
     query = tf.cast(tf.random.normal([8, 16]) * 1000.0, compute_dtype)

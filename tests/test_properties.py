@@ -59,7 +59,7 @@ def test_drawing_every_class_once_recovers_the_full_softmax(num_classes, batch, 
 @given(num_classes=st.integers(1, 30), batch=st.integers(1, 4), num_samples=st.integers(1, 12),
        seed=st.integers(0, 10**6), log_q_scale=st.floats(0.0, 30.0))
 def test_sampled_loss_is_non_negative_for_any_proposal(num_classes, batch, num_samples, seed, log_q_scale):
-    # loss = logsumexp(o_y, o'_1..o'_m) - o_y >= 0 whatever the draws and their log q.
+    # loss = logsumexp(o'_y, o'_1..o'_m) - o'_y >= 0 whatever the draws and their log q.
     rng = np.random.default_rng(seed)
     loss = estimator.sampled_softmax_loss(
         tf.constant(rng.standard_normal((batch, 3)), tf.float32),
@@ -67,6 +67,7 @@ def test_sampled_loss_is_non_negative_for_any_proposal(num_classes, batch, num_s
         tf.constant(rng.integers(0, num_classes, (batch, num_samples)), tf.int32),
         tf.constant(-rng.random((batch, num_samples)) * log_q_scale, tf.float32),
         tf.constant(rng.standard_normal((num_classes, 3)), tf.float32),
+        true_log_q=tf.constant(-rng.random((batch, 1)) * log_q_scale, tf.float32),
     ).numpy()
     assert np.all(np.isfinite(loss)) and np.all(loss >= -1e-6)
 

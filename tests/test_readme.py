@@ -18,6 +18,7 @@ MODULES = [
     "tf_adaptive_softmax.samplers.quadratic_kernel",
     "tf_adaptive_softmax.samplers.uniform", "tf_adaptive_softmax.samplers.log_uniform",
     "tf_adaptive_softmax.samplers.unigram", "tf_adaptive_softmax.samplers.softmax",
+    "tf_adaptive_softmax.refresh", "tf_adaptive_softmax.experiments",
 ]
 
 

@@ -183,7 +183,7 @@ def test_uniform_reaches_every_id_of_a_huge_catalogue():
 
 
 def test_uniform_ints_with_per_element_ranges():
-    from tf_adaptive_softmax.samplers.base import uniform_ints
+    from tf_adaptive_softmax._ops.random import uniform_ints
 
     sizes = tf.constant([[3, 7, 50_000_000]])
     draws = uniform_ints([20000, 3], tf.broadcast_to(sizes, [20000, 3]), tf.constant([1, 2])).numpy()

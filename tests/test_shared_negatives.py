@@ -106,7 +106,8 @@ def test_shared_gradient_touches_only_the_drawn_rows():
     w = tf.Variable(rng.standard_normal((30, 4)).astype(np.float32))
     h = rng.standard_normal((5, 4)).astype(np.float32)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(estimator.sampled_softmax_loss(h, [0, 1, 2, 3, 4], [7, 8, 9], tf.fill([3], -3.0), w))
+        loss = tf.reduce_sum(estimator.sampled_softmax_loss(
+            h, [0, 1, 2, 3, 4], [7, 8, 9], tf.fill([3], -3.0), w, true_log_q=tf.fill([5, 1], -3.0)))
     gradient = tape.gradient(loss, w)
     assert isinstance(gradient, tf.IndexedSlices)
     assert set(gradient.indices.numpy()) == {0, 1, 2, 3, 4, 7, 8, 9}

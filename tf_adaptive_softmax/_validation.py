@@ -10,6 +10,7 @@ label is never silently clipped, even under `jit_compile=True`.
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import tensorflow as tf
 
@@ -121,3 +122,26 @@ def check_embedding_shape(class_embeddings: tf.Tensor, num_classes: int, dim: in
         dim is not None and shape[1] is not None and shape[1] != dim
     ):
         raise ValueError(f"`{name}` must have shape {expected}; got {shape}.")
+
+
+#: What `refresh` does with NaN/Inf class embeddings or bias: raise, or keep the previous state.
+NONFINITE_POLICIES = ("raise", "keep")
+
+
+def check_nonfinite_policy(on_nonfinite: str) -> str:
+    if on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"`on_nonfinite` must be one of {NONFINITE_POLICIES}; got {on_nonfinite!r}.")
+    return on_nonfinite
+
+
+def warn_if_kept(accepted, owner) -> bool:
+    """Turns a refresh's result into a Python bool, warning when non-finite inputs were rejected."""
+    accepted = bool(accepted)
+    if not accepted:
+        warnings.warn(
+            f"{owner!r}: the class embeddings (or bias) contain NaN or Inf; the sampler keeps its "
+            "previous state. Training has probably diverged.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return accepted

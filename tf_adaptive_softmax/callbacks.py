@@ -11,27 +11,11 @@ import tensorflow as tf
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K
 from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
-from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy, warn_if_kept
+from tf_adaptive_softmax._validation import check_nonfinite_policy
+from tf_adaptive_softmax.refresh import SamplerOwner, SamplerTarget
+from tf_adaptive_softmax.samplers.base import Sampler
 
 __all__ = ["CodebookRefresh", "ProposalDiagnostics"]
-
-
-class _SamplerTarget:
-    """Refreshes a bare sampler from a table (variable or callable) in a compiled graph function."""
-
-    def __init__(self, sampler: Sampler, class_embeddings):
-        if class_embeddings is None:
-            raise ValueError("A bare Sampler target needs `class_embeddings` (a [N, d] variable or a callable).")
-        self.sampler = sampler
-        self._read = class_embeddings if callable(class_embeddings) else (lambda: class_embeddings)
-        self._refresh = sampler.compiled_refresh(lambda: (tf.convert_to_tensor(self._read()), None))
-
-    def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
-        if not self.sampler.adaptive:
-            return True
-        if self.sampler.embedding_dim is None:  # state variables are created eagerly, once
-            self.sampler.build_state(int(self._read().shape[-1]))
-        return warn_if_kept(self._refresh(on_nonfinite), self.sampler)
 
 
 class CodebookRefresh(K.callbacks.Callback):
@@ -78,10 +62,10 @@ class CodebookRefresh(K.callbacks.Callback):
     ):
         super().__init__()
         if isinstance(target, Sampler):
-            target = _SamplerTarget(target, class_embeddings)
+            target = SamplerTarget(target, class_embeddings)
         elif class_embeddings is not None:
             raise ValueError("`class_embeddings` is only for a bare Sampler target.")
-        if not hasattr(target, "refresh_sampler"):
+        if not isinstance(target, SamplerOwner):
             raise TypeError(
                 "`target` must be an AdaptiveSampledSoftmaxLoss (or expose `refresh_sampler(on_nonfinite)`); "
                 f"got {target!r}."
@@ -110,7 +94,7 @@ class CodebookRefresh(K.callbacks.Callback):
     def refresh(self) -> None:
         """Refreshes now (also called by the schedule)."""
         start = time.perf_counter()
-        if self.target.refresh_sampler(on_nonfinite=self.on_nonfinite) is False:
+        if not self.target.refresh_sampler(on_nonfinite=self.on_nonfinite):
             self.rejected_refreshes += 1
         self.refresh_seconds += time.perf_counter() - start
         self.refresh_count += 1

@@ -1,8 +1,10 @@
 """Synthetic teacher data: a known softmax model over clustered classes with a Zipf prior.
 
 The teacher has class embeddings drawn around cluster centres (so adaptive samplers have structure
-to find), a bias log π_i from a Zipf prior over the ids (id 0 the most frequent, as vocabularies
-are sorted, which is what `LogUniform` assumes), and queries x ~ N(0, I). Labels are drawn from
+to find), a bias log π_i from a Zipf prior, and queries x ~ N(0, I). By default the Zipf prior
+follows the ids (id 0 the most frequent, as vocabularies are sorted: exactly what `LogUniform` and
+TF's log-uniform sampler assume); `frequency_sorted_ids=False` permutes the ids, as in item
+catalogues whose ids say nothing about popularity. Labels are drawn from
 softmax(x Wᵀ + b), chunk by chunk, so [examples, N] logits never sit in memory at once: 10^6
 classes work. The Bayes-optimal cross-entropy is known, which gives every benchmark a floor.
 
@@ -83,6 +85,7 @@ def make_teacher(
     logit_scale: float = 3.0,
     cluster_spread: float = 0.35,
     seed: int = 0,
+    frequency_sorted_ids: bool = True,
 ) -> Teacher:
     """Builds a `Teacher`.
 
@@ -94,6 +97,8 @@ def make_teacher(
       logit_scale: standard deviation of <x, w_i> for x ~ N(0, I); larger is more peaked.
       cluster_spread: within-cluster spread relative to the distance between centres.
       seed: everything is a deterministic function of it.
+      frequency_sorted_ids: True (default): the Zipf prior decreases with the id. False: the
+        ids are a random permutation of the frequency ranks (an item catalogue).
     """
     num_classes = _validation.check_positive_int(num_classes, "num_classes")
     dim = _validation.check_positive_int(dim, "dim")
@@ -107,6 +112,9 @@ def make_teacher(
     embeddings *= logit_scale / np.sqrt(np.mean(np.sum(embeddings**2, axis=1)))
     prior = 1.0 / np.power(np.arange(1, num_classes + 1, dtype=np.float64), zipf_exponent)
     bias = np.log(prior / prior.sum())
+    if not frequency_sorted_ids:
+        # A separate stream, so the sorted teacher of the same seed is unchanged.
+        bias = bias[np.random.default_rng([seed, 1]).permutation(num_classes)]
     return Teacher(
         class_embeddings=embeddings.astype(np.float32),
         class_bias=bias.astype(np.float32),

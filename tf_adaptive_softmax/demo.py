@@ -1,169 +1,242 @@
-"""The main job: full softmax vs each sampler at a few sample sizes, on synthetic teacher data.
+"""The main job: what adaptive sampled softmax buys over the full softmax and TF's sampled softmax.
 
-    python -m tf_adaptive_softmax.demo            # embedded default (about 11 minutes on 2 cores)
-    python -m tf_adaptive_softmax.demo --quick    # under a minute
+    python -m tf_adaptive_softmax.demo            # N = 100,000 classes, about 5 minutes on 2 cores
+    python -m tf_adaptive_softmax.demo --quick    # N = 20,000, under a minute
 
-Every run trains the same student (a Dense query tower and an `AdaptiveSampledSoftmaxLoss`) with
-the same optimizer, steps and seed; only the training loss differs. It prints a table of the
-exact full-softmax test cross-entropy, accuracy@1 and wall time per epoch, with the teacher's
-Bayes-optimal cross-entropy as the floor.
+A synthetic teacher (a known softmax model over N clustered classes with a Zipf prior; by default
+its class ids are in no particular order, as in item catalogues: `--frequency-sorted-ids` gives the
+vocabulary layout that TF's log-uniform sampler assumes) labels the data. Every row trains the
+same student (a two-layer query tower and an `AdaptiveSampledSoftmaxLoss` output layer) with the
+same optimizer, batches, epochs and seed; only the training loss differs:
+
+* the full softmax (exact, O(N·d) per example);
+* `tf.nn.sampled_softmax_loss` as users call it today (log-uniform negatives shared by the batch);
+* our Uniform and LogUniform (static), MIDX (adaptive, per query and shared by the batch) and
+  QuadraticKernel (adaptive, shared), all with the positive corrected by log(m·q).
+
+It prints the exact test cross-entropy over all N classes, accuracy@1, seconds per epoch, the
+speed-up over the full softmax and the gap to it, writes a PNG of test cross-entropy against
+training seconds (time to quality) and closes with a sentence saying what MIDX bought. For the
+bias study at small N across many m, see `benchmarks/run.py --sections bias`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
-import statistics
+import pathlib
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+import warnings
+from typing import List, Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+
+def _import_tensorflow_quietly() -> None:
+    """TensorFlow's C++ runtime writes start-up lines (oneDNN, CUDA probes) to stderr before its
+    logging is configured, whatever TF_CPP_MIN_LOG_LEVEL says: silence the file descriptor for
+    the import and the device probe only. Errors still raise."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel
+
+        tensorflow.config.list_physical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+if __name__ == "__main__":
+    _import_tensorflow_quietly()
+
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from tf_adaptive_softmax import datasets, samplers  # noqa: E402
-from tf_adaptive_softmax._keras import K  # noqa: E402
-from tf_adaptive_softmax.callbacks import CodebookRefresh  # noqa: E402
-from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss  # noqa: E402
-from tf_adaptive_softmax.losses import SampledSoftmaxLoss  # noqa: E402
+from tf_adaptive_softmax import datasets, experiments  # noqa: E402
+from tf_adaptive_softmax._keras import IS_KERAS_3  # noqa: E402
 
-SamplerFactory = Callable[[int, np.ndarray], samplers.Sampler]
-
-#: name -> factory(num_classes, train_label_counts). Adaptive samplers register here as they land.
-SAMPLERS: Dict[str, SamplerFactory] = {
-    "uniform": lambda n, counts: samplers.Uniform(n, seed=1),
-    "log_uniform": lambda n, counts: samplers.LogUniform(n, seed=1),
-    "unigram": lambda n, counts: samplers.Unigram(counts + 1.0, power=0.75, seed=1),
-    "midx_pq": lambda n, counts: samplers.MIDX(n, num_codewords=32, quantizer="pq", include_bias=True, seed=1),
-    "midx_rvq": lambda n, counts: samplers.MIDX(n, num_codewords=32, quantizer="rvq", include_bias=True, seed=1),
-    "quadratic_kernel": lambda n, counts: samplers.QuadraticKernel(n, alpha=100.0, seed=1),
-    "softmax": lambda n, counts: samplers.Softmax(n, seed=1),
-}
+#: (row label, sampler name or "full" / "tf_sampled", negatives shared by the batch)
+ROWS = [
+    ("full softmax", "full", False),
+    ("tf.nn.sampled_softmax_loss (log-uniform, shared)", "tf_sampled", True),
+    ("Uniform", "uniform", False),
+    ("LogUniform", "log_uniform", False),
+    ("MIDX", "midx_rvq", False),
+    ("MIDX, shared", "midx_rvq", True),
+    ("QuadraticKernel, shared", "quadratic_kernel", True),
+]
+ROW_KEYS = ["full", "tf_sampled", "uniform", "log_uniform", "midx", "midx_shared", "kernel_shared"]
 
 
-class EpochTimer(K.callbacks.Callback):
-    """Wall seconds of every epoch, in `durations`."""
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-classes", type=int, default=100_000, help="N (default 100,000)")
+    parser.add_argument("--dim", type=int, default=32, help="embedding width d (default 32)")
+    parser.add_argument("--train-examples", type=int, default=40_000)
+    parser.add_argument("--test-examples", type=int, default=4_000)
+    parser.add_argument("--epochs", type=int, default=2, help="the same for every row (default 2)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser.add_argument("--num-samples", type=int, default=32, help="m per query (default 32)")
+    parser.add_argument("--shared-samples", type=int, default=512,
+                        help="m shared by the batch, TF's row included (default 512)")
+    parser.add_argument("--refresh-every", type=int, default=100, help="adaptive refresh every n steps")
+    parser.add_argument("--rows", default=",".join(ROW_KEYS), help=f"any of {', '.join(ROW_KEYS)}")
+    parser.add_argument("--frequency-sorted-ids", action="store_true",
+                        help="ids sorted by frequency (a vocabulary: log-uniform's best case)")
+    parser.add_argument("--evaluations-per-epoch", type=int, default=2,
+                        help="points of the time-to-quality curve per epoch (default 2)")
+    parser.add_argument("--jit-compile", action="store_true",
+                        help="train under XLA (TF's sampled-softmax row then stays in graph mode)")
+    parser.add_argument("--plot", type=pathlib.Path, default=pathlib.Path("tf_adaptive_softmax_demo.png"),
+                        help="PNG of test cross-entropy against training seconds")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the rows here")
+    parser.add_argument("--quick", action="store_true", help="N = 20,000 and fewer examples: under a minute")
+    parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bars)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_classes, args.train_examples, args.test_examples = 20_000, 10_000, 1_000
+        args.epochs, args.shared_samples, args.evaluations_per_epoch = 2, 256, 1
+    args.row_keys = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = sorted(set(args.row_keys) - set(ROW_KEYS))
+    if unknown:
+        raise SystemExit(f"Unknown row(s) {unknown}; choose from {ROW_KEYS}.")
+    return args
 
-    def __init__(self):
-        super().__init__()
-        self.durations: List[float] = []
-        self._start = 0.0
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.durations.append(time.perf_counter() - self._start)
+def _quiet() -> None:
+    """Progress bars and the table only: no TensorFlow or absl log lines, no retracing warnings."""
+    tf.get_logger().setLevel(logging.ERROR)
+    tf.autograph.set_verbosity(0)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
 
 
-def train_and_evaluate(
-    train, test, num_classes: int, sampler: Optional[samplers.Sampler], num_samples: int,
-    epochs: int, batch_size: int, learning_rate: float, jit_compile: bool, verbose: int, seed: int = 0,
-    correct_positive: bool = False, shared_negatives: bool = False,
-) -> dict:
-    """Trains one student; returns its full-softmax test metrics and seconds per epoch."""
-    (x_train, y_train), (x_test, y_test) = train, test
-    K.utils.set_random_seed(seed)
-    dim = x_train.shape[1]
-    features = K.Input((dim,), name="features")
-    hidden = K.layers.Dense(2 * dim, activation="relu")(features)
-    query = K.layers.Dense(dim, name="query")(hidden)
-    model = K.Model(features, query)
-    output = AdaptiveSampledSoftmaxLoss(
-        num_classes, sampler, num_samples=num_samples, correct_positive=correct_positive,
-        shared_negatives=shared_negatives)
-    model.compile(
-        optimizer=K.optimizers.Adam(learning_rate),
-        loss=SampledSoftmaxLoss(output, model=model),
-        jit_compile=jit_compile,
-    )
-    timer = EpochTimer()
-    refresh = CodebookRefresh(output, every_n_steps=100)
-    history = model.fit(
-        x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose, shuffle=True,
-        callbacks=[timer, refresh],
-    )
-    logits = np.concatenate(
-        [output.logits(model(x_test[i:i + 1024], training=False)).numpy() for i in range(0, len(y_test), 1024)]
-    )
-    log_probs = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
-    return {
-        "test_cross_entropy": float(-np.mean(log_probs[np.arange(len(y_test)), y_test])),
-        "accuracy_at_1": float(np.mean(np.argmax(logits, axis=1) == y_test)),
-        "seconds_per_epoch": statistics.median(timer.durations[1:] or timer.durations),
-        "refresh_share": refresh.refresh_seconds / sum(timer.durations),
-        "train_losses": [float(v) for v in history.history["loss"]],
-    }
+def run_rows(args, train, test, counts) -> List[dict]:
+    rows = []
+    chosen = [(key, spec) for key, spec in zip(ROW_KEYS, ROWS) if key in args.row_keys]
+    for index, (key, (label, name, shared)) in enumerate(chosen, 1):
+        tf_sampled = name == "tf_sampled"
+        m = args.shared_samples if shared else args.num_samples
+        sampler = None if name in ("full", "tf_sampled") else experiments.make_sampler(name, args.num_classes, counts)
+        print(f"\n[{index}/{len(chosen)}] {label}" + ("" if name == "full" else f", m={m}"), flush=True)
+        start = time.perf_counter()
+        result = experiments.train_and_evaluate(
+            train, test, args.num_classes, sampler, m, args.epochs, batch_size=args.batch_size,
+            learning_rate=args.learning_rate, jit_compile=args.jit_compile and not tf_sampled,
+            verbose=args.verbose, shared_negatives=shared and not tf_sampled, refresh_every=args.refresh_every,
+            tf_sampled=tf_sampled, evaluations_per_epoch=args.evaluations_per_epoch,
+        )
+        rows.append({"key": key, "row": label, "num_samples": 0 if name == "full" else m, **result,
+                     "wall_seconds": time.perf_counter() - start})
+    return rows
+
+
+def add_comparisons(rows: List[dict]) -> Optional[dict]:
+    full = next((r for r in rows if r["key"] == "full"), None)
+    if full is None:
+        return None
+    for row in rows:
+        row["speedup"] = full["seconds_per_epoch"] / row["seconds_per_epoch"]
+        row["gap"] = row["test_cross_entropy"] / full["test_cross_entropy"] - 1.0
+        reached = experiments.time_to_reach(row["curve"], 1.02 * full["test_cross_entropy"])
+        row["seconds_to_within_2pct"] = reached
+    return full
 
 
 def format_table(rows: Sequence[dict], floor: float) -> str:
     lines = [
-        "| training loss | m | test cross-entropy | gap to full softmax | accuracy@1 | s / epoch | refresh share |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| training loss | m | test cross-entropy | gap to full softmax | accuracy@1 | s / epoch | "
+        "speed-up | s to within 2% of full |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    full = next((r for r in rows if r["sampler"] == "full softmax"), None)
     for row in rows:
-        gap = "" if full is None else f"{row['test_cross_entropy'] - full['test_cross_entropy']:+.3f}"
+        gap = f"{row['gap']:+.1%}" if "gap" in row else ""
+        speedup = f"{row['speedup']:.1f}x" if "speedup" in row else ""
+        reached = row.get("seconds_to_within_2pct")
+        reached = "—" if reached is None else f"{reached:.0f}"
         lines.append(
-            f"| {row['sampler']} | {row['num_samples'] or '—'} | {row['test_cross_entropy']:.3f} | {gap} | "
-            f"{row['accuracy_at_1']:.3f} | {row['seconds_per_epoch']:.2f} | {row['refresh_share']:.1%} |"
-        )
-    lines.append(f"| teacher (Bayes floor) | — | {floor:.3f} | | | | |")
+            f"| {row['row']} | {row['num_samples'] or '—'} | {row['test_cross_entropy']:.3f} | {gap} | "
+            f"{row['accuracy_at_1']:.3f} | {row['seconds_per_epoch']:.1f} | {speedup} | {reached} |")
+    lines.append(f"| teacher (Bayes floor) | — | {floor:.3f} | | | | | |")
     return "\n".join(lines)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-classes", type=int, default=2000)
-    parser.add_argument("--dim", type=int, default=32)
-    parser.add_argument("--train-examples", type=int, default=100_000)
-    parser.add_argument("--test-examples", type=int, default=5_000)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--num-samples", default="5,20,100", help="comma-separated sample sizes m")
-    parser.add_argument("--samplers", default=",".join(SAMPLERS), help=f"any of {', '.join(SAMPLERS)}")
-    parser.add_argument("--jit-compile", action="store_true", help="train with XLA (jit_compile=True)")
-    parser.add_argument("--quick", action="store_true", help="a small run, under a minute")
-    parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.num_classes, args.train_examples, args.test_examples, args.epochs = 1000, 20_000, 2_000, 2
-        args.num_samples = "5,50"
-    return args
+def summary(rows: Sequence[dict], full: Optional[dict]) -> str:
+    """The closing sentence: what the best MIDX row bought, and what TF's sampled softmax did."""
+    if full is None:
+        return "(No full-softmax row: nothing to compare against.)"
+    midx = [r for r in rows if r["key"].startswith("midx")]
+    parts = []
+    if midx:
+        best = min(midx, key=lambda r: r["test_cross_entropy"])
+        parts.append(
+            f"{best['row']} reached a test cross-entropy of {best['test_cross_entropy']:.3f} "
+            f"({best['gap']:+.1%} from the full softmax's {full['test_cross_entropy']:.3f}) in "
+            f"{best['training_seconds']:.0f} s, {best['training_seconds'] / full['training_seconds']:.0%} of the "
+            f"full softmax's {full['training_seconds']:.0f} s")
+        if best["seconds_to_within_2pct"] is not None:
+            parts[-1] += (f"; it was within 2% of it after {best['seconds_to_within_2pct']:.0f} s "
+                          f"({best['seconds_to_within_2pct'] / full['training_seconds']:.0%} of its time)")
+    tf_row = next((r for r in rows if r["key"] == "tf_sampled"), None)
+    if tf_row is not None:
+        parts.append(
+            f"tf.nn.sampled_softmax_loss reached {tf_row['test_cross_entropy']:.3f} ({tf_row['gap']:+.1%}) "
+            f"in {tf_row['training_seconds']:.0f} s")
+    return "; ".join(parts) + "."
 
 
-def main(argv=None) -> List[dict]:
+def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pathlib.Path]:
+    plt = experiments.pyplot()
+    if plt is None:
+        return None
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for color, row in enumerate(rows):
+        seconds, values = zip(*[(p[0], p[1]) for p in row["curve"]])
+        axis.plot(seconds, values, marker="o", markersize=3, color=f"C{color}", label=row["row"])
+    full = next((r for r in rows if r["key"] == "full"), None)
+    if full is not None:
+        axis.axhline(1.02 * full["test_cross_entropy"], color="gray", linestyle=":", label="full softmax + 2%")
+    axis.set(xscale="log", xlabel="training seconds (evaluation excluded)", ylabel="exact test cross-entropy",
+             title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
-    names = [n.strip() for n in args.samplers.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SAMPLERS]
-    if unknown:
-        raise SystemExit(f"Unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}.")
-    sample_sizes = [int(m) for m in args.num_samples.split(",")]
-    teacher = datasets.make_teacher(args.num_classes, args.dim, seed=0)
+    _quiet()
+    teacher = datasets.make_teacher(args.num_classes, args.dim, seed=0,
+                                    frequency_sorted_ids=args.frequency_sorted_ids)
     train, test = datasets.train_test_split(teacher, args.train_examples, args.test_examples)
     counts = np.bincount(train[1], minlength=args.num_classes).astype(np.float64)
     floor = teacher.cross_entropy(*test)
+    layout = "sorted by frequency (a vocabulary)" if args.frequency_sorted_ids else "in no particular order (a catalogue)"
     print(
-        f"Synthetic teacher: N={args.num_classes} classes, d={args.dim}, {args.train_examples} train / "
-        f"{args.test_examples} test examples; Keras {'3' if hasattr(K, 'version') else 'tf_keras'}, "
-        f"{os.cpu_count()} CPU cores, jit_compile={args.jit_compile}."
-    )
-    runs = [("full softmax", None, 0)] + [(n, n, m) for n in names for m in sample_sizes]
-    rows = []
-    for index, (label, name, m) in enumerate(runs, 1):
-        print(f"\n[{index}/{len(runs)}] {label}" + (f", m={m}" if m else ""), flush=True)
-        sampler = None if name is None else SAMPLERS[name](args.num_classes, counts)
-        # The exact softmax oracle draws a categorical over N: cheap on CPU graphs, O(B·m·N) in XLA.
-        jit = args.jit_compile and name != "softmax"
-        metrics = train_and_evaluate(
-            train, test, args.num_classes, sampler, max(m, 1), args.epochs, args.batch_size,
-            args.learning_rate, jit, args.verbose,
-        )
-        rows.append({"sampler": label, "num_samples": m, **metrics})
-    print("\nFull-softmax metrics on the test split (every row trained with the same steps and seed):\n")
+        f"Synthetic teacher: N={args.num_classes:,} classes, ids {layout}, d={args.dim}; "
+        f"{args.train_examples:,} train / {args.test_examples:,} test examples; {args.epochs} epochs of batch "
+        f"{args.batch_size} for every row; Keras {'3' if IS_KERAS_3 else '2 (tf_keras)'}, TensorFlow "
+        f"{tf.__version__}, {os.cpu_count()} CPU cores, jit_compile={args.jit_compile}.", flush=True)
+    rows = run_rows(args, train, test, counts)
+    full = add_comparisons(rows)
+    print("\nExact test metrics over all classes (every row: same student, optimizer, batches, epochs, seed):\n")
     print(format_table(rows, floor))
+    path = plot(rows, args.plot, f"Teacher N={args.num_classes:,}: time to quality ({os.cpu_count()} CPU cores)")
+    print("\n" + (f"Time-to-quality plot: {path.resolve()}" if path else "(matplotlib missing: no plot)"))
+    print("\n" + summary(rows, full))
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "bayes_floor": floor,
+                                         "rows": rows}, indent=1))
     return rows
 
 

@@ -35,18 +35,21 @@ from tf_adaptive_softmax import _validation, estimator
 from tf_adaptive_softmax._keras import K
 
 
-def _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed):
+def _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed, correct_positive):
     """Mean over `repeats` draws of d(sampled loss)/d(logits), [B, N]."""
     batch = tf.shape(logits)[0]
     tiled_logits = tf.tile(logits, [repeats, 1])
     tiled_labels = tf.tile(labels, [repeats, 1])
-    ids, log_q = sampler.sample(tf.tile(queries, [repeats, 1]), num_samples, seed=seed)
+    tiled_queries = tf.tile(queries, [repeats, 1])
+    ids, log_q = sampler.sample(tiled_queries, num_samples, seed=seed)
+    true_log_q = sampler.log_prob(tiled_queries, tiled_labels) if correct_positive else None
     with tf.GradientTape() as tape:
         tape.watch(tiled_logits)
         true_logits = tf.gather(tiled_logits, tiled_labels, batch_dims=1)
         sampled_logits = tf.gather(tiled_logits, ids, batch_dims=1)
         corrected = estimator.corrected_logits(
-            true_logits, sampled_logits, log_q, hit_mask=estimator.accidental_hit_mask(tiled_labels, ids)
+            true_logits, sampled_logits, log_q, true_log_q=true_log_q, correct_positive=correct_positive,
+            hit_mask=estimator.accidental_hit_mask(tiled_labels, ids),
         )
         loss = tf.reduce_sum(estimator.multi_positive_cross_entropy(corrected, labels.shape[-1]))
     gradient = tape.gradient(loss, tiled_logits)
@@ -62,6 +65,7 @@ def proposal_diagnostics(
     num_samples: int = 64,
     repeats: int = 32,
     seed: int = 0,
+    correct_positive: bool = True,
 ) -> Dict[str, float]:
     """The numbers listed in the module docstring, as Python floats.
 
@@ -70,7 +74,10 @@ def proposal_diagnostics(
       class_embeddings: [N, d]; class_bias: [N] or None — the model's current output layer.
       sampler: any `Sampler` (its current state is what is measured).
       num_samples: m, as in training.
-      repeats: Monte-Carlo draws of m negatives per query for the gradient bias.
+      repeats: Monte-Carlo draws of m negatives per query for the gradient bias (default 32).
+      seed: seed of the draws (default 0).
+      correct_positive: the estimator convention whose gradient bias is measured (default True,
+        the training default; False for Blanc & Rendle's uncorrected positive).
     """
     queries = _validation.as_queries(queries)
     labels = _validation.as_label_matrix(labels)
@@ -90,7 +97,8 @@ def proposal_diagnostics(
     ids, draw_log_q = sampler.sample(queries, num_samples, seed=seed)
     log_w = tf.gather(log_p, ids, batch_dims=1) - draw_log_q
     ess = tf.exp(2.0 * tf.reduce_logsumexp(log_w, -1) - tf.reduce_logsumexp(2.0 * log_w, -1)) / num_samples
-    mean_gradient = _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed + 1)
+    mean_gradient = _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed + 1,
+                                           correct_positive)
     targets = tf.reduce_sum(tf.one_hot(labels, num_classes), axis=1) / labels.shape[-1]
     full_gradient = p - targets
     cosine = tf.reduce_sum(mean_gradient * full_gradient, -1) / (
@@ -148,6 +156,7 @@ class ProposalDiagnostics(K.callbacks.Callback):
         stats = proposal_diagnostics(
             queries, self.probe_labels, self.output_layer.class_embeddings, self.output_layer.class_bias,
             self.output_layer.sampler, self.num_samples, self.repeats, seed=epoch,
+            correct_positive=self.output_layer.correct_positive,
         )
         if logs is not None:
             logs.update({f"diagnostics/{name}": value for name, value in stats.items()})

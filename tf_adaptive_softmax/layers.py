@@ -6,9 +6,10 @@ from typing import Optional
 
 import tensorflow as tf
 
-from tf_adaptive_softmax import _validation, estimator
+from tf_adaptive_softmax import _reduction, _validation, estimator
 from tf_adaptive_softmax._keras import K, Untracked, deserialize, raw_variable, register_serializable, serialize
-from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy, warn_if_kept
+from tf_adaptive_softmax.refresh import CompiledRefresh
+from tf_adaptive_softmax.samplers.base import Sampler
 
 
 @register_serializable
@@ -37,8 +38,10 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
       tied_embedding: an existing Embedding layer (input_dim=N) whose table serves as W, for weight
         tying in language models. Such a model saves with `save_weights` / checkpoints; its `.keras`
         config cannot express the tie.
-      correct_positive: subtract log(m·q) from the positive too (TF / TFRS convention). The
-        default keeps it uncorrected (Blanc & Rendle 2018, eq. 3).
+      correct_positive: subtract log(m·q) from the positive too (default True: the convention of
+        TF, TFRS and the MIDX authors, far better at small m in every measurement; see
+        `tf_adaptive_softmax.estimator`). False keeps it uncorrected (Blanc & Rendle 2018, eq. 3).
+        Models saved before this default changed carry False in their config and load with it.
       remove_accidental_hits: mask negatives equal to one of the row's positives.
       add_to_model_loss: also `add_loss` the batch mean, for functional models compiled without a
         loss.
@@ -73,7 +76,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         num_samples: int = 64,
         use_bias: bool = True,
         tied_embedding=None,
-        correct_positive: bool = False,
+        correct_positive: bool = True,
         remove_accidental_hits: bool = True,
         add_to_model_loss: bool = False,
         absolute_softmax: bool = False,
@@ -107,7 +110,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             raise TypeError("`tied_embedding` must be an Embedding layer (it provides the class table).")
         self._tied = Untracked(layer=tied_embedding, embeddings=None)
         self.embedding_dim: Optional[int] = None
-        self._refresh_function = None
+        self._refresh = None
 
     # -- weights -----------------------------------------------------------------------------
     def build(self, input_shape):
@@ -212,10 +215,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             loss = estimator.full_softmax_loss(
                 query, labels, weights, bias, logit_transform=self._logit_transform()
             )
-        loss = _validation.poison_invalid_rows(loss, valid)
-        if sample_weight is not None:
-            loss *= tf.reshape(tf.cast(sample_weight, loss.dtype), tf.shape(loss))
-        return loss
+        return _reduction.weighted(_validation.poison_invalid_rows(loss, valid), sample_weight)
 
     def _per_position_loss(self, query, labels, sample_weight, training):
         labels = tf.convert_to_tensor(labels)
@@ -256,17 +256,18 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
 
     # -- sampler state -----------------------------------------------------------------------
     def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
-        """Rebuilds the sampler's adaptive state from the current W and b (a graph function).
+        """Rebuilds the sampler's adaptive state from the current W and b (one compiled graph
+        function, built at the first call; `tf_adaptive_softmax.refresh`).
 
         NaN/Inf in W or b raises (`on_nonfinite="raise"`) or keeps the previous state with a
         warning (`"keep"`); returns False in that case.
         """
-        check_nonfinite_policy(on_nonfinite)
-        if self.sampler is None or not self.sampler.adaptive or self.embedding_dim is None:
+        _validation.check_nonfinite_policy(on_nonfinite)
+        if self.sampler is None or self.embedding_dim is None:
             return True
-        if self._refresh_function is None:
-            self._refresh_function = self.sampler.compiled_refresh(self._weights)
-        return warn_if_kept(self._refresh_function(on_nonfinite), self)
+        if self._refresh is None:
+            self._refresh = CompiledRefresh(self.sampler, self._weights, owner=self)
+        return self._refresh(on_nonfinite)
 
     # -- config ------------------------------------------------------------------------------
     def get_config(self) -> dict:

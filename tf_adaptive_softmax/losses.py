@@ -14,21 +14,27 @@ object, not config): compile again with a new `SampledSoftmaxLoss` after loading
 
 from __future__ import annotations
 
-import tensorflow as tf
 
-from tf_adaptive_softmax import _validation
+from tf_adaptive_softmax import _reduction, _validation
 from tf_adaptive_softmax._keras import K, register_serializable
 
 
 def _recording_gradients() -> bool:
     """True inside a GradientTape (Keras train steps): the only reliable train/eval signal a loss
-    object sees, since Keras passes it no `training` flag."""
+    object sees, since Keras passes it no `training` flag. It reads a private TensorFlow function;
+    if that ever moves, this fails loudly rather than guessing (a wrong guess would make
+    `evaluate` report the sampled loss)."""
     try:
         from tensorflow.python.eager import record  # pylint: disable=import-outside-toplevel
 
-        return bool(record.could_possibly_record())
-    except (ImportError, AttributeError):  # pragma: no cover - private API moved
-        return True
+        could_record = record.could_possibly_record
+    except (ImportError, AttributeError) as error:  # pragma: no cover - private API moved
+        raise RuntimeError(
+            "SampledSoftmaxLoss(mode='auto') cannot tell training from evaluation with this TensorFlow "
+            "version. Pass mode='sampled' to the loss used for training and evaluate with mode='full' "
+            "(or call the AdaptiveSampledSoftmaxLoss layer with training=...)."
+        ) from error
+    return bool(could_record())
 
 
 def attach(output_layer, model) -> None:
@@ -55,7 +61,9 @@ class SampledSoftmaxLoss(K.losses.Loss):
       model: the model whose output is the query; the layer is built and attached to it. Leave it
         None only when the model already tracks the layer.
       mode: "auto" (sampled inside a GradientTape, exact otherwise), "sampled" or "full".
-      reduction, name: as for any Keras loss (default: mean over the batch).
+      reduction: any reduction name of either Keras flavour: "sum_over_batch_size" (default, the
+        mean over the batch), "sum", "mean", "mean_with_sample_weight", "auto", "none"/None.
+      name: the loss name (default "sampled_softmax_loss").
 
     Example:
         >>> import tensorflow as tf
@@ -78,6 +86,7 @@ class SampledSoftmaxLoss(K.losses.Loss):
             raise TypeError(
                 f"`output_layer` must be an AdaptiveSampledSoftmaxLoss layer; got {output_layer!r}."
             )
+        _reduction.reduction_name(reduction)  # fails early on a name neither Keras flavour knows
         super().__init__(reduction=reduction, name=name or "sampled_softmax_loss")
         self.output_layer = output_layer
         self.mode = mode
@@ -97,16 +106,7 @@ class SampledSoftmaxLoss(K.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Bypasses Keras' own conversion, which would cast the integer ids to float.
-        per_example = self.call(y_true, y_pred)
-        if sample_weight is not None:
-            per_example *= tf.reshape(tf.cast(sample_weight, per_example.dtype), tf.shape(per_example))
-        reduction = str(getattr(self.reduction, "value", self.reduction)).lower()
-        if reduction in ("none", "reduction.none"):
-            return per_example
-        total = tf.reduce_sum(per_example)
-        if reduction in ("sum", "reduction.sum"):
-            return total
-        return total / tf.cast(tf.shape(per_example)[0], total.dtype)
+        return _reduction.reduce(self.call(y_true, y_pred), self.reduction, sample_weight)
 
     def call(self, y_true, y_pred):
         y_true = _validation.integral_float_ids(y_true)

@@ -21,7 +21,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from tf_adaptive_softmax.samplers.base import sub_seed, uniform_ints
+from tf_adaptive_softmax._ops.random import sub_seed, uniform_ints
 
 # Distances of one chunk stay under this many floats (16 MB).
 _CHUNK_ELEMENTS = 1 << 22

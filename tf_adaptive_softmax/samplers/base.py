@@ -20,125 +20,15 @@ so training is reproducible from the constructor's `seed` and resumes exactly fr
 
 from __future__ import annotations
 
-import math
-import warnings
 from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
+from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K
-
-
-#: What `refresh` does with NaN/Inf class embeddings or bias: raise, or keep the previous state.
-NONFINITE_POLICIES = ("raise", "keep")
-
-
-def check_nonfinite_policy(on_nonfinite: str) -> str:
-    if on_nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"`on_nonfinite` must be one of {NONFINITE_POLICIES}; got {on_nonfinite!r}.")
-    return on_nonfinite
-
-
-def warn_if_kept(accepted, owner) -> bool:
-    """Turns a refresh's result into a Python bool, warning when non-finite inputs were rejected."""
-    accepted = bool(accepted)
-    if not accepted:
-        warnings.warn(
-            f"{owner!r}: the class embeddings (or bias) contain NaN or Inf; the sampler keeps its "
-            "previous state. Training has probably diverged.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return accepted
-
-
-def seed_pair(seed) -> tf.Tensor:
-    """An int32 [2] stateless seed from a Python int or a [2] tensor."""
-    if isinstance(seed, int):
-        return tf.constant([seed % (2**31 - 1), 0], dtype=tf.int32)
-    seed = tf.convert_to_tensor(seed)
-    if seed.shape.rank != 1 or seed.shape[0] != 2:
-        raise ValueError(f"`seed` must be a Python int or a [2] integer tensor; got shape {seed.shape}.")
-    if not seed.dtype.is_integer:
-        raise TypeError(f"`seed` must be integer; got dtype {seed.dtype.name}.")
-    return tf.cast(seed, tf.int32)
-
-
-def sub_seed(seed: tf.Tensor, index: int) -> tf.Tensor:
-    """An independent int32 seed derived from `seed` (one per random quantity of a draw)."""
-    return tf.random.experimental.stateless_fold_in(seed, index, alg="philox")
-
-
-def _per_replica(seed: tf.Tensor) -> tf.Tensor:
-    """Under a multi-replica strategy every replica reads the same seed state: fold in the replica
-    id so that replicas draw independent negatives."""
-    context = tf.distribute.get_replica_context()
-    if context is None or context.num_replicas_in_sync == 1:
-        return seed
-    return sub_seed(seed, tf.cast(context.replica_id_in_sync_group, tf.int32) + 1)
-
-
-def uniform_ints(shape, maxval, seed: tf.Tensor) -> tf.Tensor:
-    """Stateless uniform int32 in [0, maxval), exact for any catalogue size.
-
-    A Python-int `maxval` uses TF's integer uniform. A tensor `maxval` (per-element ranges, such
-    as bucket sizes) reduces 63 random bits modulo the range: the bias is below range / 2^63. A
-    float32 uniform scaled by the range would not do: past 2^24 it cannot reach every integer.
-    """
-    if isinstance(maxval, int):
-        return tf.random.stateless_uniform(shape, seed=seed, minval=0, maxval=maxval, dtype=tf.int32)
-    bits = tf.random.stateless_uniform(shape, seed=seed, minval=None, maxval=None, dtype=tf.int64)
-    non_negative = tf.bitwise.bitwise_and(bits, tf.constant(0x7FFFFFFFFFFFFFFF, tf.int64))
-    return tf.cast(tf.math.floormod(non_negative, tf.cast(maxval, tf.int64)), tf.int32)
-
-
-def cumulative_over_last_axis(weights: tf.Tensor) -> tf.Tensor:
-    """Inclusive cumulative sum over a small last axis K, as one matmul with a triangular matrix.
-
-    XLA:CPU lowers `tf.cumsum` to a reduce-window that is slow for this shape; a [..., K] x [K, K]
-    matmul is fast on every backend.
-    """
-    size = weights.shape[-1]
-    upper = tf.linalg.band_part(tf.ones([size, size], weights.dtype), 0, -1)
-    return tf.einsum("...k,kj->...j", weights, upper)
-
-
-def search_buckets(cumulative: tf.Tensor, start: tf.Tensor, end: tf.Tensor, target: tf.Tensor, steps: int):
-    """Smallest position p in [start, end) with cumulative[p] > target (elementwise, fixed steps).
-
-    `cumulative` is flat and non-decreasing inside every [start, end) range. `steps` >=
-    log2(longest range) + 1 iterations of a branch-free binary search: XLA-safe and O(log range)
-    per draw, where `tf.searchsorted` is O(N) per draw under XLA and `stateless_categorical`
-    draws one Gumbel variate per category.
-    """
-    shape = tf.shape(start)
-    # On flat vectors: with a unit axis (one draw per query) XLA:CPU's simplifier spins for
-    # minutes on the chain of gathers; flat, it compiles in about a second.
-    low, high, target = tf.reshape(start, [-1]), tf.reshape(end - 1, [-1]), tf.reshape(target, [-1])
-    for _ in range(steps):
-        middle = (low + high) // 2
-        go_left = tf.gather(cumulative, middle) > target
-        high = tf.where(go_left, middle, high)
-        low = tf.where(go_left, low, middle + 1)
-    return tf.reshape(low, shape)
-
-
-def draw_from_cdf_rows(cdf: tf.Tensor, rows: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
-    """Inverse-CDF draws: for each entry, index k in [0, K) of row `rows` of `cdf` [R, K].
-
-    `cdf` holds unnormalized inclusive cumulative masses; u ~ U[0, 1) has the shape of `rows`.
-    Categories without mass are never returned.
-    """
-    size = cdf.shape[-1]
-    total = cdf[:, -1]
-    # Rounding of u·total can reach the end of a row; clamp to the last category with mass.
-    last = tf.reduce_sum(tf.cast(cdf < total[:, tf.newaxis], tf.int32), axis=1)
-    start = rows * size
-    steps = max(1, math.ceil(math.log2(size))) + 1
-    position = search_buckets(tf.reshape(cdf, [-1]), start, start + size, u * tf.gather(total, rows), steps)
-    return tf.minimum(position - start, tf.gather(last, rows))
+from tf_adaptive_softmax._ops.random import per_replica, seed_pair, sub_seed, uniform_ints
 
 
 def _one_query(queries: tf.Tensor) -> tf.Tensor:
@@ -229,7 +119,7 @@ class Sampler(K.layers.Layer):
         num_samples = _validation.check_num_samples(num_samples)
         queries = _validation.as_queries(queries, width=self.embedding_dim)
         seed = self._next_seed() if seed is None else seed_pair(seed)
-        ids, log_q = self._sample(queries, num_samples, _per_replica(seed))
+        ids, log_q = self._sample(queries, num_samples, per_replica(seed))
         # The sample axis is static (XLA and the estimator rely on it), whatever the sampler did.
         ids = tf.ensure_shape(ids, [queries.shape[0], num_samples])
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
@@ -250,7 +140,7 @@ class Sampler(K.layers.Layer):
         num_samples = _validation.check_num_samples(num_samples)
         queries = _validation.as_queries(queries, width=self.embedding_dim)
         seed = self._next_seed() if seed is None else seed_pair(seed)
-        ids, log_q = self._sample_shared(queries, num_samples, _per_replica(seed))
+        ids, log_q = self._sample_shared(queries, num_samples, per_replica(seed))
         ids = tf.ensure_shape(ids, [num_samples])
         log_q = tf.ensure_shape(log_q, [num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)

@@ -32,7 +32,9 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import register_serializable
-from tf_adaptive_softmax.samplers.base import Sampler, at_least_one_query, draw_from_cdf_rows, sub_seed
+from tf_adaptive_softmax._ops.discrete import draw_from_cdf_rows
+from tf_adaptive_softmax._ops.random import sub_seed
+from tf_adaptive_softmax.samplers.base import Sampler, at_least_one_query
 
 # Leaf members gathered by one chunk of draws stay under this many floats (256 MB).
 _CHUNK_ELEMENTS = 1 << 26

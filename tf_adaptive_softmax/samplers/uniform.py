@@ -7,7 +7,8 @@ import math
 import tensorflow as tf
 
 from tf_adaptive_softmax._keras import register_serializable
-from tf_adaptive_softmax.samplers.base import Sampler, uniform_ints
+from tf_adaptive_softmax._ops.random import uniform_ints
+from tf_adaptive_softmax.samplers.base import Sampler
 
 
 @register_serializable

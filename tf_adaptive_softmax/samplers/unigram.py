@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_adaptive_softmax._keras import register_serializable
-from tf_adaptive_softmax.samplers.alias import alias_draw, build_alias_table
+from tf_adaptive_softmax._ops.discrete import alias_draw, build_alias_table
 from tf_adaptive_softmax.samplers.base import Sampler
 
 

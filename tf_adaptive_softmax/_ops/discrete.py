@@ -1,0 +1,108 @@
+"""Draws from discrete distributions without a categorical over the catalogue: inverse-CDF draws
+over small rows, a branch-free bucket search, segmented scans, and Walker's alias tables.
+
+Why not `tf.random.categorical` or `tf.searchsorted`: under XLA (and on GPU) a categorical over N
+classes materializes [B, m, N] values, and `searchsorted` over N costs O(N) per draw. Everything
+here costs O(log K) or O(1) per draw and keeps static shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from tf_adaptive_softmax._ops.random import sub_seed, uniform_ints
+
+
+def cumulative_over_last_axis(weights: tf.Tensor) -> tf.Tensor:
+    """Inclusive cumulative sum over a small last axis K, as one matmul with a triangular matrix.
+
+    XLA:CPU lowers `tf.cumsum` to a reduce-window that is slow for this shape; a [..., K] x [K, K]
+    matmul is fast on every backend.
+    """
+    size = weights.shape[-1]
+    upper = tf.linalg.band_part(tf.ones([size, size], weights.dtype), 0, -1)
+    return tf.einsum("...k,kj->...j", weights, upper)
+
+
+def search_buckets(cumulative: tf.Tensor, start: tf.Tensor, end: tf.Tensor, target: tf.Tensor, steps: int):
+    """Smallest position p in [start, end) with cumulative[p] > target (elementwise, fixed steps).
+
+    `cumulative` is flat and non-decreasing inside every [start, end) range. `steps` >=
+    log2(longest range) + 1 iterations of a branch-free binary search: XLA-safe and O(log range)
+    per draw, where `tf.searchsorted` is O(N) per draw under XLA and `stateless_categorical`
+    draws one Gumbel variate per category.
+    """
+    shape = tf.shape(start)
+    # On flat vectors: with a unit axis (one draw per query) XLA:CPU's simplifier spins for
+    # minutes on the chain of gathers; flat, it compiles in about a second.
+    low, high, target = tf.reshape(start, [-1]), tf.reshape(end - 1, [-1]), tf.reshape(target, [-1])
+    for _ in range(steps):
+        middle = (low + high) // 2
+        go_left = tf.gather(cumulative, middle) > target
+        high = tf.where(go_left, middle, high)
+        low = tf.where(go_left, low, middle + 1)
+    return tf.reshape(low, shape)
+
+
+def draw_from_cdf_rows(cdf: tf.Tensor, rows: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+    """Inverse-CDF draws: for each entry, index k in [0, K) of row `rows` of `cdf` [R, K].
+
+    `cdf` holds unnormalized inclusive cumulative masses; u ~ U[0, 1) has the shape of `rows`.
+    Categories without mass are never returned.
+    """
+    size = cdf.shape[-1]
+    total = cdf[:, -1]
+    # Rounding of u·total can reach the end of a row; clamp to the last category with mass.
+    last = tf.reduce_sum(tf.cast(cdf < total[:, tf.newaxis], tf.int32), axis=1)
+    start = rows * size
+    steps = max(1, math.ceil(math.log2(size))) + 1
+    position = search_buckets(tf.reshape(cdf, [-1]), start, start + size, u * tf.gather(total, rows), steps)
+    return tf.minimum(position - start, tf.gather(last, rows))
+
+
+def segmented_cumsum(values: tf.Tensor, segments: tf.Tensor) -> tf.Tensor:
+    """Inclusive cumulative sum restarting at every change of `segments` (sorted, contiguous).
+
+    A Hillis-Steele scan: log2(N) shifted adds, each only within a segment, so the sums keep the
+    precision of one bucket rather than of the whole catalogue (a global float32 cumsum would not).
+    """
+    size = values.shape[0]
+    shift = 1
+    while shift < size:
+        previous = tf.concat([tf.zeros([shift], values.dtype), values[:-shift]], axis=0)
+        previous_segment = tf.concat([tf.fill([shift], -1), segments[:-shift]], axis=0)
+        values = values + tf.where(tf.equal(previous_segment, segments), previous, tf.zeros_like(values))
+        shift *= 2
+    return values
+
+
+def build_alias_table(weights: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Vose's alias table for non-negative `weights` (not all zero): (probability, alias)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    n = weights.shape[0]
+    scaled = weights * (n / weights.sum())
+    probability = np.ones(n, dtype=np.float64)
+    alias = np.arange(n, dtype=np.int64)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        probability[s] = scaled[s]
+        alias[s] = g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    # Leftovers are 1 up to rounding: they keep themselves with probability 1.
+    return probability.astype(np.float32), alias.astype(np.int32)
+
+
+def alias_draw(probability, alias, shape, seed: tf.Tensor) -> tf.Tensor:
+    """int32 draws of the given `shape` from an alias table (tensors or variables)."""
+    num_columns = probability.shape[0]  # static: the exact integer draw
+    column = uniform_ints(shape, int(num_columns), sub_seed(seed, 0))
+    u = tf.random.stateless_uniform(shape, seed=sub_seed(seed, 1), dtype=tf.float32)
+    keep = u < tf.gather(probability, column)
+    return tf.where(keep, column, tf.gather(alias, column))

@@ -1,0 +1,88 @@
+"""One refresh path for every owner of a sampler.
+
+An owner (the loss layer, `tfrs.AdaptiveRetrieval`, or a bare sampler with its class table) keeps
+its sampler in step with the model through `refresh_sampler(on_nonfinite) -> bool`: the
+`SamplerOwner` protocol that `CodebookRefresh` calls. Every owner implements it with a
+`CompiledRefresh`: one graph function per owner, traced at the first refresh and reused, that
+reads the current class embeddings (and bias) and calls `sampler.refresh`, which only assigns to
+fixed-shape variables, so an already compiled train step sees the new state without retracing.
+
+Example:
+    >>> import numpy as np, tensorflow as tf
+    >>> from tf_adaptive_softmax import refresh, samplers
+    >>> table = tf.Variable(np.random.default_rng(0).normal(size=(300, 8)).astype("float32"))
+    >>> owner = refresh.SamplerTarget(samplers.MIDX(300, num_codewords=8, seed=0), table)
+    >>> isinstance(owner, refresh.SamplerOwner), owner.refresh_sampler()
+    (True, True)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol, Tuple, runtime_checkable
+
+import tensorflow as tf
+
+from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
+from tf_adaptive_softmax.samplers.base import Sampler
+
+__all__ = ["CompiledRefresh", "SamplerOwner", "SamplerTarget"]
+
+ReadWeights = Callable[[], Tuple[tf.Tensor, Optional[tf.Tensor]]]
+
+
+@runtime_checkable
+class SamplerOwner(Protocol):
+    """Anything `CodebookRefresh` can keep in step: it refreshes its sampler from the model."""
+
+    def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
+        """Rebuilds the sampler's state; False when NaN/Inf inputs were rejected ("keep")."""
+
+
+class CompiledRefresh:
+    """Refreshes `sampler` from `read_weights() -> (class_embeddings, class_bias or None)` through
+    one compiled graph function (`Sampler.compiled_refresh`), built at the first call.
+
+    Args:
+      sampler: the sampler to refresh (static samplers make every call a no-op returning True).
+      read_weights: reads the current class table and bias; called inside the graph function, so
+        a candidate tower run over the catalogue becomes part of it.
+      owner: named in the warning when non-finite inputs are rejected (default: the sampler).
+    """
+
+    def __init__(self, sampler: Sampler, read_weights: ReadWeights, owner=None):
+        self.sampler = sampler
+        self.read_weights = read_weights
+        self.owner = sampler if owner is None else owner
+        self._function = None
+
+    def __call__(self, on_nonfinite: str = "raise") -> bool:
+        """Refreshes now. NaN/Inf in the inputs raise ("raise", default) or keep the previous
+        state with a warning ("keep"); returns whether the inputs were accepted."""
+        check_nonfinite_policy(on_nonfinite)
+        if not self.sampler.adaptive:
+            return True
+        if self._function is None:
+            self._function = self.sampler.compiled_refresh(self.read_weights)
+        return warn_if_kept(self._function(on_nonfinite), self.owner)
+
+
+class SamplerTarget:
+    """A bare sampler and its class table as a `SamplerOwner` (for custom `compute_loss` models).
+
+    Args:
+      sampler: the sampler.
+      class_embeddings: the [N, d] table (a variable) or a callable returning it.
+    """
+
+    def __init__(self, sampler: Sampler, class_embeddings):
+        if class_embeddings is None:
+            raise ValueError("A bare Sampler target needs `class_embeddings` (a [N, d] variable or a callable).")
+        self.sampler = sampler
+        self._read = class_embeddings if callable(class_embeddings) else (lambda: class_embeddings)
+        self._refresh = CompiledRefresh(sampler, lambda: (tf.convert_to_tensor(self._read()), None))
+
+    def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
+        """Refreshes the sampler from the table (see `CompiledRefresh`)."""
+        if self.sampler.adaptive and self.sampler.embedding_dim is None:  # state is created eagerly, once
+            self.sampler.build_state(int(self._read().shape[-1]))
+        return self._refresh(on_nonfinite)
