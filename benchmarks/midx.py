@@ -13,11 +13,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from timing import time_call, write_results
 
-from timing import time_call, write_results  # noqa: E402
-from tf_adaptive_softmax import samplers  # noqa: E402
+from tf_adaptive_softmax import samplers
 
 
 def clustered_embeddings(n: int, d: int, seed: int = 0) -> tf.Tensor:

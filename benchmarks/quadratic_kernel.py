@@ -13,10 +13,10 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf
+from timing import time_call, write_results
 
-from timing import time_call, write_results  # noqa: E402
-from tf_adaptive_softmax import samplers  # noqa: E402
+from tf_adaptive_softmax import samplers
 
 
 def main(argv=None):

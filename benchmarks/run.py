@@ -47,16 +47,16 @@ from typing import Callable, Dict, List, Optional
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = pathlib.Path(__file__).resolve().parent
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from tf_adaptive_softmax import datasets, estimator, experiments, samplers  # noqa: E402
-from tf_adaptive_softmax.experiments import pyplot  # noqa: E402
+from tf_adaptive_softmax import datasets, estimator, experiments, samplers
+from tf_adaptive_softmax.experiments import pyplot
 
 try:  # `python benchmarks/run.py` puts this folder on the path; `import benchmarks.run` needs the package form
-    from timing import RESULTS, machine, time_call  # noqa: E402
+    from timing import RESULTS, machine, time_call
 except ImportError:  # pragma: no cover
-    from benchmarks.timing import RESULTS, machine, time_call  # noqa: E402
+    from benchmarks.timing import RESULTS, machine, time_call
 
 SPEED_METHODS = ["full", "tf_sampled", "uniform", "midx_pq", "midx_rvq", "quadratic_kernel",
                  "uniform+shared", "midx_pq+shared", "midx_rvq+shared", "quadratic_kernel+shared"]
@@ -282,7 +282,8 @@ def _grid(args, runner: Callable[[Optional[str], int], dict], section: str, name
         metrics = runner(name, m)
         rows.append({"sampler": name, "m": m, **metrics, "seconds": time.perf_counter() - start})
         # Long grids are interrupted: keep what has run so far.
-        (args.results_dir / f"partial_{section.split()[0]}{getattr(args, 'suffix', '')}.json").write_text(json.dumps(rows, indent=1))
+        partial = args.results_dir / f"partial_{section.split()[0]}{getattr(args, 'suffix', '')}.json"
+        partial.write_text(json.dumps(rows, indent=1))
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         print(f"[{section} {index}/{len(runs)}] {name}" + (f" m={m}" if m else "") + f": {shown} "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)

@@ -5,6 +5,7 @@ choice, command-line flags and the training-curve plot. Import it from a script 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import pathlib
 from typing import Dict, Optional, Sequence
@@ -74,7 +75,7 @@ def user_sequences(users, items, timestamps) -> Dict[int, np.ndarray]:
     order = np.lexsort((np.arange(len(users)), timestamps, users))
     users, items = users[order], items[order]
     starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1, len(users)]
-    return {int(users[a]): items[a:b] for a, b in zip(starts[:-1], starts[1:])}
+    return {int(users[a]): items[a:b] for a, b in itertools.pairwise(starts)}
 
 
 def leave_last_out(users, items, timestamps):

@@ -22,11 +22,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from common import add_training_arguments, finish, make_sampler
 
-import tf_adaptive_softmax as tfas  # noqa: E402
-from common import add_training_arguments, finish, make_sampler  # noqa: E402
+import tf_adaptive_softmax as tfas
 
 K = tf.keras
 

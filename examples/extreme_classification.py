@@ -23,14 +23,19 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tf_adaptive_softmax as tfas  # noqa: E402
-from tf_adaptive_softmax.experiments import EpochTimer  # noqa: E402
-from common import (  # noqa: E402
-    add_training_arguments, exact_logits, export_serving, finish, make_sampler, precision_at_k,
+import numpy as np
+import tensorflow as tf
+from common import (
+    add_training_arguments,
+    exact_logits,
+    export_serving,
+    finish,
+    make_sampler,
+    precision_at_k,
 )
+
+import tf_adaptive_softmax as tfas
+from tf_adaptive_softmax.experiments import EpochTimer
 
 K = tf.keras
 

@@ -16,11 +16,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-import tf_adaptive_softmax as tfas  # noqa: E402
-from tf_adaptive_softmax import retrieval  # noqa: E402
+import tf_adaptive_softmax as tfas
+from tf_adaptive_softmax import retrieval
 
 K = tf.keras
 

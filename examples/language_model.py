@@ -1,6 +1,6 @@
 """Word-level language model with tied input/output embeddings, trained by sampled softmax.
 
-    python examples/language_model.py                      # PTB subset ($TFAS_DATA_DIR/ptb_subset.train.txt) when present
+    python examples/language_model.py          # PTB subset ($TFAS_DATA_DIR/ptb_subset.train.txt) when present
     python examples/language_model.py --quick              # about a minute
     python examples/language_model.py --arch transformer   # a small causal Transformer instead of an LSTM
     python examples/language_model.py --sampler full       # the full-softmax baseline
@@ -29,12 +29,12 @@ from typing import List, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
+from common import DATA_DIR, add_training_arguments, export_serving, finish, make_sampler
 
-import tf_adaptive_softmax as tfas  # noqa: E402
-from tf_adaptive_softmax.experiments import EpochTimer  # noqa: E402
-from common import DATA_DIR, add_training_arguments, export_serving, finish, make_sampler  # noqa: E402
+import tf_adaptive_softmax as tfas
+from tf_adaptive_softmax.experiments import EpochTimer
 
 K = tf.keras
 DEFAULT_DATA = DATA_DIR / "ptb_subset.train.txt"

@@ -1,6 +1,6 @@
 """SASRec-style next-item recommender trained by sampled softmax over the whole catalogue.
 
-    python examples/sequential_recommender.py                 # MovieLens 100K ($TFAS_DATA_DIR/ml-100k.inter) when present
+    python examples/sequential_recommender.py     # MovieLens 100K ($TFAS_DATA_DIR/ml-100k.inter) when present
     python examples/sequential_recommender.py --quick         # about a minute
     python examples/sequential_recommender.py --sampler full  # the full-softmax baseline
     python examples/sequential_recommender.py --data interactions.csv   # user,item,timestamp (header optional)
@@ -27,15 +27,22 @@ from typing import List
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import tf_adaptive_softmax as tfas  # noqa: E402
-from tf_adaptive_softmax.experiments import EpochTimer  # noqa: E402
-from common import (  # noqa: E402
-    DATA_DIR, add_training_arguments, exact_logits, export_serving, finish, load_interactions, make_sampler,
-    ranking_metrics, user_sequences,
+import numpy as np
+import tensorflow as tf
+from common import (
+    DATA_DIR,
+    add_training_arguments,
+    exact_logits,
+    export_serving,
+    finish,
+    load_interactions,
+    make_sampler,
+    ranking_metrics,
+    user_sequences,
 )
+
+import tf_adaptive_softmax as tfas
+from tf_adaptive_softmax.experiments import EpochTimer
 
 K = tf.keras
 DEFAULT_DATA = DATA_DIR / "ml-100k.inter"

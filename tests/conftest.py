@@ -2,11 +2,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import pytest
+from scipy import stats
 
-from tf_adaptive_softmax._keras import IS_KERAS_3, K  # noqa: E402
+from tf_adaptive_softmax._keras import IS_KERAS_3, K
 
 # Op types that must never appear on the sampling path (DESIGN 3.2 rules 3-5).
 FORBIDDEN_OPS = {

@@ -8,8 +8,8 @@ restored run draws the same negatives and refreshes at the same steps as an unin
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import keras3_only, legacy_only
+
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, samplers
 from tf_adaptive_softmax._keras import IS_KERAS_3, K
 

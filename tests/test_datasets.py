@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
-
 from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue
+
 from tf_adaptive_softmax import datasets
 
 

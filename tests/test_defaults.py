@@ -71,5 +71,5 @@ def test_keras_file_written_with_eq3_reloads_with_eq3(tmp_path):
     path = str(tmp_path / "eq3.keras")
     model.save(path)
     restored = K.models.load_model(path)
-    restored_layer = next(l for l in restored.layers if isinstance(l, AdaptiveSampledSoftmaxLoss))
+    restored_layer = next(layer for layer in restored.layers if isinstance(layer, AdaptiveSampledSoftmaxLoss))
     assert restored_layer.correct_positive is False

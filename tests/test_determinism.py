@@ -5,8 +5,8 @@ graph-mode run and an XLA run draw different negatives from the same seed (READM
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from test_samplers import FACTORIES, _queries
+
 from tf_adaptive_softmax import datasets, experiments
 
 

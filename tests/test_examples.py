@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import tensorflow as tf
-
 from conftest import SAMPLER_OPS, op_types
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

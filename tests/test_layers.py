@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import SAMPLER_OPS, op_types
+
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, SampledSoftmaxLoss, estimator, samplers
 from tf_adaptive_softmax._keras import IS_KERAS_3, K
 
@@ -157,7 +157,7 @@ def test_keras_file_round_trip_keeps_weights_and_sampler_state(tmp_path):
     path = str(tmp_path / "model.keras")
     model.save(path)
     restored = K.models.load_model(path)
-    restored_layer = next(l for l in restored.layers if isinstance(l, AdaptiveSampledSoftmaxLoss))
+    restored_layer = next(layer for layer in restored.layers if isinstance(layer, AdaptiveSampledSoftmaxLoss))
     for name in ("log_q", "alias_probability", "alias_index", "seed_state"):
         original = next(w for w in layer.sampler.weights if name in w.name).numpy()
         loaded = next(w for w in restored_layer.sampler.weights if name in w.name).numpy()

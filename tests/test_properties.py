@@ -5,11 +5,11 @@ import math
 
 import numpy as np
 import tensorflow as tf
+from conftest import chi_square_pvalue
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from conftest import chi_square_pvalue
 from test_degenerate_inputs import NAMES, make
+
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, estimator
 
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in
+
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, samplers
 from tf_adaptive_softmax._keras import K
 from tf_adaptive_softmax.samplers import quadratic_kernel

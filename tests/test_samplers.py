@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue
+
 from tf_adaptive_softmax import samplers
 
 NUM_CLASSES = 37  # deliberately not a power of anything

@@ -8,7 +8,6 @@ import pathlib
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import SAMPLER_OPS, op_types
 
 FOLDER = pathlib.Path(__file__).resolve().parents[1] / "saved_models"

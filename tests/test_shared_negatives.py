@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in
 from test_samplers import FACTORIES, NUM_CLASSES, _queries
+
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, estimator, samplers
 from tf_adaptive_softmax._keras import K
 

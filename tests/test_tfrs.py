@@ -1,5 +1,8 @@
 """TFRS integration (tf_keras mode only; Keras 3 mode checks the import guard)."""
 
+import importlib
+import json
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -80,20 +83,32 @@ def test_extra_negatives_with_ids_do_not_break_factorized_metrics():
 
 
 @pytestmark_legacy
+def test_correct_positive_is_on_by_default():
+    embedding = tf.keras.layers.Embedding(N, D)
+    assert AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding).correct_positive is True
+    assert AdaptiveRetrieval().correct_positive is True
+    assert AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding,
+                             correct_positive=False).correct_positive is False
+
+
+@pytestmark_legacy
+@pytest.mark.parametrize("correct_positive", [True, False])
 @pytest.mark.parametrize("temperature", [None, 0.7])
-def test_mixed_negatives_match_a_hand_computation(temperature):
+def test_mixed_negatives_match_a_hand_computation(temperature, correct_positive):
     q, c, ids, p = _batch()
     table = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
     embedding = tf.keras.layers.Embedding(N, D, embeddings_initializer=tf.keras.initializers.Constant(table))
     embedding.build((None,))
     task = AdaptiveRetrieval(samplers.Uniform(N, seed=5), num_samples=7, candidate_embeddings=embedding,
-                             temperature=temperature)
+                             temperature=temperature, correct_positive=correct_positive)
     twin = samplers.Uniform(N, seed=5)  # same stream: reproduces the task's draws
     loss = task(q, c, candidate_sampling_probability=p, candidate_ids=ids, training=True).numpy()
     drawn, _ = twin.sample(q, 7)
     drawn = drawn.numpy()
     tau = temperature or 1.0
     in_batch = q @ c.T / tau - np.log(p)
+    if not correct_positive:  # eq. 3: the positive keeps its raw score (TFRS's -log p added back)
+        in_batch[np.arange(B), np.arange(B)] += np.log(p[:B])
     sampled = np.einsum("bd,bmd->bm", q, table[drawn]) / tau - np.log(7 / N)  # -log(m·q), q = 1/N
     sampled[drawn == ids[:B, None]] = -1e30
     scores = np.concatenate([in_batch, sampled], axis=1).astype(np.float64)
@@ -104,7 +119,8 @@ def test_mixed_negatives_match_a_hand_computation(temperature):
 @pytestmark_legacy
 def test_shared_catalogue_negatives_match_tfrs_extra_candidates():
     # Shared negatives are TFRS's own layout (C > B extra candidates) with q̄ as their probability:
-    # Retrieval given those columns, log(m·q̄) and their ids gives the same loss.
+    # Retrieval given those columns, log(m·q̄) and their ids gives the same loss (no in-batch
+    # probability, so the positive is uncorrected either way).
     q, c, ids, _ = _batch()
     c, ids = c[:B], ids[:B]
     table = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
@@ -131,6 +147,7 @@ def test_catalogue_draws_of_the_positive_are_masked():
     counts[3] = 1.0  # the sampler only ever draws id 3, the positive of rows 0 and 2
     embedding = tf.keras.layers.Embedding(N, D)
     embedding.build((None,))
+    # Every draw is the positive and masked, so the row's loss is exactly Retrieval's.
     task = AdaptiveRetrieval(samplers.Unigram(counts), num_samples=3, candidate_embeddings=embedding)
     plain = tfrs.tasks.Retrieval()
     per_row = lambda t: t(q, c[:B], candidate_ids=ids[:B], sample_weight=np.eye(B)[0], **(  # noqa: E731
@@ -143,7 +160,8 @@ def test_catalogue_draws_of_the_positive_are_masked():
 def test_requires_candidate_ids_and_a_tower():
     with pytest.raises(ValueError, match="candidate_embeddings"):
         AdaptiveRetrieval(samplers.Uniform(N))
-    task = AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=lambda i: tf.zeros(tf.concat([tf.shape(i), [D]], 0)))
+    task = AdaptiveRetrieval(samplers.Uniform(N),
+                             candidate_embeddings=lambda i: tf.zeros(tf.concat([tf.shape(i), [D]], 0)))
     q, c, _, _ = _batch()
     with pytest.raises(ValueError, match="candidate_ids"):
         task(q, c[:B], training=True)
@@ -167,7 +185,7 @@ class _TwoTower(tf.keras.Model if not IS_KERAS_3 else object):
                              compute_metrics=not training, training=training)
         if training:
             variables = self.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return {"loss": loss}
 
 
@@ -206,6 +224,84 @@ def test_refresh_through_a_candidate_tower_embeds_the_catalogue(capsys):
                              catalogue_ids=np.arange(N, dtype=np.int32), refresh_batch_size=16)
     task.refresh_sampler()
     np.testing.assert_allclose(sampler.snapshot_embeddings.numpy(), table * 2.0, rtol=1e-6)
+
+
+def _midx_state(sampler):
+    return {name: getattr(sampler, name).numpy()
+            for name in ("codebook1", "codebook2", "class_bucket", "sorted_ids", "bucket_offsets",
+                         "log_bucket_weights", "initialized")}
+
+
+@pytestmark_legacy
+@pytest.mark.parametrize("through", ["table", "tower"])
+def test_compiled_refresh_assigns_the_eager_refresh_state(through):
+    # The graph refresh (catalogue read + k-means in one tf.function) is the eager refresh, bit
+    # for bit, refresh after refresh (warm starts included); the tower runs in chunks of 64 over
+    # 300 ids (a padded last chunk).
+    num_items, width = 300, 8
+    table = tf.keras.layers.Embedding(num_items, width)
+    table.build((None,))
+    sampler, twin = (samplers.MIDX(num_items, num_codewords=4, seed=3) for _ in range(2))
+    if through == "table":
+        task = AdaptiveRetrieval(sampler, candidate_embeddings=table)
+        read = lambda: table.embeddings  # noqa: E731
+    else:
+        task = AdaptiveRetrieval(sampler, candidate_embeddings=lambda ids: table(ids) * 2.0,
+                                 catalogue_ids=np.arange(num_items, dtype=np.int32), refresh_batch_size=64)
+        read = lambda: table.embeddings * 2.0  # noqa: E731
+    for step in range(3):
+        noise = tf.random.stateless_normal([num_items, width], [step, 0])
+        table.embeddings.assign(0.9 * table.embeddings + 0.3 * noise)
+        assert task.refresh_sampler() is True
+        twin.refresh(tf.convert_to_tensor(read()))
+        ours, theirs = _midx_state(sampler), _midx_state(twin)
+        for name in ours:
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=f"{name} after refresh {step}")
+    np.testing.assert_array_equal(task.catalogue_embeddings().numpy(), read().numpy())
+    assert len(task._refresh._function._list_all_concrete_functions()) == 1  # traced once
+
+
+@pytestmark_legacy
+def test_refresh_through_a_tower_that_branches_on_tensors():
+    # The catalogue is embedded in a graph: a tower's Python control flow on tensors still works.
+    class Tower(tf.keras.layers.Layer):
+        def build(self, input_shape):
+            self.table = self.add_weight(name="table", shape=(N, D))
+
+        def call(self, ids):
+            rows = tf.gather(self.table, ids)
+            if tf.reduce_sum(rows) > 1e9:  # AutoGraph turns this into tf.cond
+                rows = rows * 0.0
+            return rows
+
+    tower = Tower()
+    task = AdaptiveRetrieval(samplers.MIDX(N, num_codewords=2, seed=0), candidate_embeddings=tower,
+                             catalogue_ids=np.arange(N, dtype=np.int32), refresh_batch_size=16)
+    assert task.refresh_sampler() is True
+    np.testing.assert_array_equal(task.catalogue_embeddings().numpy(), tower.table.numpy())
+
+
+@pytestmark_legacy
+def test_refresh_keeps_state_and_index_on_nonfinite_embeddings():
+    table = tf.keras.layers.Embedding(N, D)
+    table.build((None,))
+    index = tfrs.layers.factorized_top_k.BruteForce(k=3)
+    sampler = samplers.MIDX(N, num_codewords=4, seed=0)
+    task = AdaptiveRetrieval(sampler, candidate_embeddings=table, index=index)
+    assert task.refresh_sampler()
+    before, indexed = _midx_state(sampler), index._candidates.numpy()  # pylint: disable=protected-access
+    good = table.embeddings.numpy()
+    table.embeddings.assign(tf.tensor_scatter_nd_update(table.embeddings, [[2, 1]], [np.nan]))
+    with pytest.warns(RuntimeWarning, match="NaN or Inf"):  # named after the task
+        assert task.refresh_sampler(on_nonfinite="keep") is False
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        task.refresh_sampler()
+    for name, value in _midx_state(sampler).items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
+    np.testing.assert_array_equal(index._candidates.numpy(), indexed)  # pylint: disable=protected-access
+    table.embeddings.assign(good * 2.0)
+    assert task.refresh_sampler(on_nonfinite="keep") is True
+    np.testing.assert_allclose(index._candidates.numpy(), good * 2.0)  # pylint: disable=protected-access
 
 
 @pytestmark_legacy
@@ -282,10 +378,55 @@ def test_two_tower_example_runs_on_an_interactions_file(tmp_path):
             rows.append(f"{user + 1}\t{int(rng.integers(1, 60))}\t4\t{1000 * user + step}")
     path = tmp_path / "inter.tsv"
     path.write_text("\n".join(rows) + "\n")
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    root = pathlib.Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, str(root / "examples" / "tfrs_two_tower.py"), "--data", str(path), "--quick",
          "--batch-size", "32", "--num-samples", "8"],
         capture_output=True, text=True, timeout=600, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("Recall@10=") == 6 and "| AdaptiveRetrieval, in-batch + MIDX |" in result.stdout
+    # The popularity reference, then six trained rows.
+    assert result.stdout.count("Recall@10=") == 7 and "| AdaptiveRetrieval, in-batch + logQ + MIDX |" in result.stdout
+
+
+def _two_tower_example(monkeypatch):
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+    return importlib.import_module("tfrs_two_tower")
+
+
+@pytestmark_legacy
+def test_two_tower_example_chunked_evaluation_matches_a_dense_mask(monkeypatch):
+    # Per-user history lists and chunked scoring give the dense [users, items] mask's metrics.
+    example = _two_tower_example(monkeypatch)
+    from common import ranking_metrics
+
+    rng = np.random.default_rng(0)
+    num_users, num_items = 50, 70
+    train = (rng.integers(0, num_users, 600).astype(np.int32), rng.integers(0, num_items, 600).astype(np.int32))
+    test = (np.arange(num_users, dtype=np.int32), rng.integers(0, num_items, num_users).astype(np.int32))
+    scores = rng.standard_normal((num_users, num_items)).astype(np.float32)
+    seen = np.zeros((num_users, num_items), bool)
+    seen[train[0], train[1]] = True
+    history = example.training_history(train, num_users)
+    monkeypatch.setattr(example, "_SCORE_CHUNK_ELEMENTS", 7 * num_items)  # chunks of 7 users
+    got = example.evaluate(lambda users: scores[users], num_items, test, history)
+    want = ranking_metrics(scores, test[1], exclude=seen)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytestmark_legacy
+def test_two_tower_example_runs_on_a_synthetic_catalogue(tmp_path):
+    root = pathlib.Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, str(root / "examples" / "tfrs_two_tower.py"), "--catalogue", "synthetic", "--quick",
+         "--num-items", "300", "--num-users", "60", "--per-user", "8", "--batch-size", "32", "--num-samples", "8",
+         "--json", str(tmp_path / "rows.json")],
+        capture_output=True, text=True, timeout=600, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "rows.json").read_text())
+    assert report["num_items"] == 300 and report["catalogue"] == "synthetic"
+    names = [row["name"] for row in report["rows"]]
+    assert names[:2] == ["Popularity (reference)", "Teacher scores (ceiling)"]
+    assert "AdaptiveRetrieval, in-batch + logQ + MIDX, shared" in names and len(names) == 8
+    assert all(0.0 <= row["recall_at_10"] <= 1.0 for row in report["rows"])
+    # The teacher ranks its own draws far better than popularity does.
+    assert report["rows"][1]["recall_at_10"] > report["rows"][0]["recall_at_10"]

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K
-from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
 from tf_adaptive_softmax._validation import check_nonfinite_policy
+from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
 from tf_adaptive_softmax.refresh import SamplerOwner, SamplerTarget
 from tf_adaptive_softmax.samplers.base import Sampler
 

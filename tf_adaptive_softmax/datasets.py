@@ -102,7 +102,7 @@ def make_teacher(
     """
     num_classes = _validation.check_positive_int(num_classes, "num_classes")
     dim = _validation.check_positive_int(dim, "dim")
-    num_clusters = num_clusters or max(1, int(round(np.sqrt(num_classes))))
+    num_clusters = num_clusters or max(1, round(np.sqrt(num_classes)))
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((num_clusters, dim))
     cluster_ids = rng.integers(0, num_clusters, size=num_classes)

@@ -42,7 +42,7 @@ def _import_tensorflow_quietly() -> None:
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     try:
-        import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel
+        import tensorflow
 
         tensorflow.config.list_physical_devices()
     finally:
@@ -54,11 +54,11 @@ def _import_tensorflow_quietly() -> None:
 if __name__ == "__main__":
     _import_tensorflow_quietly()
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from tf_adaptive_softmax import datasets, experiments  # noqa: E402
-from tf_adaptive_softmax._keras import IS_KERAS_3  # noqa: E402
+from tf_adaptive_softmax import datasets, experiments
+from tf_adaptive_softmax._keras import IS_KERAS_3
 
 #: (row label, sampler name or "full" / "tf_sampled", negatives shared by the batch)
 ROWS = [
@@ -78,7 +78,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--num-classes", type=int, default=100_000, help="N (default 100,000)")
     parser.add_argument("--dim", type=int, default=32, help="embedding width d (default 32)")
     parser.add_argument("--train-examples", type=int, default=40_000)
-    parser.add_argument("--test-examples", type=int, default=4_000)
+    parser.add_argument("--test-examples", type=int, default=3_000)
     parser.add_argument("--epochs", type=int, default=2, help="the same for every row (default 2)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
@@ -204,6 +204,11 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pathl
         axis.axhline(1.02 * full["test_cross_entropy"], color="gray", linestyle=":", label="full softmax + 2%")
     axis.set(xscale="log", xlabel="training seconds (evaluation excluded)", ylabel="exact test cross-entropy",
              title=title)
+    seconds = [p[0] for row in rows for p in row["curve"]]
+    axis.set_xticks([t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+                     if min(seconds) / 1.5 <= t <= max(seconds) * 1.5])
+    axis.xaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
+    axis.xaxis.set_minor_formatter(plt.NullFormatter())
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
     figure.tight_layout()
@@ -221,7 +226,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     train, test = datasets.train_test_split(teacher, args.train_examples, args.test_examples)
     counts = np.bincount(train[1], minlength=args.num_classes).astype(np.float64)
     floor = teacher.cross_entropy(*test)
-    layout = "sorted by frequency (a vocabulary)" if args.frequency_sorted_ids else "in no particular order (a catalogue)"
+    layout = ("sorted by frequency (a vocabulary)" if args.frequency_sorted_ids
+              else "in no particular order (a catalogue)")
     print(
         f"Synthetic teacher: N={args.num_classes:,} classes, ids {layout}, d={args.dim}; "
         f"{args.train_examples:,} train / {args.test_examples:,} test examples; {args.epochs} epochs of batch "

@@ -196,12 +196,14 @@ class TFSampledSoftmaxLoss(K.losses.Loss):
     def call(self, y_true, y_pred):
         layer = self.output_layer
         labels = tf.reshape(tf.cast(y_true, tf.int64), [-1, 1])
-        bias = layer.class_bias if layer.class_bias is not None else tf.zeros([layer.num_classes])
-        return tf.nn.sampled_softmax_loss(
-            layer.class_embeddings, bias, labels, y_pred, self.num_samples, layer.num_classes)
+        # The raw tf.Variables, so TF's embedding lookups read (and its gradient touches) only the
+        # sampled rows; a Keras 3 Variable would be converted whole, making every step dense.
+        weights = raw_variable(layer.class_embeddings)
+        bias = raw_variable(layer.class_bias) if layer.class_bias is not None else tf.zeros([layer.num_classes])
+        return tf.nn.sampled_softmax_loss(weights, bias, labels, y_pred, self.num_samples, layer.num_classes)
 
 
-def build_student(dim: int) -> "K.Model":
+def build_student(dim: int) -> K.Model:
     """The teacher task's query tower: features [d] -> ReLU [2d] -> query [d]."""
     features = K.Input((dim,), name="features")
     hidden = K.layers.Dense(2 * dim, activation="relu")(features)

@@ -14,7 +14,6 @@ object, not config): compile again with a new `SampledSoftmaxLoss` after loading
 
 from __future__ import annotations
 
-
 from tf_adaptive_softmax import _reduction, _validation
 from tf_adaptive_softmax._keras import K, register_serializable
 

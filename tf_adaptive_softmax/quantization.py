@@ -10,7 +10,8 @@ Example:
     >>> points = tf.concat([tf.random.normal([50, 2]) - 5.0, tf.random.normal([50, 2]) + 5.0], 0)
     >>> init = quantization.random_rows(points, 2, seed=tf.constant([0, 1]))
     >>> centroids, codes = quantization.kmeans(points, init, iterations=10, seed=tf.constant([0, 2]))
-    >>> int(tf.reduce_sum(tf.cast(codes[:50] == codes[0], tf.int32))), int(tf.reduce_sum(tf.cast(codes[50:] == codes[50], tf.int32)))
+    >>> same = lambda part, first: int(tf.reduce_sum(tf.cast(part == first, tf.int32)))
+    >>> same(codes[:50], codes[0]), same(codes[50:], codes[50])
     (50, 50)
 """
 

@@ -12,9 +12,14 @@ plus `num_samples` negatives drawn from the whole catalogue by `sampler` (mixed 
 
 In-batch columns keep TFRS's `candidate_sampling_probability` semantics; catalogue columns subtract
 the log expected count of each draw, never clipped (TFRS clips p at 1e-6, wrong for catalogues
-above ~1M items). Catalogue draws equal to the row's positive id are masked. Factorized metrics
-see only the B true pairs (the query, its candidate, its id), which sidesteps
-tensorflow/recommenders#642.
+above ~1M items). The positive (query i's in-batch column i) keeps `Retrieval`'s in-batch
+correction (`correct_positive=True`, the default: the positive corrected by its own proposal, as
+every column of its block; the catalogue proposal does not correct it, see
+`tf_adaptive_softmax.retrieval`); `correct_positive=False` leaves it uncorrected. Catalogue draws
+equal to the row's positive id are masked.
+Factorized metrics see only the B true pairs (the query, its candidate, its id), which sidesteps
+tensorflow/recommenders#642. `refresh_sampler` (what `CodebookRefresh(task)` calls) embeds the
+catalogue and refreshes the sampler in one graph function, traced once.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ if IS_KERAS_3:
         "tensorflow-recommenders, the package's `tfrs` extra)."
     )
 
-import tensorflow_recommenders as tfrs  # noqa: E402  (after the flavour check)
+import tensorflow_recommenders as tfrs  # after the flavour check
 
-from tf_adaptive_softmax.samplers.base import Sampler, check_nonfinite_policy  # noqa: E402
+from tf_adaptive_softmax._validation import check_nonfinite_policy
+from tf_adaptive_softmax.refresh import CompiledRefresh
+from tf_adaptive_softmax.samplers.base import Sampler
 
 
 class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
@@ -49,8 +56,9 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         (its table also refreshes the sampler) or a callable `ids -> embeddings` (a candidate tower
         over an item-feature lookup; pass `catalogue_ids` so the sampler can be refreshed).
       catalogue_ids: int ids [N] of the whole catalogue, used to embed it for `refresh_sampler`
-        when `candidate_embeddings` is a callable.
-      refresh_batch_size: batch size when embedding the catalogue through the callable.
+        when `candidate_embeddings` is a callable. Default None.
+      refresh_batch_size: ids per call of the callable when embedding the catalogue (the graph
+        loops over fixed-size chunks, so memory stays at one chunk's activations). Default 4096.
       index: an optional `tfrs.layers.factorized_top_k.BruteForce` re-indexed with the catalogue
         embeddings after every refresh, so evaluation is not stale.
       cross_replica_candidates: under a multi-replica strategy (MirroredStrategy, TPUStrategy), use
@@ -58,6 +66,11 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         batch with `drop_remainder=True`).
       shared_negatives: draw the `num_samples` catalogue negatives once for the whole batch from
         the batch mixture (one matmul, and the candidate tower embeds m ids instead of B·m).
+        Default False.
+      correct_positive: the positive keeps `Retrieval`'s in-batch -log p correction (default True:
+        the TF / TFRS convention, the positive corrected by its own proposal); False leaves its
+        score uncorrected (Blanc & Rendle's eq. 3). No effect without
+        `candidate_sampling_probability`.
       loss, metrics, batch_metrics, loss_metrics, temperature, num_hard_negatives,
       remove_accidental_hits, name: as for `tfrs.tasks.Retrieval` (loss defaults to its
         sum-reduced categorical cross-entropy).
@@ -89,6 +102,8 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         remove_accidental_hits: bool = False,
         cross_replica_candidates: bool = False,
         shared_negatives: bool = False,
+        *,
+        correct_positive: bool = True,
         name: Optional[str] = None,
     ):
         super().__init__(name=name)
@@ -114,6 +129,11 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         self._remove_accidental_hits = remove_accidental_hits
         self._cross_replica_candidates = bool(cross_replica_candidates)
         self.shared_negatives = bool(shared_negatives)
+        self.correct_positive = bool(correct_positive)
+        # Graph functions built on first use (the tower may only be built by then), then reused.
+        self._embed_catalogue = None
+        self._refresh: Optional[CompiledRefresh] = None
+        self._catalogue_width: Optional[int] = None
 
     @property
     def factorized_metrics(self):
@@ -128,43 +148,76 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         tower = self._candidates.tower
         return tf.cast(tower(ids), tf.float32)
 
-    def catalogue_embeddings(self) -> tf.Tensor:
-        """[N, d] embeddings of the whole catalogue: the table, or the tower run over `catalogue_ids`
-        in batches (with a progress bar)."""
+    def _read_catalogue(self) -> tf.Tensor:
+        """[N, d] float32 catalogue embeddings, as graph ops: the table's variable, or the tower
+        run over `catalogue_ids` in fixed-size chunks inside one `tf.while_loop`."""
+        tower = self._candidates.tower
+        if isinstance(tower, K.layers.Embedding):
+            return tf.cast(tf.convert_to_tensor(raw_variable(tower.embeddings)), tf.float32)
+        ids = self._catalogue_ids
+        total, size = int(ids.shape[0]), min(self.refresh_batch_size, int(ids.shape[0]))
+        num_chunks = -(-total // size)
+        # Pad with the last id (a valid one) so that every chunk has the same static shape.
+        padded = tf.concat([ids, tf.fill([num_chunks * size - total], ids[-1])], axis=0)
+        chunks = tf.reshape(padded, [num_chunks, size])
+        # One chunk in flight at a time: the loop exists to bound memory.
+        _, parts = tf.while_loop(
+            lambda index, _: index < num_chunks,
+            lambda index, parts: (index + 1, parts.write(index, self._embed_ids(chunks[index]))),
+            (tf.constant(0), tf.TensorArray(tf.float32, size=num_chunks)),
+            parallel_iterations=1,
+        )
+        return tf.ensure_shape(parts.concat()[:total], [total, self._catalogue_width])
+
+    def _prepare_catalogue(self) -> None:
+        """Eager set-up before the first trace: build the tower (a tower's variables cannot be
+        created inside the graph's loop) and the sampler's d-sized state. Runs once."""
+        if self._embed_catalogue is not None:
+            return
         tower = self._candidates.tower
         if isinstance(tower, K.layers.Embedding):
             if not tower.built:
                 tower.build((None,))
-            return tf.convert_to_tensor(raw_variable(tower.embeddings))
-        if self._catalogue_ids is None:
-            raise ValueError("Refreshing through a candidate tower needs `catalogue_ids` (all item ids).")
-        ids = self._catalogue_ids
-        total = int(ids.shape[0])
-        progress = K.utils.Progbar(total, unit_name="item")
-        parts = []
-        for start in range(0, total, self.refresh_batch_size):
-            parts.append(self._embed_ids(ids[start:start + self.refresh_batch_size]))
-            progress.update(min(total, start + self.refresh_batch_size))
-        return tf.concat(parts, axis=0)
+            width = int(tower.embeddings.shape[-1])
+        else:
+            if self._catalogue_ids is None:
+                raise ValueError("Refreshing through a candidate tower needs `catalogue_ids` (all item ids).")
+            width = int(self._embed_ids(self._catalogue_ids[:1]).shape[-1])
+        self._catalogue_width = width  # static d: quantizers split the embedding axis
+        if self.sampler is not None and self.sampler.embedding_dim is None:
+            self.sampler.build_state(width)
+        # AutoGraph on (unlike the sampler's refresh): a tower's `call` may branch on tensors.
+        self._embed_catalogue = tf.function(self._read_catalogue)
+
+    def catalogue_embeddings(self) -> tf.Tensor:
+        """[N, d] float32 embeddings of the whole catalogue: the Embedding table, or the tower run
+        over `catalogue_ids` in chunks of `refresh_batch_size` (one compiled graph function)."""
+        self._prepare_catalogue()
+        return self._embed_catalogue()
 
     def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
         """Refreshes the sampler from the current catalogue embeddings (and re-indexes `index`).
 
-        NaN/Inf embeddings raise (`on_nonfinite="raise"`) or keep the previous sampler state and
-        index with a warning (`"keep"`, returns False).
+        Reading the catalogue (the table, or the tower over `catalogue_ids` chunk by chunk) and
+        the sampler's refresh (MIDX's k-means) run as one graph function, traced at the first
+        call and reused (`tf_adaptive_softmax.refresh.CompiledRefresh`). NaN/Inf embeddings raise
+        (`on_nonfinite="raise"`, the default) or keep the previous sampler state and index with a
+        warning (`"keep"`, returns False). `index` is re-indexed only after an accepted refresh
+        (through a tower that embeds the catalogue a second time).
         """
         check_nonfinite_policy(on_nonfinite)
         if self.sampler is None:
             return True
-        embeddings = None
-        if self.sampler.adaptive:
-            embeddings = self.catalogue_embeddings()
-            # An eager refresh warns itself when it keeps the previous state.
-            if not bool(self.sampler.refresh(embeddings, on_nonfinite=on_nonfinite)):
-                return False
         index = self._candidates.index
+        if self.sampler.adaptive or index is not None:
+            self._prepare_catalogue()
+        if self._refresh is None:
+            # Called inside the refresh's graph, the catalogue function becomes part of it.
+            self._refresh = CompiledRefresh(self.sampler, lambda: (self._embed_catalogue(), None), owner=self)
+        if not self._refresh(on_nonfinite):  # a no-op for static samplers
+            return False
         if index is not None:
-            embeddings = self.catalogue_embeddings() if embeddings is None else embeddings
+            embeddings = self._embed_catalogue()
             ids = self._catalogue_ids if self._catalogue_ids is not None else tf.range(tf.shape(embeddings)[0])
             index.index(embeddings, ids)
         return True
@@ -209,7 +262,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             embed_ids=self._embed_ids, candidate_sampling_probability=candidate_sampling_probability,
             temperature=self._temperature, remove_accidental_hits=self._remove_accidental_hits,
             score_mask=score_mask, cross_replica_candidates=self._cross_replica_candidates,
-            shared_negatives=self.shared_negatives,
+            shared_negatives=self.shared_negatives, correct_positive=self.correct_positive,
         )
         if self._num_hard_negatives is not None:
             scores, labels = tfrs.layers.loss.HardNegativeMining(self._num_hard_negatives)(scores, labels)

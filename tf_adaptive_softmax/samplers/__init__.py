@@ -8,4 +8,4 @@ from tf_adaptive_softmax.samplers.softmax import Softmax
 from tf_adaptive_softmax.samplers.uniform import Uniform
 from tf_adaptive_softmax.samplers.unigram import Unigram
 
-__all__ = ["Sampler", "Uniform", "LogUniform", "Unigram", "Softmax", "MIDX", "QuadraticKernel"]
+__all__ = ["MIDX", "LogUniform", "QuadraticKernel", "Sampler", "Softmax", "Uniform", "Unigram"]

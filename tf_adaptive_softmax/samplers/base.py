@@ -26,9 +26,9 @@ import numpy as np
 import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
-from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K
 from tf_adaptive_softmax._ops.random import per_replica, seed_pair, sub_seed, uniform_ints
+from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 
 
 def _one_query(queries: tf.Tensor) -> tf.Tensor:

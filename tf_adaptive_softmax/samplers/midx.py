@@ -158,7 +158,7 @@ class MIDX(Sampler):
             self._static_log_weight = unigram_log_probs(counts, self.power).astype(np.float32)
         self.weighted = residual == "unigram" or self.include_bias
         # Binary-search steps that cover the largest possible bucket (all N classes).
-        self._search_steps = int(math.ceil(math.log2(self.num_classes + 1))) + 1
+        self._search_steps = math.ceil(math.log2(self.num_classes + 1)) + 1
 
     # -- state -------------------------------------------------------------------------------
     def build_state(self, embedding_dim: int) -> None:
