@@ -137,9 +137,11 @@ def make_train_step(method: str, num_classes: int, dim: int, batch: int, num_sam
         if method == "tf_sampled":
             return tf.nn.sampled_softmax_loss(
                 weights, bias, tf.cast(labels[:, tf.newaxis], tf.int64), query, num_samples, num_classes)
-        draw = sampler.sample_shared if shared else sampler.sample
+        draw, log_prob = (sampler.sample_shared, sampler.mixture_log_prob) if shared else (
+            sampler.sample, sampler.log_prob)
         ids, log_q = draw(query, num_samples)
-        return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias)
+        true_log_q = log_prob(query, labels[:, tf.newaxis])  # the positive, corrected by default
+        return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias, true_log_q=true_log_q)
 
     @tf.function(jit_compile=jit)
     def step():

@@ -72,8 +72,11 @@ def main(argv=None) -> dict:
                 loss = tfas.estimator.full_softmax_loss(query, labels, class_embeddings, class_bias)
             else:
                 sampled_ids, sampled_log_q = sampler.sample(query, args.num_samples)
+                # The positive is corrected by its own log q too (the default; --no-correct-positive: eq. 3).
+                true_log_q = sampler.log_prob(query, labels) if args.correct_positive else None
                 loss = tfas.estimator.sampled_softmax_loss(
-                    query, labels, sampled_ids, sampled_log_q, class_embeddings, class_bias)
+                    query, labels, sampled_ids, sampled_log_q, class_embeddings, class_bias,
+                    true_log_q=true_log_q, correct_positive=args.correct_positive)
             loss = tf.reduce_mean(loss)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss

@@ -27,7 +27,9 @@ def test_demo_model_trains_finite(policy, sampler_name):
     )
     assert all(np.isfinite(result["train_losses"])), result["train_losses"]
     assert np.isfinite(result["test_cross_entropy"])
-    assert result["train_losses"][-1] < result["train_losses"][0]
+    # It learned: the exact test cross-entropy beats the uniform predictor's log N. (The sampled
+    # training loss is not comparable across epochs: an adaptive proposal changes at each refresh.)
+    assert result["test_cross_entropy"] < np.log(300) - 0.3, result["test_cross_entropy"]
 
 
 @pytest.mark.parametrize("sampler_name", ["uniform", "midx_rvq", "quadratic_kernel"])

@@ -56,7 +56,8 @@ def test_estimator_compiles_without_forbidden_ops():
         tf.constant(rng.standard_normal((10, 4)), tf.float32),
         tf.zeros([10]),
     )
-    loss, graph_def = _compiled(lambda *a: estimator.sampled_softmax_loss(*a), *args)
+    true_log_q = tf.fill([3, 2], -2.3)
+    loss, graph_def = _compiled(lambda *a: estimator.sampled_softmax_loss(*a, true_log_q=true_log_q), *args)
     assert loss.shape == (3,) and np.all(np.isfinite(loss.numpy()))
     assert not forbidden_in(graph_def)
 
