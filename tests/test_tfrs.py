@@ -106,9 +106,9 @@ def test_mixed_negatives_match_a_hand_computation(temperature, correct_positive)
     drawn, _ = twin.sample(q, 7)
     drawn = drawn.numpy()
     tau = temperature or 1.0
-    in_batch = q @ c.T / tau - np.log(p)
-    if not correct_positive:  # eq. 3: the positive keeps its raw score (TFRS's -log p added back)
-        in_batch[np.arange(B), np.arange(B)] += np.log(p[:B])
+    in_batch = q @ c.T / tau - np.log(C * p)  # log expected counts C·p, beside the catalogue's m·q
+    if not correct_positive:  # eq. 3: the positive keeps its raw score
+        in_batch[np.arange(B), np.arange(B)] += np.log(C * p[:B])
     sampled = np.einsum("bd,bmd->bm", q, table[drawn]) / tau - np.log(7 / N)  # -log(m·q), q = 1/N
     sampled[drawn == ids[:B, None]] = -1e30
     scores = np.concatenate([in_batch, sampled], axis=1).astype(np.float64)

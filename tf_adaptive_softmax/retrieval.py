@@ -7,7 +7,11 @@ here, against `num_samples` negatives per query drawn from the whole catalogue b
 
 In-batch columns follow TFRS's conventions exactly (temperature before the correction, p clipped at
 1e-6, accidental hits = other columns carrying the row's positive id); catalogue columns subtract
-the exact, unclipped log expected count and mask draws equal to the row's positive id.
+the exact, unclipped log expected count and mask draws equal to the row's positive id. With both a
+sampler and `candidate_sampling_probability`, the in-batch columns also subtract log C (C in-batch
+candidates), so that every column subtracts the log of its expected count (C·p in-batch, m·q in the
+catalogue): TFRS's -log p alone is the same only up to that constant, which within TFRS's own
+softmax does not matter but would make the catalogue negatives weigh C times too little.
 
 The positive (query i's in-batch column i) is corrected by its own proposal, like every column of
 its block: TFRS's in-batch -log p(y) when `candidate_sampling_probability` is given
@@ -205,13 +209,24 @@ def mixed_negatives_scores(
         query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability,
         temperature=temperature, remove_accidental_hits=remove_accidental_hits, score_mask=score_mask,
     )
-    if not correct_positive and candidate_sampling_probability is not None:
-        # Eq. 3: the positive keeps its raw score; add back the in-batch -log p on the diagonal only.
+    has_probability = candidate_sampling_probability is not None
+    # With catalogue columns, every column subtracts the log of its expected count: C·p for the C
+    # in-batch candidates (TFRS subtracts log p alone, the same up to a constant within its own
+    # softmax), m·q for the catalogue draws. Without the log C the catalogue columns would weigh
+    # C times too little against the in-batch ones.
+    in_batch_shift = (tf.math.log(tf.cast(tf.shape(scores)[1], scores.dtype))
+                      if sampler is not None and has_probability else None)
+    if in_batch_shift is not None:
+        scores = scores - in_batch_shift
+    if not correct_positive and has_probability:
+        # Eq. 3: the positive keeps its raw score; add its in-batch correction back, diagonal only.
         # tf.where, not set_diag: its gradient does not compile under XLA with a dynamic batch.
         probability = tf.cast(tf.reshape(candidate_sampling_probability, [-1]), scores.dtype)
-        log_p = tf.math.log(tf.clip_by_value(probability, _PROBABILITY_FLOOR, 1.0))[: tf.shape(scores)[0]]
+        log_count = tf.math.log(tf.clip_by_value(probability, _PROBABILITY_FLOOR, 1.0))[: tf.shape(scores)[0]]
+        if in_batch_shift is not None:
+            log_count += in_batch_shift
         diagonal = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1], dtype=tf.bool)
-        scores = tf.where(diagonal, scores + log_p[:, tf.newaxis], scores)
+        scores = tf.where(diagonal, scores + log_count[:, tf.newaxis], scores)
     if sampler is not None:
         if embed_ids is None:
             raise ValueError("`embed_ids` (ids -> candidate embeddings) is required with a sampler.")
