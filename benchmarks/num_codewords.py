@@ -164,7 +164,8 @@ def train_student(train, test, num_classes, sampler, args) -> dict:
     import tensorflow as tf
 
     from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss
-    from tf_adaptive_softmax._keras import K
+
+    K = tf.keras  # the flavour the package resolved (Keras 3, or tf_keras with TF_USE_LEGACY_KERAS=1)
 
     (x_train, y_train), (x_test, y_test) = train, test
     K.backend.clear_session()

@@ -1,6 +1,6 @@
 """The main job: what adaptive sampled softmax buys over the full softmax and TF's sampled softmax.
 
-    python -m tf_adaptive_softmax.demo            # N = 100,000 classes, about 5 minutes on 2 cores
+    python -m tf_adaptive_softmax.demo            # N = 100,000 classes, 3-5 minutes on 2 cores
     python -m tf_adaptive_softmax.demo --quick    # N = 20,000, under a minute
 
 A synthetic teacher (a known softmax model over N clustered classes with a Zipf prior; by default
