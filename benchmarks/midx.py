@@ -1,7 +1,7 @@
 """MIDX speed and memory: sample() across N (flat in N?), refresh() at N = 10^6, state bytes.
 
-    python benchmarks/midx.py            # N up to 10^6 (a few minutes on 2 cores)
-    python benchmarks/midx.py --quick    # N up to 10^5
+python benchmarks/midx.py            # N up to 10^6 (a few minutes on 2 cores)
+python benchmarks/midx.py --quick    # N up to 10^5
 """
 
 from __future__ import annotations
@@ -44,8 +44,16 @@ def main(argv=None):
             for mode, jit in (("graph", False), ("xla", True)):
                 sample = tf.function(lambda q: sampler.sample(q, num_samples), jit_compile=jit)
                 timing = time_call(lambda: sample(queries), repeats=15)
-                rows.append({"N": n, "quantizer": quantizer, "mode": mode, **timing,
-                             "refresh_s": refresh_time["median_s"], "state_bytes": sampler.state_bytes()})
+                rows.append(
+                    {
+                        "N": n,
+                        "quantizer": quantizer,
+                        "mode": mode,
+                        **timing,
+                        "refresh_s": refresh_time["median_s"],
+                        "state_bytes": sampler.state_bytes(),
+                    }
+                )
                 print(f"  sample {mode}: {timing['median_s'] * 1e3:.2f} ms", flush=True)
     refresh_rows = []
     if not args.quick:
@@ -55,25 +63,39 @@ def main(argv=None):
             refresh = tf.function(lambda e: sampler.refresh(e))
             cold = time_call(lambda: refresh(embeddings), repeats=1, warmup=0)
             warm = time_call(lambda: refresh(embeddings), repeats=2, warmup=0)
-            refresh_rows.append({"K": k, "first_refresh_s": cold["median_s"], "warm_refresh_s": warm["median_s"],
-                                 "state_bytes": sampler.state_bytes()})
+            refresh_rows.append(
+                {
+                    "K": k,
+                    "first_refresh_s": cold["median_s"],
+                    "warm_refresh_s": warm["median_s"],
+                    "state_bytes": sampler.state_bytes(),
+                }
+            )
             print(f"refresh N=1e6 K={k}: first {cold['median_s']:.1f}s, warm {warm['median_s']:.1f}s", flush=True)
-    lines = ["| N | quantizer | mode | sample() median ms (min–max) | ratio to N=10^4 | state bytes / class |",
-             "|---:|---|---|---:|---:|---:|"]
+    lines = [
+        "| N | quantizer | mode | sample() median ms (min–max) | ratio to N=10^4 | state bytes / class |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
     for row in rows:
-        base = next(r for r in rows if r["N"] == sizes[0] and r["quantizer"] == row["quantizer"]
-                    and r["mode"] == row["mode"])
+        base = next(
+            r for r in rows if r["N"] == sizes[0] and r["quantizer"] == row["quantizer"] and r["mode"] == row["mode"]
+        )
         lines.append(
             f"| {row['N']:,} | {row['quantizer']} | {row['mode']} | {row['median_s'] * 1e3:.2f} "
             f"({row['min_s'] * 1e3:.2f}–{row['max_s'] * 1e3:.2f}) | {row['median_s'] / base['median_s']:.2f} | "
             f"{row['state_bytes'] / row['N']:.1f} |"
         )
     if refresh_rows:
-        lines += ["", "| refresh at N=10^6, d=64, rvq | first (k-means++ + 10 Lloyd) s | warm-started s | state MB |",
-                  "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| refresh at N=10^6, d=64, rvq | first (k-means++ + 10 Lloyd) s | warm-started s | state MB |",
+            "|---|---:|---:|---:|",
+        ]
         for row in refresh_rows:
-            lines.append(f"| K={row['K']} | {row['first_refresh_s']:.1f} | {row['warm_refresh_s']:.1f} | "
-                         f"{row['state_bytes'] / 2**20:.1f} |")
+            lines.append(
+                f"| K={row['K']} | {row['first_refresh_s']:.1f} | {row['warm_refresh_s']:.1f} | "
+                f"{row['state_bytes'] / 2**20:.1f} |"
+            )
     header = f"MIDX, B={batch}, m={num_samples}, d={dim}, K=64, graph mode vs XLA (jit_compile=True).\n\n"
     write_results("midx" + ("_quick" if args.quick else ""), rows + refresh_rows, header + "\n".join(lines))
 

@@ -152,7 +152,7 @@ def run_worker(spec: dict, timeout: float) -> dict:
         return {**spec, "skipped": f"over the {timeout:.0f} s limit per configuration"}
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
     return {**spec, "skipped": f"failed (exit {done.returncode}): {tail[0][:200]}"}
 
@@ -178,8 +178,9 @@ def train_student(train, test, num_classes, sampler, args) -> dict:
     model.compile(optimizer=K.optimizers.Adam(args.learning_rate), loss=SampledSoftmaxLoss(output, model=model))
     refresh = CodebookRefresh(output, every_n_steps=100)
     start = time.perf_counter()
-    model.fit(x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0, shuffle=True,
-              callbacks=[refresh])
+    model.fit(
+        x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=0, shuffle=True, callbacks=[refresh]
+    )
     fit_seconds = time.perf_counter() - start
 
     @tf.function(input_signature=[tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.int32)])
@@ -189,7 +190,7 @@ def train_student(train, test, num_classes, sampler, args) -> dict:
 
     losses, hits = [], []
     for i in range(0, len(y_test), 256):  # [256, N] logits at a time
-        loss, hit = example_losses(x_test[i:i + 256], y_test[i:i + 256])
+        loss, hit = example_losses(x_test[i : i + 256], y_test[i : i + 256])
         losses.append(loss.numpy())
         hits.append(hit.numpy())
     return {
@@ -221,9 +222,11 @@ def training_sweep(n, args, ks, quantizers, log) -> list:
         metrics = train_student(train, test, n, sampler, args)
         row = {"N": n, "d": args.dim, "sampler": name, "K": k, "bayes_floor": floor, **metrics}
         rows.append(row)
-        log(f"  train N={n:,} [{index}/{len(runs)}] {name}{'' if k is None else f' K={k}'}: "
+        log(
+            f"  train N={n:,} [{index}/{len(runs)}] {name}{'' if k is None else f' K={k}'}: "
             f"test CE {row['test_cross_entropy']:.4f} (floor {floor:.4f}), fit {row['fit_s']:.1f} s, "
-            f"refresh {row['refresh_share']:.1%} ({row['refresh_count']}x)")
+            f"refresh {row['refresh_share']:.1%} ({row['refresh_count']}x)"
+        )
         del sampler
     return rows
 
@@ -240,8 +243,10 @@ def kl_tables(rows) -> str:
         group = [r for r in rows if r["N"] == n and r["d"] == d]
         uniform = next((r for r in group if r["quantizer"] == "uniform" and "kl_p_q" in r), None)
         lines += [
-            "", f"**N = {n:,}, d = {d}** (teacher entropy {group[0].get('teacher_entropy', float('nan')):.3f} nats; "
-            f"KL(p‖Uniform) = {_fmt(uniform and uniform['kl_p_q'], '.3f')})", "",
+            "",
+            f"**N = {n:,}, d = {d}** (teacher entropy {group[0].get('teacher_entropy', float('nan')):.3f} nats; "
+            f"KL(p‖Uniform) = {_fmt(uniform and uniform['kl_p_q'], '.3f')})",
+            "",
             "| quantizer | K | KL(p‖q) | KL / KL(Uniform) | first refresh s | warm refresh s | peak MB first / warm "
             "| sample+log_prob ms (B=256, m=20) | non-empty buckets | largest bucket | state MB |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -258,7 +263,8 @@ def kl_tables(rows) -> str:
                 f"{r['first_refresh_s']:.2f} | {r['warm_refresh_s']:.2f} | "
                 f"{_fmt(r['first_refresh_peak_mb'], '.0f')} / {_fmt(r['warm_refresh_peak_mb'], '.0f')} | "
                 f"{r['sample_ms']:.1f} | {r['nonempty_buckets']:,} / {r['K'] ** 2:,} | {r['largest_bucket']:,} | "
-                f"{r['state_mb']:.1f} |")
+                f"{r['state_mb']:.1f} |"
+            )
     return "\n".join(lines)
 
 
@@ -268,7 +274,9 @@ def training_tables(rows) -> str:
         group = [r for r in rows if r["N"] == n]
         full = next((r for r in group if r["sampler"] == "full softmax"), None)
         lines += [
-            "", f"**N = {n:,}, d = {group[0]['d']}** (Bayes floor {group[0]['bayes_floor']:.3f})", "",
+            "",
+            f"**N = {n:,}, d = {group[0]['d']}** (Bayes floor {group[0]['bayes_floor']:.3f})",
+            "",
             "| training loss | K | test cross-entropy | gap to full softmax | accuracy@1 | fit s | refreshes "
             "| refresh share of fit |",
             "|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -278,7 +286,8 @@ def training_tables(rows) -> str:
                 f"| {r['sampler']} | {r['K'] or '—'} | {r['test_cross_entropy']:.4f} | "
                 f"{_fmt(full and r['test_cross_entropy'] - full['test_cross_entropy'], '+.4f')} | "
                 f"{r['accuracy_at_1']:.3f} | "
-                f"{r['fit_s']:.1f} | {r['refresh_count']} | {r['refresh_share']:.1%} |")
+                f"{r['fit_s']:.1f} | {r['refresh_count']} | {r['refresh_share']:.1%} |"
+            )
     return "\n".join(lines)
 
 
@@ -288,8 +297,11 @@ def rule_table(sizes) -> str:
     except ImportError:  # older library: no rule yet
         return "(no `default_num_codewords` in this version of the library)"
 
-    cells = [f"| N | {' | '.join(f'{n:,}' for n in sizes)} |", "|---|" + "---:|" * len(sizes),
-             f"| default K | {' | '.join(str(default_num_codewords(n)) for n in sizes)} |"]
+    cells = [
+        f"| N | {' | '.join(f'{n:,}' for n in sizes)} |",
+        "|---|" + "---:|" * len(sizes),
+        f"| default K | {' | '.join(str(default_num_codewords(n)) for n in sizes)} |",
+    ]
     return "\n".join(cells)
 
 
@@ -302,15 +314,24 @@ def write(name, args, command, kl_rows, train_rows, seconds, machine_line=None) 
     if md_path.exists():
         old = md_path.read_text()
         if PROSE_MARKER in old:
-            prose = old[old.index(PROSE_MARKER):]
-    payload = {"machine": machine_line, "command": command, "seconds": seconds, "args": vars(args),
-               "kl_rows": kl_rows, "training_rows": train_rows}
+            prose = old[old.index(PROSE_MARKER) :]
+    payload = {
+        "machine": machine_line,
+        "command": command,
+        "seconds": seconds,
+        "args": vars(args),
+        "kl_rows": kl_rows,
+        "training_rows": train_rows,
+    }
     (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2))
     text = [
-        "# MIDX codebook size K: proposal quality against refresh cost", "",
+        "# MIDX codebook size K: proposal quality against refresh cost",
+        "",
         f"Machine: {machine_line} (shared with other jobs: timings are indicative).  ",
-        f"Command: `{command}` ({seconds / 60:.1f} min).", "",
-        "## KL(p‖q) of the proposal to the teacher's softmax, refresh and draw cost", "",
+        f"Command: `{command}` ({seconds / 60:.1f} min).",
+        "",
+        "## KL(p‖q) of the proposal to the teacher's softmax, refresh and draw cost",
+        "",
         "Refresh = `sampler.compiled_refresh` (the graph function `CodebookRefresh` calls), "
         "include_bias=True, 10 Lloyd iterations per codebook; first = tracing + k-means++ seeding, "
         "warm = warm-started from the previous codebooks. Peak MB = increase of the process's peak "
@@ -320,7 +341,9 @@ def write(name, args, command, kl_rows, train_rows, seconds, machine_line=None) 
     ]
     if train_rows:
         text += [
-            "", "## Test cross-entropy of a student trained with each proposal", "",
+            "",
+            "## Test cross-entropy of a student trained with each proposal",
+            "",
             f"{args.train_examples:,} train / {args.test_examples:,} test examples, {args.epochs} epochs, "
             f"batch {args.batch_size}, Adam {args.learning_rate:g}, m = {NUM_SAMPLES}, correct_positive=True, "
             f"CodebookRefresh(every_n_steps=100) (plus each epoch start), graph mode, seed {getattr(args, 'seed', 0)}. "
@@ -328,8 +351,12 @@ def write(name, args, command, kl_rows, train_rows, seconds, machine_line=None) 
             "full-softmax cross-entropy on the test split.",
             training_tables(train_rows),
         ]
-    text += ["", "## The default rule (`samplers.midx.default_num_codewords`)", "",
-             rule_table([1_000, 10_000, 100_000, 1_000_000, 10_000_000])]
+    text += [
+        "",
+        "## The default rule (`samplers.midx.default_num_codewords`)",
+        "",
+        rule_table([1_000, 10_000, 100_000, 1_000_000, 10_000_000]),
+    ]
     md_path.write_text("\n".join(text) + "\n\n" + (prose or PROSE_MARKER + "\n"))
     print(f"wrote {md_path} and {name}.json")
 
@@ -352,8 +379,9 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="training seed (student, shuffling, sampler)")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where the .md and .json go")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per KL configuration")
-    parser.add_argument("--rewrite", metavar="NAME",
-                        help="only re-render results/NAME.md from results/NAME.json (no measurement)")
+    parser.add_argument(
+        "--rewrite", metavar="NAME", help="only re-render results/NAME.md from results/NAME.json (no measurement)"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -361,8 +389,15 @@ def main(argv=None):
         return
     if args.rewrite:
         saved = json.loads((RESULTS / f"{args.rewrite}.json").read_text())
-        write(args.rewrite, argparse.Namespace(**saved["args"]), saved["command"], saved["kl_rows"],
-              saved["training_rows"], saved["seconds"], saved["machine"])
+        write(
+            args.rewrite,
+            argparse.Namespace(**saved["args"]),
+            saved["command"],
+            saved["kl_rows"],
+            saved["training_rows"],
+            saved["seconds"],
+            saved["machine"],
+        )
         return
     if args.quick:
         args.sizes, args.train_sizes, args.codewords, args.extra_dim = "10000", "10000", "16,64", 0
@@ -390,10 +425,12 @@ def main(argv=None):
             elif spec["quantizer"] == "uniform":
                 log(f"KL N={n:,} d={d} uniform: {row['kl_p_q']:.3f}")
             else:
-                log(f"KL N={n:,} d={d} {row['quantizer']} K={row['K']}: {row['kl_p_q']:.3f}; refresh first "
+                log(
+                    f"KL N={n:,} d={d} {row['quantizer']} K={row['K']}: {row['kl_p_q']:.3f}; refresh first "
                     f"{row['first_refresh_s']:.2f} s (+{_fmt(row['first_refresh_peak_mb'], '.0f')} MB), warm "
                     f"{row['warm_refresh_s']:.2f} s; sample {row['sample_ms']:.1f} ms; process peak "
-                    f"{row['process_peak_mb']:.0f} MB")
+                    f"{row['process_peak_mb']:.0f} MB"
+                )
     train_rows = []
     for n in [int(n) for n in args.train_sizes.split(",") if n]:
         train_rows += training_sweep(n, args, ks, quantizers, log)

@@ -1,7 +1,7 @@
 """QuadraticKernel speed: sample() across N and d against the cost of full logits, refresh at 10^6.
 
-    python benchmarks/quadratic_kernel.py            # N up to 10^6
-    python benchmarks/quadratic_kernel.py --quick    # N up to 10^5, d=32
+python benchmarks/quadratic_kernel.py            # N up to 10^6
+python benchmarks/quadratic_kernel.py --quick    # N up to 10^5, d=32
 """
 
 from __future__ import annotations
@@ -30,29 +30,44 @@ def main(argv=None):
     for dim in dims:
         queries = tf.random.normal([batch, dim])
         for n in sizes:
-            embeddings = tf.random.normal([n, dim], stddev=dim ** -0.5)
+            embeddings = tf.random.normal([n, dim], stddev=dim**-0.5)
             sampler = samplers.QuadraticKernel(n, alpha=100.0, seed=0)
             refresh = tf.function(lambda e: sampler.refresh(e))
             refresh_time = time_call(lambda: refresh(embeddings), repeats=1, warmup=1)
             timings = {}
             for mode, jit in (("graph", False), ("xla", True)):
-                for key, fn in (("sample", lambda q: sampler.sample(q, num_samples)),
-                                ("shared", lambda q: sampler.sample_shared(q, num_samples)),
-                                ("logits", lambda q: tf.matmul(q, embeddings, transpose_b=True))):
+                for key, fn in (
+                    ("sample", lambda q: sampler.sample(q, num_samples)),
+                    ("shared", lambda q: sampler.sample_shared(q, num_samples)),
+                    ("logits", lambda q: tf.matmul(q, embeddings, transpose_b=True)),
+                ):
                     compiled = tf.function(fn, jit_compile=jit)
                     timings[f"{key}_{mode}"] = time_call(lambda: compiled(queries))
-            rows.append({"d": dim, "N": n, "leaf": sampler.leaf, **timings,
-                         "refresh_s": refresh_time["median_s"], "state_bytes": sampler.state_bytes()})
-            print(f"d={dim} N={n} leaf={sampler.leaf}: " + ", ".join(
-                f"{key} {value['median_s'] * 1e3:.1f} ms" for key, value in timings.items())
-                + f", refresh {refresh_time['median_s']:.2f}s", flush=True)
+            rows.append(
+                {
+                    "d": dim,
+                    "N": n,
+                    "leaf": sampler.leaf,
+                    **timings,
+                    "refresh_s": refresh_time["median_s"],
+                    "state_bytes": sampler.state_bytes(),
+                }
+            )
+            print(
+                f"d={dim} N={n} leaf={sampler.leaf}: "
+                + ", ".join(f"{key} {value['median_s'] * 1e3:.1f} ms" for key, value in timings.items())
+                + f", refresh {refresh_time['median_s']:.2f}s",
+                flush=True,
+            )
 
     def ms(row, key):
         return row[key]["median_s"] * 1e3
 
-    lines = ["| d | N | leaf | mode | sample() ms (min–max) | growth vs N=10^4 | full logits ms | "
-             "sample / full logits | sample_shared() ms | refresh s |",
-             "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| d | N | leaf | mode | sample() ms (min–max) | growth vs N=10^4 | full logits ms | "
+        "sample / full logits | sample_shared() ms | refresh s |",
+        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         base = next(r for r in rows if r["d"] == row["d"] and r["N"] == sizes[0])
         for mode in ("graph", "xla"):
@@ -64,8 +79,10 @@ def main(argv=None):
                 f"{ms(row, f'sample_{mode}') / ms(row, f'logits_{mode}'):.2f} | {ms(row, f'shared_{mode}'):.1f} | "
                 f"{row['refresh_s']:.2f} |"
             )
-    header = (f"QuadraticKernel, B={batch}, m={num_samples} (per query; `sample_shared`: m for the whole batch); "
-              "full logits = one [B, d] x [d, N] matmul, in the same mode.\n\n")
+    header = (
+        f"QuadraticKernel, B={batch}, m={num_samples} (per query; `sample_shared`: m for the whole batch); "
+        "full logits = one [B, d] x [d, N] matmul, in the same mode.\n\n"
+    )
     write_results("quadratic_kernel" + ("_quick" if args.quick else ""), rows, header + "\n".join(lines))
 
 

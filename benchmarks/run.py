@@ -58,8 +58,18 @@ try:  # `python benchmarks/run.py` puts this folder on the path; `import benchma
 except ImportError:  # pragma: no cover
     from benchmarks.timing import RESULTS, machine, time_call
 
-SPEED_METHODS = ["full", "tf_sampled", "uniform", "midx_pq", "midx_rvq", "quadratic_kernel",
-                 "uniform+shared", "midx_pq+shared", "midx_rvq+shared", "quadratic_kernel+shared"]
+SPEED_METHODS = [
+    "full",
+    "tf_sampled",
+    "uniform",
+    "midx_pq",
+    "midx_rvq",
+    "quadratic_kernel",
+    "uniform+shared",
+    "midx_pq+shared",
+    "midx_rvq+shared",
+    "quadratic_kernel+shared",
+]
 BIAS_SAMPLERS = ["tf_sampled", "uniform", "log_uniform", "unigram", "midx_pq", "midx_rvq", "quadratic_kernel"]
 LEARNING_RATE = 0.05
 
@@ -136,9 +146,11 @@ def make_train_step(method: str, num_classes: int, dim: int, batch: int, num_sam
             return estimator.full_softmax_loss(query, labels, weights, bias)
         if method == "tf_sampled":
             return tf.nn.sampled_softmax_loss(
-                weights, bias, tf.cast(labels[:, tf.newaxis], tf.int64), query, num_samples, num_classes)
-        draw, log_prob = (sampler.sample_shared, sampler.mixture_log_prob) if shared else (
-            sampler.sample, sampler.log_prob)
+                weights, bias, tf.cast(labels[:, tf.newaxis], tf.int64), query, num_samples, num_classes
+            )
+        draw, log_prob = (
+            (sampler.sample_shared, sampler.mixture_log_prob) if shared else (sampler.sample, sampler.log_prob)
+        )
         ids, log_q = draw(query, num_samples)
         true_log_q = log_prob(query, labels[:, tf.newaxis])  # the positive, corrected by default
         return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias, true_log_q=true_log_q)
@@ -183,21 +195,32 @@ def run_speed(args) -> List[dict]:
                     rows.append({**config, "skipped": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"})
                     print(f"{label}: skipped ({rows[-1]['skipped']})", flush=True)
                     continue
-                row = {**config,
-                       "steps_per_s": 1.0 / timing["median_s"], "median_ms": timing["median_s"] * 1e3,
-                       "min_ms": timing["min_s"] * 1e3, "max_ms": timing["max_s"] * 1e3,
-                       "peak_rss_mb": max(0.0, _memory_mb() - baseline), "setup_s": time.perf_counter() - start}
+                row = {
+                    **config,
+                    "steps_per_s": 1.0 / timing["median_s"],
+                    "median_ms": timing["median_s"] * 1e3,
+                    "min_ms": timing["min_s"] * 1e3,
+                    "max_ms": timing["max_s"] * 1e3,
+                    "peak_rss_mb": max(0.0, _memory_mb() - baseline),
+                    "setup_s": time.perf_counter() - start,
+                }
                 rows.append(row)
-                print(f"{label}: {row['median_ms']:.1f} ms/step ({row['min_ms']:.1f}-{row['max_ms']:.1f}), "
-                      f"peak memory +{row['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"{label}: {row['median_ms']:.1f} ms/step ({row['min_ms']:.1f}-{row['max_ms']:.1f}), "
+                    f"peak memory +{row['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
     _add_speed_ratios(rows)
     return rows
 
 
 def _add_speed_ratios(rows: List[dict]) -> None:
     full = {(r["N"], r["d"], r["mode"]): r["median_ms"] for r in rows if r["method"] == "full" and "median_ms" in r}
-    full_graph = {(r["N"], r["d"]): r["median_ms"] for r in rows
-                  if r["method"] == "full" and r["mode"] == "graph" and "median_ms" in r}
+    full_graph = {
+        (r["N"], r["d"]): r["median_ms"]
+        for r in rows
+        if r["method"] == "full" and r["mode"] == "graph" and "median_ms" in r
+    }
     for row in rows:
         if "median_ms" not in row:
             continue
@@ -206,33 +229,52 @@ def _add_speed_ratios(rows: List[dict]) -> None:
 
 
 def speed_table(rows: List[dict]) -> str:
-    lines = ["| N | d | m | method | mode | ms / step (min-max) | steps/s | x full softmax | peak memory MB |",
-             "|---:|---:|---:|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "| N | d | m | method | mode | ms / step (min-max) | steps/s | x full softmax | peak memory MB |",
+        "|---:|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         if "skipped" in r:
             if r["method"] == "tf_sampled" and r["mode"] == "xla" and r["m"] != rows[0]["m"]:
                 continue
-            lines.append(f"| {r['N']:,} | {r['d']} | {r['m']} | {r['method']} | {r['mode']} | skipped: {r['skipped']} "
-                         "| | | |")
+            lines.append(
+                f"| {r['N']:,} | {r['d']} | {r['m']} | {r['method']} | {r['mode']} | skipped: {r['skipped']} | | | |"
+            )
             continue
         ratio = "—" if r.get("speedup_vs_full") is None else f"{r['speedup_vs_full']:.1f}x"
-        lines.append(f"| {r['N']:,} | {r['d']} | {r['m'] if r['method'] != 'full' else '—'} | {r['method']} | "
-                     f"{r['mode']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
-                     f"{r['steps_per_s']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |")
+        lines.append(
+            f"| {r['N']:,} | {r['d']} | {r['m'] if r['method'] != 'full' else '—'} | {r['method']} | "
+            f"{r['mode']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
+            f"{r['steps_per_s']:.1f} | {ratio} | {r['peak_rss_mb']:.0f} |"
+        )
     return "\n".join(lines)
 
 
 def speed_targets(rows: List[dict]) -> str:
     """The issue's targets at N=10^6, d=64, m=128 (best of graph and XLA per method)."""
+
     def best(method):
-        times = [r["median_ms"] for r in rows if r["method"] == method and r["N"] == 1_000_000 and r["d"] == 64
-                 and (r["m"] == 128 or method == "full") and "median_ms" in r]
+        times = [
+            r["median_ms"]
+            for r in rows
+            if r["method"] == method
+            and r["N"] == 1_000_000
+            and r["d"] == 64
+            and (r["m"] == 128 or method == "full")
+            and "median_ms" in r
+        ]
         return min(times) if times else None
 
     full = best("full")
     lines = []
-    for method in ("midx_pq", "midx_rvq", "quadratic_kernel",
-                   "midx_pq+shared", "midx_rvq+shared", "quadratic_kernel+shared"):
+    for method in (
+        "midx_pq",
+        "midx_rvq",
+        "quadratic_kernel",
+        "midx_pq+shared",
+        "midx_rvq+shared",
+        "quadratic_kernel+shared",
+    ):
         own = best(method)
         if own is None or full is None:
             continue
@@ -250,9 +292,11 @@ def speed_targets(rows: List[dict]) -> str:
 def _gap_table(rows: List[dict], metric: str, higher_is_better: bool, fmt: str = ".3f") -> str:
     full = next(r[metric] for r in rows if r["sampler"] == "full")
     sample_sizes = sorted({r["m"] for r in rows if r["sampler"] != "full"})
-    lines = ["| sampler | " + " | ".join(f"m={m}" for m in sample_sizes) + " |",
-             "|---|" + "---:|" * len(sample_sizes),
-             f"| full softmax | {format(full, fmt)} (every m) |" + " |" * (len(sample_sizes) - 1)]
+    lines = [
+        "| sampler | " + " | ".join(f"m={m}" for m in sample_sizes) + " |",
+        "|---|" + "---:|" * len(sample_sizes),
+        f"| full softmax | {format(full, fmt)} (every m) |" + " |" * (len(sample_sizes) - 1),
+    ]
     for name in dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "full"):
         cells = []
         for m in sample_sizes:
@@ -269,8 +313,11 @@ def _two_percent_summary(rows: List[dict], metric: str, higher_is_better: bool) 
     full = next(r[metric] for r in rows if r["sampler"] == "full")
     lines = [f"Smallest m within 2% of the full softmax ({metric} {full:.4g}):"]
     for name in dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "full"):
-        ok = [r["m"] for r in rows if r["sampler"] == name and (
-            r[metric] >= full * 0.98 if higher_is_better else r[metric] <= full * 1.02)]
+        ok = [
+            r["m"]
+            for r in rows
+            if r["sampler"] == name and (r[metric] >= full * 0.98 if higher_is_better else r[metric] <= full * 1.02)
+        ]
         lines.append(f"- {name}: {min(ok) if ok else 'none of the m tried'}")
     return "\n".join(lines)
 
@@ -287,8 +334,11 @@ def _grid(args, runner: Callable[[Optional[str], int], dict], section: str, name
         partial = args.results_dir / f"partial_{section.split()[0]}{getattr(args, 'suffix', '')}.json"
         partial.write_text(json.dumps(rows, indent=1))
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        print(f"[{section} {index}/{len(runs)}] {name}" + (f" m={m}" if m else "") + f": {shown} "
-              f"({rows[-1]['seconds']:.0f} s)", flush=True)
+        print(
+            f"[{section} {index}/{len(runs)}] {name}" + (f" m={m}" if m else "") + f": {shown} "
+            f"({rows[-1]['seconds']:.0f} s)",
+            flush=True,
+        )
     return rows
 
 
@@ -302,8 +352,20 @@ def run_teacher_bias(args, num_classes: int) -> List[dict]:
         tf_sampled = base == "tf_sampled"  # tf.nn.sampled_softmax_loss: log-uniform, shared by the batch
         sampler = None if base in ("full", "tf_sampled") else experiments.make_sampler(base, num_classes, counts)
         result = experiments.train_and_evaluate(
-            train, test, num_classes, sampler, max(m, 1), args.bias_epochs, 256, 3e-3, jit_compile=False,
-            verbose=0, correct_positive=correct_positive, shared_negatives=shared, tf_sampled=tf_sampled)
+            train,
+            test,
+            num_classes,
+            sampler,
+            max(m, 1),
+            args.bias_epochs,
+            256,
+            3e-3,
+            jit_compile=False,
+            verbose=0,
+            correct_positive=correct_positive,
+            shared_negatives=shared,
+            tf_sampled=tf_sampled,
+        )
         return {"test_cross_entropy": result["test_cross_entropy"], "seconds_per_epoch": result["seconds_per_epoch"]}
 
     layout = "ids in no particular order" if args.unsorted_ids else "ids sorted by frequency"
@@ -320,8 +382,18 @@ def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
 
     def runner(name, m):
         base, correct_positive, shared = variant(name)
-        argv = extra + ["--sampler", base, "--num-samples", str(max(m, 1)), "--verbose", "0",
-                        "--plot", str(scratch / "curves.png"), "--json", str(scratch / "metrics.json")]
+        argv = extra + [
+            "--sampler",
+            base,
+            "--num-samples",
+            str(max(m, 1)),
+            "--verbose",
+            "0",
+            "--plot",
+            str(scratch / "curves.png"),
+            "--json",
+            str(scratch / "metrics.json"),
+        ]
         argv += ([] if correct_positive else ["--no-correct-positive"]) + (["--shared-negatives"] if shared else [])
         subprocess.run([sys.executable, str(HERE.parent / "examples" / f"{script}.py"), *argv], check=True)
         metrics = json.loads((scratch / "metrics.json").read_text())
@@ -342,8 +414,11 @@ def plot_speed(rows: List[dict], path: pathlib.Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for axis, mode in zip(axes, ("graph", "xla")):
         for color, method in enumerate(dict.fromkeys(r["method"] for r in rows)):
-            points = sorted((r["N"], r["steps_per_s"]) for r in timed if r["method"] == method and r["mode"] == mode
-                            and r["d"] == dim and (r["m"] == m or method == "full"))
+            points = sorted(
+                (r["N"], r["steps_per_s"])
+                for r in timed
+                if r["method"] == method and r["mode"] == mode and r["d"] == dim and (r["m"] == m or method == "full")
+            )
             if points:
                 axis.plot(*zip(*points), marker="o", color=f"C{color}", label=method)
         axis.set(xscale="log", yscale="log", xlabel="N (classes)", title=f"{mode}: d={dim}, B=256, m={m}")
@@ -378,15 +453,19 @@ def plot_bias(rows: List[dict], metric: str, label: str, path: pathlib.Path, tit
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a run under 5 minutes on 2 cores")
-    parser.add_argument("--tag", default=None,
-                        help="suffix of the result files (default: 'quick' with --quick, none otherwise)")
+    parser.add_argument(
+        "--tag", default=None, help="suffix of the result files (default: 'quick' with --quick, none otherwise)"
+    )
     parser.add_argument("--sections", default="speed,bias,ptb,ml100k")
     parser.add_argument("--results-dir", type=pathlib.Path, default=RESULTS)
     parser.add_argument("--sizes", default="10000,100000,1000000", help="speed: N values")
     parser.add_argument("--dims", default="64,128", help="speed: d values")
     parser.add_argument("--speed-samples", default="32,128,512", help="speed: m values")
-    parser.add_argument("--speed-methods", default=",".join(SPEED_METHODS),
-                        help="speed: methods ('+shared': negatives shared by the batch)")
+    parser.add_argument(
+        "--speed-methods",
+        default=",".join(SPEED_METHODS),
+        help="speed: methods ('+shared': negatives shared by the batch)",
+    )
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory-budget-gb", type=float, default=8.0)
@@ -395,11 +474,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bias-epochs", type=int, default=3)
     parser.add_argument("--bias-samples", default="5,10,20,50,100,200", help="bias: m values")
     parser.add_argument("--bias-samplers", default=",".join(BIAS_SAMPLERS))
-    parser.add_argument("--unsorted-ids", action="store_true",
-                        help="bias: teacher ids in no particular order (an item catalogue) instead of sorted "
-                             "by frequency (a vocabulary: log-uniform's best case)")
-    parser.add_argument("--data-dir", default=None,
-                        help="folder with ptb_subset.train.txt and ml-100k.inter (default: $TFAS_DATA_DIR)")
+    parser.add_argument(
+        "--unsorted-ids",
+        action="store_true",
+        help="bias: teacher ids in no particular order (an item catalogue) instead of sorted "
+        "by frequency (a vocabulary: log-uniform's best case)",
+    )
+    parser.add_argument(
+        "--data-dir", default=None, help="folder with ptb_subset.train.txt and ml-100k.inter (default: $TFAS_DATA_DIR)"
+    )
     parser.add_argument("--real-samplers", default="uniform,log_uniform,midx_rvq,quadratic_kernel")
     parser.add_argument("--real-epochs", type=int, default=3)
     parser.add_argument("--real-args", default="", help="extra flags for the example scripts, e.g. '--dim 64'")
@@ -432,22 +515,54 @@ def main(argv=None) -> Dict[str, List[dict]]:
     if "speed" in sections:
         rows = results["speed"] = run_speed(args)
         plot_speed(rows, args.results_dir / f"speed{suffix}.png")
-        report += ["## Speed: one output-layer training step (B=256, SGD)", "", speed_table(rows), "",
-                   "Targets at N=10^6, d=64, m=128:", speed_targets(rows), "", f"![speed](speed{suffix}.png)", ""]
+        report += [
+            "## Speed: one output-layer training step (B=256, SGD)",
+            "",
+            speed_table(rows),
+            "",
+            "Targets at N=10^6, d=64, m=128:",
+            speed_targets(rows),
+            "",
+            f"![speed](speed{suffix}.png)",
+            "",
+        ]
     if "bias" in sections:
         for n in (int(v) for v in args.teacher_sizes.split(",")):
             rows = results[f"bias_teacher_{n}"] = run_teacher_bias(args, n)
-            plot_bias(rows, "test_cross_entropy", "test cross-entropy (exact)",
-                      args.results_dir / f"bias_teacher_{n}{suffix}.png", f"Teacher task, N={n:,}")
+            plot_bias(
+                rows,
+                "test_cross_entropy",
+                "test cross-entropy (exact)",
+                args.results_dir / f"bias_teacher_{n}{suffix}.png",
+                f"Teacher task, N={n:,}",
+            )
             layout = "ids in no particular order" if args.unsorted_ids else "ids sorted by frequency"
-            report += [f"## Bias: teacher task, N={n:,}, {layout} (test cross-entropy, lower is better; Bayes floor "
-                       f"{rows[0]['bayes_floor']:.3f})", "", _gap_table(rows, "test_cross_entropy", False), "",
-                       f"![bias](bias_teacher_{n}{suffix}.png)", ""]
+            report += [
+                f"## Bias: teacher task, N={n:,}, {layout} (test cross-entropy, lower is better; Bayes floor "
+                f"{rows[0]['bayes_floor']:.3f})",
+                "",
+                _gap_table(rows, "test_cross_entropy", False),
+                "",
+                f"![bias](bias_teacher_{n}{suffix}.png)",
+                "",
+            ]
     for section, script, metric, label, higher, extra in (
-        ("ptb", "language_model", "test_perplexity", "test perplexity", False,
-         ["--data", str(data / "ptb_subset.train.txt"), "--epochs", str(args.real_epochs)]),
-        ("ml100k", "sequential_recommender", "recall_at_10", "Recall@10", True,
-         ["--data", str(data / "ml-100k.inter"), "--epochs", str(args.real_epochs)]),
+        (
+            "ptb",
+            "language_model",
+            "test_perplexity",
+            "test perplexity",
+            False,
+            ["--data", str(data / "ptb_subset.train.txt"), "--epochs", str(args.real_epochs)],
+        ),
+        (
+            "ml100k",
+            "sequential_recommender",
+            "recall_at_10",
+            "Recall@10",
+            True,
+            ["--data", str(data / "ml-100k.inter"), "--epochs", str(args.real_epochs)],
+        ),
     ):
         if section not in sections:
             continue
@@ -458,10 +573,17 @@ def main(argv=None) -> Dict[str, List[dict]]:
             continue
         rows = results[section] = run_example_bias(args, script, extra)
         plot_bias(rows, metric, label, args.results_dir / f"bias_{section}{suffix}.png", f"{script}: {label} vs m")
-        report += [f"## Bias: {script} ({label})", "", _gap_table(rows, metric, higher, ".4f"), "",
-                   f"![bias](bias_{section}{suffix}.png)", ""]
-    (args.results_dir / f"run{suffix}.json").write_text(json.dumps({"machine": machine(), "command": command,
-                                                            "results": results}, indent=1))
+        report += [
+            f"## Bias: {script} ({label})",
+            "",
+            _gap_table(rows, metric, higher, ".4f"),
+            "",
+            f"![bias](bias_{section}{suffix}.png)",
+            "",
+        ]
+    (args.results_dir / f"run{suffix}.json").write_text(
+        json.dumps({"machine": machine(), "command": command, "results": results}, indent=1)
+    )
     (args.results_dir / f"run{suffix}.md").write_text(header + "\n".join(report))
     print("\n" + header + "\n".join(report))
     print(f"wrote {args.results_dir / ('run' + suffix + '.md')}")

@@ -19,6 +19,7 @@ def machine() -> str:
 
 def time_call(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> Dict[str, float]:
     """Median, min and max wall seconds of `fn()` (its result is forced with .numpy() if possible)."""
+
     def run():
         result = fn()
         for leaf in result if isinstance(result, (tuple, list)) else [result]:

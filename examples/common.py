@@ -24,19 +24,34 @@ SAMPLER_CHOICES = ["full"] + list(experiments.SAMPLERS)
 
 def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", num_samples=64, epochs=5):
     """Flags every example takes: sampler, m, epochs, --quick, output paths, verbosity."""
-    parser.add_argument("--sampler", default=sampler, choices=SAMPLER_CHOICES,
-                        help="training loss: 'full' softmax or a sampler from tf_adaptive_softmax.experiments.SAMPLERS")
+    parser.add_argument(
+        "--sampler",
+        default=sampler,
+        choices=SAMPLER_CHOICES,
+        help="training loss: 'full' softmax or a sampler from tf_adaptive_softmax.experiments.SAMPLERS",
+    )
     parser.add_argument("--num-samples", type=int, default=num_samples, help="m, negatives per query")
-    parser.add_argument("--correct-positive", action=argparse.BooleanOptionalAction, default=True,
-                        help="subtract log(m·q) from the positive too (the default; --no-correct-positive "
-                             "keeps it uncorrected, Blanc & Rendle's eq. 3)")
-    parser.add_argument("--shared-negatives", action="store_true",
-                        help="one set of m negatives for the whole batch (batch-mixture proposal)")
+    parser.add_argument(
+        "--correct-positive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="subtract log(m·q) from the positive too (the default; --no-correct-positive "
+        "keeps it uncorrected, Blanc & Rendle's eq. 3)",
+    )
+    parser.add_argument(
+        "--shared-negatives",
+        action="store_true",
+        help="one set of m negatives for the whole batch (batch-mixture proposal)",
+    )
     parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--refresh-every", type=int, default=100, help="CodebookRefresh every n steps")
     parser.add_argument("--quick", action="store_true", help="a run of about a minute")
-    parser.add_argument("--plot", type=pathlib.Path, default=None,
-                        help="PNG of the training curves (default: examples/results/<script>.png)")
+    parser.add_argument(
+        "--plot",
+        type=pathlib.Path,
+        default=None,
+        help="PNG of the training curves (default: examples/results/<script>.png)",
+    )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the final metrics here")
     parser.add_argument("--export", type=pathlib.Path, default=None, help="export a serving SavedModel here")
     parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bar)")
@@ -63,8 +78,9 @@ def load_interactions(path: pathlib.Path):
     has_header = not first.split(delimiter)[0].strip().lstrip("-").isdigit()
     raw = np.loadtxt(path, delimiter=delimiter, skiprows=int(has_header), dtype=np.int64, ndmin=2)
     if raw.shape[1] not in (3, 4):
-        raise ValueError(f"{path}: expected columns user,item,timestamp or user,item,rating,timestamp; "
-                         f"got {raw.shape[1]} columns.")
+        raise ValueError(
+            f"{path}: expected columns user,item,timestamp or user,item,rating,timestamp; got {raw.shape[1]} columns."
+        )
     users = np.unique(raw[:, 0], return_inverse=True)[1]
     items = np.unique(raw[:, 1], return_inverse=True)[1]
     return users.astype(np.int32), items.astype(np.int32), raw[:, -1]
@@ -109,9 +125,12 @@ def precision_at_k(scores: np.ndarray, label_sets: np.ndarray, ks: Sequence[int]
 
 def exact_logits(query_model, output_layer, inputs: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """All N full-softmax logits [n, N] for `inputs`, computed `batch_size` rows at a time."""
-    return np.concatenate([
-        output_layer.logits(query_model(inputs[start:start + batch_size], training=False)).numpy()
-        for start in range(0, len(inputs), batch_size)])
+    return np.concatenate(
+        [
+            output_layer.logits(query_model(inputs[start : start + batch_size], training=False)).numpy()
+            for start in range(0, len(inputs), batch_size)
+        ]
+    )
 
 
 def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: str) -> Optional[pathlib.Path]:
@@ -120,6 +139,7 @@ def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: s
     if plt is None:
         return None
     from matplotlib.ticker import MaxNLocator
+
     curves = {name: values for name, values in curves.items() if len(values)}
     figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.4), squeeze=False)
     for axis, (name, values) in zip(axes[0], curves.items()):
@@ -140,11 +160,14 @@ def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: s
 
 def finish(script: str, args, metrics: dict, curves: Dict[str, Sequence[float]], title: str) -> dict:
     """Prints the final metrics, writes the plot (and JSON when asked)."""
-    print("\nFinal full-softmax metrics: " + ", ".join(
-        f"{key}={value:.4f}" for key, value in metrics.items() if isinstance(value, float)))
+    print(
+        "\nFinal full-softmax metrics: "
+        + ", ".join(f"{key}={value:.4f}" for key, value in metrics.items() if isinstance(value, float))
+    )
     plot_curves(curves, args.plot or RESULTS_DIR / f"{script}.png", title)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**metrics, "curves": {k: list(map(float, v)) for k, v in curves.items()}},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({**metrics, "curves": {k: list(map(float, v)) for k, v in curves.items()}}, indent=2)
+        )
     return metrics

@@ -47,13 +47,17 @@ def main(argv=None) -> dict:
     K.utils.set_random_seed(args.seed)
     teacher = tfas.datasets.make_teacher(args.num_classes, args.dim, seed=args.seed)
     (x_train, y_train), (x_test, y_test) = tfas.datasets.train_test_split(
-        teacher, args.train_examples, args.test_examples)
-    print(f"Teacher: N={args.num_classes}, d={args.dim}, {args.train_examples} train examples; "
-          f"sampler={args.sampler}, m={args.num_samples}; Bayes floor {teacher.cross_entropy(x_test, y_test):.3f}",
-          flush=True)
+        teacher, args.train_examples, args.test_examples
+    )
+    print(
+        f"Teacher: N={args.num_classes}, d={args.dim}, {args.train_examples} train examples; "
+        f"sampler={args.sampler}, m={args.num_samples}; Bayes floor {teacher.cross_entropy(x_test, y_test):.3f}",
+        flush=True,
+    )
 
-    query_tower = K.Sequential([K.Input((args.dim,)), K.layers.Dense(2 * args.dim, activation="relu"),
-                                K.layers.Dense(args.dim)])
+    query_tower = K.Sequential(
+        [K.Input((args.dim,)), K.layers.Dense(2 * args.dim, activation="relu"), K.layers.Dense(args.dim)]
+    )
     class_embeddings = tf.Variable(tf.random.uniform([args.num_classes, args.dim], -0.05, 0.05), name="W")
     class_bias = tf.Variable(tf.zeros([args.num_classes]), name="b")
     sampler = make_sampler(args.sampler, args.num_classes, np.bincount(y_train, minlength=args.num_classes))
@@ -61,8 +65,13 @@ def main(argv=None) -> dict:
     variables = query_tower.trainable_variables + [class_embeddings, class_bias]
     if sampler is not None:
         sampler.build_state(args.dim)
-    checkpoint = tf.train.Checkpoint(tower=query_tower, W=class_embeddings, b=class_bias, optimizer=optimizer,
-                                     **({"sampler": sampler} if sampler is not None else {}))
+    checkpoint = tf.train.Checkpoint(
+        tower=query_tower,
+        W=class_embeddings,
+        b=class_bias,
+        optimizer=optimizer,
+        **({"sampler": sampler} if sampler is not None else {}),
+    )
 
     @tf.function(jit_compile=True)
     def train_step(features, labels):
@@ -75,8 +84,15 @@ def main(argv=None) -> dict:
                 # The positive is corrected by its own log q too (the default; --no-correct-positive: eq. 3).
                 true_log_q = sampler.log_prob(query, labels) if args.correct_positive else None
                 loss = tfas.estimator.sampled_softmax_loss(
-                    query, labels, sampled_ids, sampled_log_q, class_embeddings, class_bias,
-                    true_log_q=true_log_q, correct_positive=args.correct_positive)
+                    query,
+                    labels,
+                    sampled_ids,
+                    sampled_log_q,
+                    class_embeddings,
+                    class_bias,
+                    true_log_q=true_log_q,
+                    correct_positive=args.correct_positive,
+                )
             loss = tf.reduce_mean(loss)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         return loss
@@ -84,8 +100,12 @@ def main(argv=None) -> dict:
     refresh = tf.function(lambda: sampler.refresh(class_embeddings, class_bias)) if sampler is not None else None
 
     def test_cross_entropy() -> float:
-        losses = [tfas.estimator.full_softmax_loss(query_tower(x_test[i:i + 1024]), y_test[i:i + 1024],
-                                                   class_embeddings, class_bias) for i in range(0, len(y_test), 1024)]
+        losses = [
+            tfas.estimator.full_softmax_loss(
+                query_tower(x_test[i : i + 1024]), y_test[i : i + 1024], class_embeddings, class_bias
+            )
+            for i in range(0, len(y_test), 1024)
+        ]
         return float(tf.reduce_mean(tf.concat(losses, 0)))
 
     steps_per_epoch = len(y_train) // args.batch_size
@@ -98,7 +118,7 @@ def main(argv=None) -> dict:
         for batch in range(steps_per_epoch):
             if refresh is not None and step % args.refresh_every == 0:
                 refresh()
-            rows = order[batch * args.batch_size:(batch + 1) * args.batch_size]
+            rows = order[batch * args.batch_size : (batch + 1) * args.batch_size]
             loss = float(train_step(x_train[rows], y_train[rows]))
             total += loss
             step += 1
@@ -111,8 +131,13 @@ def main(argv=None) -> dict:
             checkpoint.write(os.path.join(args.checkpoint, "ckpt"))
     metrics = {"test_cross_entropy": test_curve[-1], "seconds_per_epoch": float(np.median(seconds))}
     curves = {"training loss (sampled)": train_curve, "test cross-entropy (full softmax)": test_curve}
-    return finish("custom_training_loop", args, metrics, curves,
-                  f"custom loop, {args.sampler} m={args.num_samples}: test CE {metrics['test_cross_entropy']:.3f}")
+    return finish(
+        "custom_training_loop",
+        args,
+        metrics,
+        curves,
+        f"custom loop, {args.sampler} m={args.num_samples}: test CE {metrics['test_cross_entropy']:.3f}",
+    )
 
 
 if __name__ == "__main__":

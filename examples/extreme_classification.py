@@ -50,14 +50,17 @@ def make_data(num_examples, num_labels, num_features, labels_per_example, featur
     features, labels = [], []
     chunk = max(1, 20_000_000 // num_labels)
     for index, start in enumerate(range(0, num_examples, chunk)):
-        z = tf.constant(topics[start:start + chunk])
+        z = tf.constant(topics[start : start + chunk])
         label_logits = tf.matmul(z, label_embeddings, transpose_b=True) + label_bias
         # Gumbel top-k: `labels_per_example` distinct labels drawn without replacement.
         uniform = tf.random.stateless_uniform(tf.shape(label_logits), seed=[seed, 2 * index], minval=1e-20)
         labels.append(tf.math.top_k(label_logits - tf.math.log(-tf.math.log(uniform)), labels_per_example)[1])
         feature_logits = tf.matmul(z, feature_embeddings, transpose_b=True)
-        features.append(tf.random.stateless_categorical(
-            feature_logits, features_per_example, seed=[seed, 2 * index + 1], dtype=tf.int32))
+        features.append(
+            tf.random.stateless_categorical(
+                feature_logits, features_per_example, seed=[seed, 2 * index + 1], dtype=tf.int32
+            )
+        )
     return tf.concat(features, 0).numpy(), tf.concat(labels, 0).numpy().astype(np.int32)
 
 
@@ -85,22 +88,38 @@ def main(argv=None) -> dict:
         args.num_labels, args.train_examples, args.test_examples, args.epochs = 20_000, 20_000, 1_000, 4
     K.utils.set_random_seed(args.seed)
     start = time.perf_counter()
-    x, y = make_data(args.train_examples + args.test_examples, args.num_labels, args.num_features,
-                     args.labels_per_example, args.features_per_example, seed=args.seed)
-    (x_train, y_train), (x_test, y_test) = (x[:args.train_examples], y[:args.train_examples]), (
-        x[args.train_examples:], y[args.train_examples:])
-    print(f"Synthetic extreme classification: {args.num_labels} labels, {args.num_features} features, "
-          f"{args.train_examples} train / {args.test_examples} test examples ({time.perf_counter() - start:.0f} s "
-          f"to generate); sampler={args.sampler}, m={args.num_samples}", flush=True)
+    x, y = make_data(
+        args.train_examples + args.test_examples,
+        args.num_labels,
+        args.num_features,
+        args.labels_per_example,
+        args.features_per_example,
+        seed=args.seed,
+    )
+    (x_train, y_train), (x_test, y_test) = (
+        (x[: args.train_examples], y[: args.train_examples]),
+        (x[args.train_examples :], y[args.train_examples :]),
+    )
+    print(
+        f"Synthetic extreme classification: {args.num_labels} labels, {args.num_features} features, "
+        f"{args.train_examples} train / {args.test_examples} test examples ({time.perf_counter() - start:.0f} s "
+        f"to generate); sampler={args.sampler}, m={args.num_samples}",
+        flush=True,
+    )
 
     counts = np.bincount(y_train.ravel(), minlength=args.num_labels)
     query_model = build_query_model(args.num_features, args.features_per_example, args.dim)
     output = tfas.AdaptiveSampledSoftmaxLoss(
-        args.num_labels, make_sampler(args.sampler, args.num_labels, counts), num_samples=args.num_samples,
+        args.num_labels,
+        make_sampler(args.sampler, args.num_labels, counts),
+        num_samples=args.num_samples,
         correct_positive=args.correct_positive,
-        shared_negatives=args.shared_negatives, name="output")
-    query_model.compile(optimizer=K.optimizers.Adam(args.learning_rate),
-                        loss=tfas.SampledSoftmaxLoss(output, model=query_model))
+        shared_negatives=args.shared_negatives,
+        name="output",
+    )
+    query_model.compile(
+        optimizer=K.optimizers.Adam(args.learning_rate), loss=tfas.SampledSoftmaxLoss(output, model=query_model)
+    )
     precision_curve, timer = [], EpochTimer()
 
     class Precision(K.callbacks.Callback):
@@ -111,17 +130,33 @@ def main(argv=None) -> dict:
                 logs["val_precision_at_1"] = value
 
     history = query_model.fit(
-        x_train, y_train, batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose, shuffle=True,
-        callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer, Precision()])
-    metrics = {**precision_at_k(exact_logits(query_model, output, x_test), y_test),
-               "seconds_per_epoch": float(np.median(timer.durations))}
+        x_train,
+        y_train,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=args.verbose,
+        shuffle=True,
+        callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer, Precision()],
+    )
+    metrics = {
+        **precision_at_k(exact_logits(query_model, output, x_test), y_test),
+        "seconds_per_epoch": float(np.median(timer.durations)),
+    }
     if args.export is not None:
-        export_serving(args.export, query_model, output,
-                       [tf.TensorSpec([None, args.features_per_example], tf.int32, name="feature_ids")])
+        export_serving(
+            args.export,
+            query_model,
+            output,
+            [tf.TensorSpec([None, args.features_per_example], tf.int32, name="feature_ids")],
+        )
     curves = {"training loss (sampled)": history.history["loss"], "test precision@1": precision_curve}
-    return finish("extreme_classification", args, metrics, curves,
-                  f"{args.num_labels} labels, {args.sampler} m={args.num_samples}: "
-                  f"P@1 {metrics['precision_at_1']:.3f}")
+    return finish(
+        "extreme_classification",
+        args,
+        metrics,
+        curves,
+        f"{args.num_labels} labels, {args.sampler} m={args.num_samples}: P@1 {metrics['precision_at_1']:.3f}",
+    )
 
 
 if __name__ == "__main__":

@@ -41,9 +41,13 @@ class TwoTower(K.Model):
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         items = x["item"]
         return retrieval.mixed_negatives_loss(
-            y_pred, self.item_embedding(items), candidate_ids=items,
-            sampler=self.sampler if training else None, num_samples=self.num_samples,
-            embed_ids=self.item_embedding, reduction="mean",
+            y_pred,
+            self.item_embedding(items),
+            candidate_ids=items,
+            sampler=self.sampler if training else None,
+            num_samples=self.num_samples,
+            embed_ids=self.item_embedding,
+            reduction="mean",
         )
 
 
@@ -73,12 +77,17 @@ def main(argv=None):
     sampler = tfas.samplers.MIDX(num_items, num_codewords=16, seed=0)
     model = TwoTower(num_users, num_items, dim, sampler, num_samples=32)
     model.compile(optimizer=K.optimizers.Adam(1e-2))
-    refresh = tfas.CodebookRefresh(sampler, every_n_steps=50,
-                                   class_embeddings=lambda: model.item_embedding.embeddings)
-    model.fit({"user": users[:split], "item": items[:split]}, batch_size=256,
-              epochs=1 if args.quick else 3, callbacks=[refresh])
-    print(f"Recall@10 over the full catalogue on held-out interactions: "
-          f"{recall_at_10(model, users[split:], items[split:]):.3f}")
+    refresh = tfas.CodebookRefresh(sampler, every_n_steps=50, class_embeddings=lambda: model.item_embedding.embeddings)
+    model.fit(
+        {"user": users[:split], "item": items[:split]},
+        batch_size=256,
+        epochs=1 if args.quick else 3,
+        callbacks=[refresh],
+    )
+    print(
+        f"Recall@10 over the full catalogue on held-out interactions: "
+        f"{recall_at_10(model, users[split:], items[split:]):.3f}"
+    )
 
 
 if __name__ == "__main__":

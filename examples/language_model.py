@@ -61,8 +61,9 @@ def read_lines(path: pathlib.Path) -> List[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
-def load_corpus(data: pathlib.Path | None, synthetic: bool = False, synthetic_lines: int = 4000,
-                synthetic_vocab: int = 1000):
+def load_corpus(
+    data: pathlib.Path | None, synthetic: bool = False, synthetic_lines: int = 4000, synthetic_vocab: int = 1000
+):
     """(train lines, test lines, description). A `.train.txt` file pairs with its `.test.txt`;
     any other file is split 90/10 by lines. Without a file (or with `synthetic`), a synthetic
     bigram corpus of `synthetic_lines` lines over `synthetic_vocab` words."""
@@ -101,12 +102,20 @@ def windows(stream: np.ndarray, seq_len: int):
     """Non-overlapping (inputs [n, T], next tokens [n, T]) windows of a token stream."""
     count = (len(stream) - 1) // seq_len
     inputs = stream[: count * seq_len].reshape(count, seq_len)
-    targets = stream[1: count * seq_len + 1].reshape(count, seq_len)
+    targets = stream[1 : count * seq_len + 1].reshape(count, seq_len)
     return inputs, targets
 
 
-def build_model(vocab_size: int, seq_len: int, dim: int, arch: str, sampler, num_samples: int,
-                correct_positive: bool = True, shared_negatives: bool = False):
+def build_model(
+    vocab_size: int,
+    seq_len: int,
+    dim: int,
+    arch: str,
+    sampler,
+    num_samples: int,
+    correct_positive: bool = True,
+    shared_negatives: bool = False,
+):
     """(training model on [tokens, next tokens] -> per-token loss, query model tokens -> hidden,
     output layer). The output layer is tied to the input embedding."""
     tokens = K.Input((seq_len,), dtype="int32", name="tokens")
@@ -120,14 +129,22 @@ def build_model(vocab_size: int, seq_len: int, dim: int, arch: str, sampler, num
         hidden = K.layers.Add()([hidden, positions])
         for block in range(2):
             attended = K.layers.MultiHeadAttention(4, dim // 4, name=f"attention_{block}")(
-                hidden, hidden, use_causal_mask=True)
+                hidden, hidden, use_causal_mask=True
+            )
             hidden = K.layers.LayerNormalization(name=f"norm_a{block}")(K.layers.Add()([hidden, attended]))
             feed = K.layers.Dense(2 * dim, activation="relu", name=f"ffn_in{block}")(hidden)
             feed = K.layers.Dense(dim, name=f"ffn_out{block}")(feed)
             hidden = K.layers.LayerNormalization(name=f"norm_f{block}")(K.layers.Add()([hidden, feed]))
     output = tfas.AdaptiveSampledSoftmaxLoss(
-        vocab_size, sampler, num_samples=num_samples, tied_embedding=embedding, add_to_model_loss=True,
-        correct_positive=correct_positive, shared_negatives=shared_negatives, name="output")
+        vocab_size,
+        sampler,
+        num_samples=num_samples,
+        tied_embedding=embedding,
+        add_to_model_loss=True,
+        correct_positive=correct_positive,
+        shared_negatives=shared_negatives,
+        name="output",
+    )
     per_token_loss = output((hidden, next_tokens))
     return K.Model([tokens, next_tokens], per_token_loss), K.Model(tokens, hidden), output
 
@@ -154,31 +171,52 @@ def main(argv=None) -> dict:
     vocab = Vocabulary(train_lines)
     train = windows(vocab.encode(train_lines), args.seq_len)
     test = windows(vocab.encode(test_lines), args.seq_len)
-    print(f"{source}: vocabulary {len(vocab)}, {train[0].size} train / {test[0].size} test tokens; "
-          f"{args.arch}, d={args.dim}, sampler={args.sampler}, m={args.num_samples}", flush=True)
+    print(
+        f"{source}: vocabulary {len(vocab)}, {train[0].size} train / {test[0].size} test tokens; "
+        f"{args.arch}, d={args.dim}, sampler={args.sampler}, m={args.num_samples}",
+        flush=True,
+    )
 
     sampler = make_sampler(args.sampler, len(vocab), vocab.counts)
-    model, query_model, output = build_model(len(vocab), args.seq_len, args.dim, args.arch, sampler,
-                                             args.num_samples, args.correct_positive,
-                                             args.shared_negatives)
+    model, query_model, output = build_model(
+        len(vocab),
+        args.seq_len,
+        args.dim,
+        args.arch,
+        sampler,
+        args.num_samples,
+        args.correct_positive,
+        args.shared_negatives,
+    )
     model.compile(optimizer=K.optimizers.Adam(args.learning_rate, clipnorm=1.0))
     timer = EpochTimer()
     history = model.fit(
-        list(train), validation_data=(list(test),), batch_size=args.batch_size, epochs=args.epochs,
-        verbose=args.verbose, callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer])
+        list(train),
+        validation_data=(list(test),),
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=args.verbose,
+        callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer],
+    )
     test_cross_entropy = float(model.evaluate(list(test), batch_size=256, verbose=0))
-    metrics = {"test_perplexity": float(np.exp(test_cross_entropy)), "test_cross_entropy": test_cross_entropy,
-               "seconds_per_epoch": float(np.median(timer.durations))}
+    metrics = {
+        "test_perplexity": float(np.exp(test_cross_entropy)),
+        "test_cross_entropy": test_cross_entropy,
+        "seconds_per_epoch": float(np.median(timer.durations)),
+    }
     if args.export is not None:
-        export_serving(args.export, query_model, output,
-                       [tf.TensorSpec([None, args.seq_len], tf.int32, name="tokens")])
+        export_serving(args.export, query_model, output, [tf.TensorSpec([None, args.seq_len], tf.int32, name="tokens")])
     curves = {
         "training loss (sampled)": history.history["loss"],
         "validation perplexity (full softmax)": list(np.exp(history.history["val_loss"])),
     }
-    return finish("language_model", args, metrics, curves,
-                  f"{args.arch} LM, {args.sampler} m={args.num_samples}: test perplexity "
-                  f"{metrics['test_perplexity']:.1f}")
+    return finish(
+        "language_model",
+        args,
+        metrics,
+        curves,
+        f"{args.arch} LM, {args.sampler} m={args.num_samples}: test perplexity {metrics['test_perplexity']:.1f}",
+    )
 
 
 if __name__ == "__main__":

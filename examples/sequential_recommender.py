@@ -68,7 +68,7 @@ def synthetic_sessions(num_users: int = 600, num_items: int = 800, length: int =
 
 def histories(sequence: np.ndarray, end: int, max_len: int) -> np.ndarray:
     """The up to `max_len` items before position `end`, as ids + 1, left-padded with 0."""
-    window = sequence[max(0, end - max_len):end] + 1
+    window = sequence[max(0, end - max_len) : end] + 1
     return np.pad(window, (max_len - len(window), 0))
 
 
@@ -98,7 +98,8 @@ def build_query_model(num_items: int, max_len: int, dim: int, blocks: int = 2) -
     hidden = K.layers.Dropout(0.2)(K.layers.Add()([items, positions]))
     for block in range(blocks):
         attended = K.layers.MultiHeadAttention(2, dim // 2, dropout=0.2, name=f"attention_{block}")(
-            hidden, hidden, use_causal_mask=True)
+            hidden, hidden, use_causal_mask=True
+        )
         hidden = K.layers.LayerNormalization(name=f"norm_a{block}")(K.layers.Add()([hidden, attended]))
         feed = K.layers.Dense(dim, activation="relu", name=f"ffn_in{block}")(hidden)
         feed = K.layers.Dropout(0.2)(K.layers.Dense(dim, name=f"ffn_out{block}")(feed))
@@ -153,29 +154,49 @@ def main(argv=None) -> dict:
     seen = np.zeros((num_users, num_items), bool)
     for user, sequence in sequences.items():
         seen[user, sequence[:-1]] = True
-    print(f"{source}: {num_users} users, {num_items} items, {len(train[1])} training positions; "
-          f"d={args.dim}, L={args.max_len}, sampler={args.sampler}, m={args.num_samples}", flush=True)
+    print(
+        f"{source}: {num_users} users, {num_items} items, {len(train[1])} training positions; "
+        f"d={args.dim}, L={args.max_len}, sampler={args.sampler}, m={args.num_samples}",
+        flush=True,
+    )
 
     counts = np.bincount(train[1], minlength=num_items)
     query_model = build_query_model(num_items, args.max_len, args.dim)
     output = tfas.AdaptiveSampledSoftmaxLoss(
-        num_items, make_sampler(args.sampler, num_items, counts), num_samples=args.num_samples,
+        num_items,
+        make_sampler(args.sampler, num_items, counts),
+        num_samples=args.num_samples,
         correct_positive=args.correct_positive,
-        shared_negatives=args.shared_negatives, name="output")
-    query_model.compile(optimizer=K.optimizers.Adam(args.learning_rate),
-                        loss=tfas.SampledSoftmaxLoss(output, model=query_model))
+        shared_negatives=args.shared_negatives,
+        name="output",
+    )
+    query_model.compile(
+        optimizer=K.optimizers.Adam(args.learning_rate), loss=tfas.SampledSoftmaxLoss(output, model=query_model)
+    )
     ranking = RankingHistory(query_model, output, valid, seen)
     timer = EpochTimer()  # before the ranking callback: times training only
     history = query_model.fit(
-        train[0], train[1], batch_size=args.batch_size, epochs=args.epochs, verbose=args.verbose, shuffle=True,
-        callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer, ranking])
+        train[0],
+        train[1],
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=args.verbose,
+        shuffle=True,
+        callbacks=[tfas.CodebookRefresh(output, every_n_steps=args.refresh_every), timer, ranking],
+    )
     metrics = {**evaluate(query_model, output, test, seen), "seconds_per_epoch": float(np.median(timer.durations))}
     if args.export is not None:
-        export_serving(args.export, query_model, output,
-                       [tf.TensorSpec([None, args.max_len], tf.int32, name="history")])
+        export_serving(
+            args.export, query_model, output, [tf.TensorSpec([None, args.max_len], tf.int32, name="history")]
+        )
     curves = {"training loss (sampled)": history.history["loss"], "validation Recall@10": ranking.recall}
-    return finish("sequential_recommender", args, metrics, curves,
-                  f"SASRec, {args.sampler} m={args.num_samples}: test Recall@10 {metrics['recall_at_10']:.3f}")
+    return finish(
+        "sequential_recommender",
+        args,
+        metrics,
+        curves,
+        f"SASRec, {args.sampler} m={args.num_samples}: test Recall@10 {metrics['recall_at_10']:.3f}",
+    )
 
 
 if __name__ == "__main__":

@@ -92,7 +92,8 @@ class SyntheticCatalogue:
         for start in range(0, self.num_users, chunk):
             block = np.arange(start, min(self.num_users, start + chunk))
             draws = tf.random.stateless_categorical(
-                self.scores(block), self.per_user, seed=[self.seed, start], dtype=tf.int32).numpy()
+                self.scores(block), self.per_user, seed=[self.seed, start], dtype=tf.int32
+            ).numpy()
             for user, row in zip(block, draws, strict=True):
                 _, first = np.unique(row, return_index=True)
                 kept = row[np.sort(first)]
@@ -116,8 +117,14 @@ class TwoTower(tfrs.Model):
         users, items = features
         probability = None if self.item_probability is None else tf.gather(self.item_probability, items)
         kwargs = {"training": training} if isinstance(self.task, AdaptiveRetrieval) else {}
-        return self.task(self.users(users), self.items(items), candidate_ids=items,
-                         candidate_sampling_probability=probability, compute_metrics=False, **kwargs)
+        return self.task(
+            self.users(users),
+            self.items(items),
+            candidate_ids=items,
+            candidate_sampling_probability=probability,
+            compute_metrics=False,
+            **kwargs,
+        )
 
 
 def training_history(train, num_users):
@@ -137,13 +144,13 @@ def evaluate(score_users, num_items, test, history, k=10):
     chunk = max(1, _SCORE_CHUNK_ELEMENTS // num_items)
     recall = ndcg = 0.0
     for start in range(0, len(test_users), chunk):
-        users = test_users[start:start + chunk]
+        users = test_users[start : start + chunk]
         scores = np.array(score_users(users), np.float32)  # a writable copy
         lengths = offsets[users + 1] - offsets[users]
         rows = np.repeat(np.arange(len(users)), lengths)
-        columns = np.concatenate([items[offsets[u]:offsets[u + 1]] for u in users]) if len(rows) else rows
+        columns = np.concatenate([items[offsets[u] : offsets[u + 1]] for u in users]) if len(rows) else rows
         scores[rows, columns] = -np.inf
-        chunk_recall, chunk_ndcg = ranking_metrics(scores, test_items[start:start + chunk], k=k)
+        chunk_recall, chunk_ndcg = ranking_metrics(scores, test_items[start : start + chunk], k=k)
         recall += chunk_recall * len(users)
         ndcg += chunk_ndcg * len(users)
     return recall / len(test_users), ndcg / len(test_users)
@@ -167,9 +174,13 @@ def run(name, data, args, sampler=None, log_q=False, shared=False):
         model.task = tfrs.tasks.Retrieval()
         callbacks = []
     else:
-        model.task = AdaptiveRetrieval(make_sampler(sampler, num_items, args), num_samples=args.num_samples,
-                                       candidate_embeddings=model.items, shared_negatives=shared,
-                                       correct_positive=args.correct_positive)
+        model.task = AdaptiveRetrieval(
+            make_sampler(sampler, num_items, args),
+            num_samples=args.num_samples,
+            candidate_embeddings=model.items,
+            shared_negatives=shared,
+            correct_positive=args.correct_positive,
+        )
         callbacks = [CodebookRefresh(model.task, every_n_steps=args.refresh_every)]
     optimizer = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}[args.optimizer]
     model.compile(optimizer=optimizer(args.learning_rate))
@@ -202,10 +213,18 @@ CONFIGURATIONS = [
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--catalogue", choices=["movielens", "synthetic"], default=None,
-                        help="default: movielens when the data file exists, else synthetic")
-    parser.add_argument("--data", type=pathlib.Path, default=DEFAULT_DATA,
-                        help="interactions file for --catalogue movielens (default: ml-100k.inter)")
+    parser.add_argument(
+        "--catalogue",
+        choices=["movielens", "synthetic"],
+        default=None,
+        help="default: movielens when the data file exists, else synthetic",
+    )
+    parser.add_argument(
+        "--data",
+        type=pathlib.Path,
+        default=DEFAULT_DATA,
+        help="interactions file for --catalogue movielens (default: ml-100k.inter)",
+    )
     parser.add_argument("--num-items", type=int, default=100_000, help="synthetic catalogue size N")
     parser.add_argument("--num-users", type=int, default=20_000, help="synthetic users")
     parser.add_argument("--per-user", type=int, default=20, help="synthetic draws per user")
@@ -214,20 +233,33 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-samples", type=int, default=64, help="m catalogue negatives per user (or batch)")
     parser.add_argument("--num-codewords", type=int, default=16, help="MIDX K")
-    parser.add_argument("--refresh-every", type=int, default=None,
-                        help="CodebookRefresh every n steps; default 50 (MovieLens), 200 (synthetic: a refresh "
-                             "of 100,000 items costs about as much as 80 in-batch steps)")
-    parser.add_argument("--correct-positive", action=argparse.BooleanOptionalAction, default=True,
-                        help="AdaptiveRetrieval's correct_positive (default: the positive keeps Retrieval's "
-                             "logQ; --no-correct-positive leaves it uncorrected)")
-    parser.add_argument("--optimizer", choices=["adam", "adagrad"], default=None,
-                        help="default: adam (MovieLens, as before), adagrad (synthetic: TFRS tutorials' choice, "
-                             "whose sparse updates keep a step's cost independent of the catalogue size; "
-                             "tf_keras' Adam updates every row of the item table at every step)")
+    parser.add_argument(
+        "--refresh-every",
+        type=int,
+        default=None,
+        help="CodebookRefresh every n steps; default 50 (MovieLens), 200 (synthetic: a refresh "
+        "of 100,000 items costs about as much as 80 in-batch steps)",
+    )
+    parser.add_argument(
+        "--correct-positive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="AdaptiveRetrieval's correct_positive (default: the positive keeps Retrieval's "
+        "logQ; --no-correct-positive leaves it uncorrected)",
+    )
+    parser.add_argument(
+        "--optimizer",
+        choices=["adam", "adagrad"],
+        default=None,
+        help="default: adam (MovieLens, as before), adagrad (synthetic: TFRS tutorials' choice, "
+        "whose sparse updates keep a step's cost independent of the catalogue size; "
+        "tf_keras' Adam updates every row of the item table at every step)",
+    )
     parser.add_argument("--learning-rate", type=float, default=None, help="default: 0.001 (adam), 0.1 (adagrad)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true",
-                        help="MovieLens: 2 epochs; synthetic: 1 epoch, 20,000 items, 5,000 users")
+    parser.add_argument(
+        "--quick", action="store_true", help="MovieLens: 2 epochs; synthetic: 1 epoch, 20,000 items, 5,000 users"
+    )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the rows here")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -259,14 +291,18 @@ def main(argv=None):
     num_items = args.num_items if teacher is not None else int(items.max()) + 1
     train, test = leave_last_out(users, items, timestamps)
     data = (train, test, training_history(train, num_users), num_users, num_items)
-    print(f"{source}: {num_users} users, {num_items} items, {len(train[0])} train / {len(test[0])} test; "
-          f"{args.epochs} epochs, d={args.dim}, batch {args.batch_size}, m={args.num_samples}, "
-          f"{args.optimizer} {args.learning_rate:g}, MIDX K={args.num_codewords} refreshed every "
-          f"{args.refresh_every} steps", flush=True)
+    print(
+        f"{source}: {num_users} users, {num_items} items, {len(train[0])} train / {len(test[0])} test; "
+        f"{args.epochs} epochs, d={args.dim}, batch {args.batch_size}, m={args.num_samples}, "
+        f"{args.optimizer} {args.learning_rate:g}, MIDX K={args.num_codewords} refreshed every "
+        f"{args.refresh_every} steps",
+        flush=True,
+    )
 
     popularity = np.bincount(train[1], minlength=num_items).astype(np.float32)
-    rows = [reference("Popularity (reference)", lambda batch: np.broadcast_to(popularity, (len(batch), num_items)),
-                      data)]
+    rows = [
+        reference("Popularity (reference)", lambda batch: np.broadcast_to(popularity, (len(batch), num_items)), data)
+    ]
     if teacher is not None:
         rows.append(reference("Teacher scores (ceiling)", teacher.scores, data))
     rows += [run(name, data, args, **options) for name, options in CONFIGURATIONS]
@@ -278,13 +314,27 @@ def main(argv=None):
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         # The data file by name: a result file should not record this machine's paths.
-        config = {key: (value.name if isinstance(value, pathlib.Path) else value) for key, value in vars(args).items()
-                  if key not in ("json", "verbose")}
-        args.json.write_text(json.dumps({
-            "source": source, "catalogue": catalogue, "num_users": num_users, "num_items": num_items,
-            "num_train": len(train[0]), "num_test": len(test[0]), "config": config,
-            "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}", "rows": rows,
-        }, indent=2))
+        config = {
+            key: (value.name if isinstance(value, pathlib.Path) else value)
+            for key, value in vars(args).items()
+            if key not in ("json", "verbose")
+        }
+        args.json.write_text(
+            json.dumps(
+                {
+                    "source": source,
+                    "catalogue": catalogue,
+                    "num_users": num_users,
+                    "num_items": num_items,
+                    "num_train": len(train[0]),
+                    "num_test": len(test[0]),
+                    "config": config,
+                    "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
     return rows
 
 

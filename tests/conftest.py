@@ -10,13 +10,34 @@ from tf_adaptive_softmax._keras import IS_KERAS_3, K
 
 # Op types that must never appear on the sampling path (DESIGN 3.2 rules 3-5).
 FORBIDDEN_OPS = {
-    "Unique", "UniqueV2", "UniqueWithCounts", "Where", "SegmentSum", "SegmentMean", "SegmentMax",
-    "SegmentMin", "SegmentProd", "ComputeAccidentalHits", "Multinomial", "RandomUniform",
-    "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal", "RandomShuffle",
+    "Unique",
+    "UniqueV2",
+    "UniqueWithCounts",
+    "Where",
+    "SegmentSum",
+    "SegmentMean",
+    "SegmentMax",
+    "SegmentMin",
+    "SegmentProd",
+    "ComputeAccidentalHits",
+    "Multinomial",
+    "RandomUniform",
+    "RandomUniformInt",
+    "RandomStandardNormal",
+    "TruncatedNormal",
+    "RandomShuffle",
 }
-SAMPLER_OPS = {"StatelessMultinomial", "StatelessRandomUniformV2", "StatelessRandomUniformIntV2",
-               "StatelessRandomUniformFullIntV2", "StatelessRandomGetKeyCounter",
-               "StatelessRandomUniform", "StatelessRandomUniformInt", "RandomUniform", "Multinomial"}
+SAMPLER_OPS = {
+    "StatelessMultinomial",
+    "StatelessRandomUniformV2",
+    "StatelessRandomUniformIntV2",
+    "StatelessRandomUniformFullIntV2",
+    "StatelessRandomGetKeyCounter",
+    "StatelessRandomUniform",
+    "StatelessRandomUniformInt",
+    "RandomUniform",
+    "Multinomial",
+}
 
 
 def graph_ops(graph_def):

@@ -50,12 +50,18 @@ def test_no_module_imports_from_a_higher_floor(path):
     for target in _imported_tops(ast.parse(path.read_text())):
         assert target in FLOOR_OF, f"{path.name} imports {target}, which has no floor"
         assert FLOOR_OF[target] <= FLOOR_OF[own], (
-            f"{path.relative_to(PACKAGE)} (floor {FLOOR_OF[own]}) imports {target} (floor {FLOOR_OF[target]})")
+            f"{path.relative_to(PACKAGE)} (floor {FLOOR_OF[own]}) imports {target} (floor {FLOOR_OF[target]})"
+        )
 
 
 def test_nothing_imports_the_demo():
-    importers = [p for p in PACKAGE.parent.rglob("*.py")
-                 if ".git" not in p.parts and p.name != "test_demo.py" and p != PACKAGE / "demo.py"
-                 and "tf_adaptive_softmax.demo" in p.read_text().replace("python -m tf_adaptive_softmax.demo", "")
-                 and p.name != "test_architecture.py"]
+    importers = [
+        p
+        for p in PACKAGE.parent.rglob("*.py")
+        if ".git" not in p.parts
+        and p.name != "test_demo.py"
+        and p != PACKAGE / "demo.py"
+        and "tf_adaptive_softmax.demo" in p.read_text().replace("python -m tf_adaptive_softmax.demo", "")
+        and p.name != "test_architecture.py"
+    ]
     assert not importers, importers

@@ -64,8 +64,9 @@ def test_refresh_inside_fit_updates_snapshot_sampler(jit_compile):
     def callbacks(layer):
         return [CodebookRefresh(layer, every_n_steps=1), Record()]
 
-    layer, model = _fit(lambda layer: _Both(callbacks(layer)), epochs=1, steps=4, jit_compile=jit_compile,
-                        sampler=sampler)
+    layer, model = _fit(
+        lambda layer: _Both(callbacks(layer)), epochs=1, steps=4, jit_compile=jit_compile, sampler=sampler
+    )
     for snapshot, current in zip(seen, weights):
         np.testing.assert_allclose(snapshot, current, rtol=1e-6)
     assert not np.allclose(seen[0], seen[-1])

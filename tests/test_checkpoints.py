@@ -109,7 +109,7 @@ def test_checkpoint_resume_mid_epoch_matches_uninterrupted_run(sampler_name, tmp
     resumed = _model(sampler_name, init_seed=99)
     resumed.optimizer.build(resumed.trainable_variables)
     tf.train.Checkpoint(model=resumed, optimizer=resumed.optimizer).read(path).assert_existing_objects_matched()
-    losses += _fit(resumed, x[stop * BATCH:], y[stop * BATCH:], [_refresh(resumed)])
+    losses += _fit(resumed, x[stop * BATCH :], y[stop * BATCH :], [_refresh(resumed)])
     _assert_same_run(losses, reference, resumed, reference_model)
 
 
@@ -135,7 +135,7 @@ def test_save_weights_and_keras_file_resume(sampler_name, save_format, tmp_path)
     sampler = resumed.get_layer("output").sampler
     for got, want in zip(sampler.weights, first.get_layer("output").sampler.weights):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=got.name)
-    losses += _fit(resumed, x[stop * BATCH:], y[stop * BATCH:], [_refresh(resumed)])
+    losses += _fit(resumed, x[stop * BATCH :], y[stop * BATCH :], [_refresh(resumed)])
     _assert_same_run(losses, reference, resumed, reference_model)
 
 
@@ -149,8 +149,14 @@ def test_backup_and_restore_after_a_crash_mid_epoch(sampler_name, tmp_path):
     first = _model(sampler_name)
     recorder = BatchLosses()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        first.fit([x, y], batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
-                  callbacks=[K.callbacks.BackupAndRestore(backup), _refresh(first, True), recorder, StopAt(1, 3)])
+        first.fit(
+            [x, y],
+            batch_size=BATCH,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[K.callbacks.BackupAndRestore(backup), _refresh(first, True), recorder, StopAt(1, 3)],
+        )
     resumed = _model(sampler_name, init_seed=99)
     losses = recorder.losses[:STEPS] + _fit(
         resumed, x, y, [K.callbacks.BackupAndRestore(backup), _refresh(resumed, True)], epochs=2
@@ -177,9 +183,19 @@ def test_tf_keras_backup_and_restore_resumes_mid_epoch(tmp_path):
     first = _model("midx")
     recorder = BatchLosses()
     with pytest.raises(RuntimeError, match="simulated crash"):
-        first.fit([x, y], batch_size=BATCH, epochs=2, shuffle=False, verbose=0,
-                  callbacks=[K.callbacks.BackupAndRestore(backup, save_freq=1), _refresh(first), recorder,
-                             StopAt(1, crash_after - 1)])
+        first.fit(
+            [x, y],
+            batch_size=BATCH,
+            epochs=2,
+            shuffle=False,
+            verbose=0,
+            callbacks=[
+                K.callbacks.BackupAndRestore(backup, save_freq=1),
+                _refresh(first),
+                recorder,
+                StopAt(1, crash_after - 1),
+            ],
+        )
     resumed = _model("midx", init_seed=99)
     losses = recorder.losses[: STEPS + crash_after] + _fit(
         resumed, x, y, [K.callbacks.BackupAndRestore(backup, save_freq=1), _refresh(resumed)], epochs=2
@@ -191,8 +207,7 @@ def test_tf_keras_backup_and_restore_resumes_mid_epoch(tmp_path):
 def test_keras3_backup_and_restore_saves_sampler_state(tmp_path):
     model = _model("midx")
     x, y = _data()
-    _fit(model, x, y, [K.callbacks.BackupAndRestore(str(tmp_path / "b"), delete_checkpoint=False),
-                       _refresh(model)])
+    _fit(model, x, y, [K.callbacks.BackupAndRestore(str(tmp_path / "b"), delete_checkpoint=False), _refresh(model)])
     restored = _model("midx", init_seed=99)
     restored.load_weights(str(tmp_path / "b" / "latest.weights.h5"))
     for got, want in zip(restored.get_layer("output").sampler.weights, model.get_layer("output").sampler.weights):

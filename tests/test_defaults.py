@@ -22,8 +22,15 @@ def _corrected_loss_from_twin(layer, x, y, correct_positive):
     ids, log_q = twin.sample(x, M)
     true_log_q = twin.log_prob(x, y) if correct_positive else None
     return estimator.sampled_softmax_loss(
-        x, y, ids, log_q, layer.class_embeddings, layer.class_bias,
-        true_log_q=true_log_q, correct_positive=correct_positive).numpy()
+        x,
+        y,
+        ids,
+        log_q,
+        layer.class_embeddings,
+        layer.class_bias,
+        true_log_q=true_log_q,
+        correct_positive=correct_positive,
+    ).numpy()
 
 
 def test_estimator_functions_default_to_the_corrected_positive():
@@ -65,8 +72,9 @@ def test_an_older_config_with_the_uncorrected_positive_loads_unchanged():
 @pytest.mark.skipif(not IS_KERAS_3, reason="the .keras format round-trips this layer in Keras 3")
 def test_keras_file_written_with_eq3_reloads_with_eq3(tmp_path):
     features, labels = K.Input((D,)), K.Input((), dtype="int32")
-    layer = AdaptiveSampledSoftmaxLoss(N, samplers.Uniform(N, seed=1), num_samples=M, correct_positive=False,
-                                       add_to_model_loss=True)
+    layer = AdaptiveSampledSoftmaxLoss(
+        N, samplers.Uniform(N, seed=1), num_samples=M, correct_positive=False, add_to_model_loss=True
+    )
     model = K.Model([features, labels], layer((K.layers.Dense(D)(features), labels)))
     path = str(tmp_path / "eq3.keras")
     model.save(path)

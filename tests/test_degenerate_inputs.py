@@ -23,8 +23,8 @@ def make(name, num_classes, embeddings=None, dim=D):
         "unigram": lambda: samplers.Unigram(counts, seed=0),
         "midx_pq": lambda: samplers.MIDX(num_classes, num_codewords=min(3, num_classes), seed=0),
         "midx_rvq_unigram": lambda: samplers.MIDX(
-            num_classes, num_codewords=min(3, num_classes), quantizer="rvq", residual="unigram", counts=counts,
-            seed=0),
+            num_classes, num_codewords=min(3, num_classes), quantizer="rvq", residual="unigram", counts=counts, seed=0
+        ),
         "quadratic_kernel": lambda: samplers.QuadraticKernel(num_classes, seed=0),
         "softmax": lambda: samplers.Softmax(num_classes, live=False, seed=0),
     }[name]()
@@ -123,12 +123,15 @@ def test_nan_queries_give_nan_log_q_never_a_crash(name):
     assert np.all(np.isnan(layer((queries, tf.constant([1, 2])), training=True).numpy()))
 
 
-@pytest.mark.parametrize("labels, error, match", [
-    (tf.constant([1.0, 2.0]), TypeError, "integer class ids"),
-    (tf.constant([1, -1]), tf.errors.InvalidArgumentError, r"\[0, num_classes=11\)"),
-    (tf.constant([1, 11]), tf.errors.InvalidArgumentError, r"\[0, num_classes=11\)"),
-    (tf.constant([[[1]], [[2]]]), ValueError, r"\[batch\] or \[batch, num_true\]"),
-])
+@pytest.mark.parametrize(
+    "labels, error, match",
+    [
+        (tf.constant([1.0, 2.0]), TypeError, "integer class ids"),
+        (tf.constant([1, -1]), tf.errors.InvalidArgumentError, r"\[0, num_classes=11\)"),
+        (tf.constant([1, 11]), tf.errors.InvalidArgumentError, r"\[0, num_classes=11\)"),
+        (tf.constant([[[1]], [[2]]]), ValueError, r"\[batch\] or \[batch, num_true\]"),
+    ],
+)
 @pytest.mark.parametrize("training", [True, False])
 def test_bad_labels_name_the_argument_and_range(labels, error, match, training):
     layer = AdaptiveSampledSoftmaxLoss(11, make("midx_pq", 11), num_samples=4)

@@ -9,12 +9,34 @@ from tf_adaptive_softmax import demo
 
 
 def test_demo_rows_table_and_summary_on_a_tiny_task(tmp_path, capsys):
-    rows = demo.main([
-        "--num-classes", "400", "--dim", "8", "--train-examples", "1500", "--test-examples", "300",
-        "--epochs", "2", "--num-samples", "5", "--shared-samples", "16", "--rows", "full,tf_sampled,midx",
-        "--evaluations-per-epoch", "1", "--verbose", "0", "--plot", str(tmp_path / "curve.png"),
-        "--json", str(tmp_path / "rows.json"),
-    ])
+    rows = demo.main(
+        [
+            "--num-classes",
+            "400",
+            "--dim",
+            "8",
+            "--train-examples",
+            "1500",
+            "--test-examples",
+            "300",
+            "--epochs",
+            "2",
+            "--num-samples",
+            "5",
+            "--shared-samples",
+            "16",
+            "--rows",
+            "full,tf_sampled,midx",
+            "--evaluations-per-epoch",
+            "1",
+            "--verbose",
+            "0",
+            "--plot",
+            str(tmp_path / "curve.png"),
+            "--json",
+            str(tmp_path / "rows.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert [r["key"] for r in rows] == ["full", "tf_sampled", "midx"]
     assert "| full softmax |" in out and "teacher (Bayes floor)" in out
@@ -37,8 +59,21 @@ def test_demo_rows_table_and_summary_on_a_tiny_task(tmp_path, capsys):
 def test_quick_demo_runs_end_to_end_under_a_minute_and_writes_its_plot(tmp_path):
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "tf_adaptive_softmax.demo", "--quick", "--verbose", "0", "--plot",
-         str(tmp_path / "quick.png")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        [
+            sys.executable,
+            "-m",
+            "tf_adaptive_softmax.demo",
+            "--quick",
+            "--verbose",
+            "0",
+            "--plot",
+            str(tmp_path / "quick.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-3000:]
     assert "QuadraticKernel, shared" in result.stdout and str(tmp_path / "quick.png") in result.stdout

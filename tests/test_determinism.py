@@ -35,9 +35,20 @@ def test_same_seed_same_training_curve(sampler_name, jit_compile):
     results = []
     for _ in range(2):
         sampler = experiments.SAMPLERS[sampler_name](200, counts)
-        results.append(experiments.train_and_evaluate(
-            train, test, 200, sampler, num_samples=10, epochs=2, batch_size=64, learning_rate=3e-3,
-            jit_compile=jit_compile, verbose=0, seed=3,
-        ))
+        results.append(
+            experiments.train_and_evaluate(
+                train,
+                test,
+                200,
+                sampler,
+                num_samples=10,
+                epochs=2,
+                batch_size=64,
+                learning_rate=3e-3,
+                jit_compile=jit_compile,
+                verbose=0,
+                seed=3,
+            )
+        )
     assert results[0]["test_cross_entropy"] == results[1]["test_cross_entropy"]
     assert results[0]["train_losses"] == results[1]["train_losses"]

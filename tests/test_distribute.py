@@ -70,7 +70,7 @@ def test_mirrored_training_with_refresh_matches_single_device_on_the_demo():
     result = subprocess.run([sys.executable, "-c", EQUIVALENCE_SCRIPT], capture_output=True, text=True, timeout=600)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULTS ")]
     assert lines, result.stderr[-4000:]
-    results = json.loads(lines[0][len("RESULTS "):])
+    results = json.loads(lines[0][len("RESULTS ") :])
     assert abs(results["None/single"] - results["None/mirrored"]) < 1e-3, results
     for name in ("midx_rvq", "quadratic_kernel"):
         assert abs(results[f"{name}/single"] - results[f"{name}/mirrored"]) < 0.1, results

@@ -28,14 +28,27 @@ def test_parity_with_tf_sampled_softmax_loss(num_true):
     true_expected = (m * q[labels]).astype(np.float32)
     sampled_expected = (m * q[sampled]).astype(np.float32)
     expected = tf.nn.sampled_softmax_loss(
-        w, b, labels, h, num_sampled=m, num_classes=n, num_true=num_true,
+        w,
+        b,
+        labels,
+        h,
+        num_sampled=m,
+        num_classes=n,
+        num_true=num_true,
         sampled_values=(tf.constant(sampled, tf.int64), true_expected, sampled_expected),
         remove_accidental_hits=True,
     )
     batch = h.shape[0]
     ours = estimator.sampled_softmax_loss(
-        h, labels, np.tile(sampled, (batch, 1)), np.tile(np.log(q[sampled]), (batch, 1)), w, b,
-        true_log_q=np.log(q[labels]), correct_positive=True, remove_accidental_hits=True,
+        h,
+        labels,
+        np.tile(sampled, (batch, 1)),
+        np.tile(np.log(q[sampled]), (batch, 1)),
+        w,
+        b,
+        true_log_q=np.log(q[labels]),
+        correct_positive=True,
+        remove_accidental_hits=True,
     )
     # TF adds -FLT_MAX at hits, which costs it ~1e-5 relative precision; ours is exact (see below).
     np.testing.assert_allclose(ours.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
@@ -52,8 +65,9 @@ def test_eq3_keeps_positive_uncorrected():
     sampled = np.array([[1, 2, 3], [4, 5, 6]])
     log_q = np.full((2, 3), math.log(0.01), np.float32)
     logits = h @ w.T + b
-    loss = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, correct_positive=False,
-                                          remove_accidental_hits=False)
+    loss = estimator.sampled_softmax_loss(
+        h, labels, sampled, log_q, w, b, correct_positive=False, remove_accidental_hits=False
+    )
     for row in range(2):
         pos = logits[row, labels[row, 0]]
         neg = logits[row, sampled[row]] - math.log(3 * 0.01)
@@ -67,8 +81,9 @@ def test_default_corrects_the_positive_by_its_log_expected_count():
     log_q = np.full((2, 3), math.log(0.01), np.float32)
     true_log_q = np.log([[0.2], [0.03]]).astype(np.float32)
     logits = h @ w.T + b
-    loss = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, true_log_q=true_log_q,
-                                          remove_accidental_hits=False)
+    loss = estimator.sampled_softmax_loss(
+        h, labels, sampled, log_q, w, b, true_log_q=true_log_q, remove_accidental_hits=False
+    )
     for row in range(2):
         pos = logits[row, labels[row, 0]] - math.log(3 * float(np.exp(true_log_q[row, 0])))
         neg = logits[row, sampled[row]] - math.log(3 * 0.01)
@@ -100,8 +115,9 @@ def test_sample_weight_scales_rows():
     log_q = np.full((3, 5), -3.0, np.float32)
     true_log_q = np.full((3, 1), -2.0, np.float32)
     plain = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, true_log_q=true_log_q)
-    weighted = estimator.sampled_softmax_loss(h, labels, sampled, log_q, w, b, true_log_q=true_log_q,
-                                              sample_weight=[0.0, 1.0, 2.0])
+    weighted = estimator.sampled_softmax_loss(
+        h, labels, sampled, log_q, w, b, true_log_q=true_log_q, sample_weight=[0.0, 1.0, 2.0]
+    )
     np.testing.assert_allclose(weighted.numpy(), plain.numpy() * [0.0, 1.0, 2.0], rtol=1e-6)
 
 
@@ -120,7 +136,11 @@ def _logit_gradient_error(logits, y, draw, log_q_of, num_samples, repeats, seed)
     with tf.GradientTape() as tape:
         # Identity class embeddings make the logits equal the query: d(loss)/d(query) = d/d(logits).
         loss = estimator.sampled_softmax_loss(
-            query, np.full(repeats, y), sampled, log_q_of(sampled), np.eye(n, dtype=np.float32),
+            query,
+            np.full(repeats, y),
+            sampled,
+            log_q_of(sampled),
+            np.eye(n, dtype=np.float32),
             correct_positive=False,  # Blanc & Rendle's theorem is about eq. 3
         )
         total = tf.reduce_sum(loss)

@@ -14,23 +14,58 @@ from conftest import SAMPLER_OPS, op_types
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 EXAMPLES = {
-    "language_model": (["--dim", "16", "--seq-len", "10", "--num-samples", "8", "--arch", "transformer"],
-                       {"test_perplexity"}),
-    "sequential_recommender": (["--dim", "16", "--max-len", "8", "--num-samples", "8", "--batch-size", "128"],
-                               {"recall_at_10", "ndcg_at_10"}),
-    "extreme_classification": (["--num-labels", "3000", "--num-features", "300", "--train-examples", "2000",
-                                "--test-examples", "200", "--dim", "16", "--num-samples", "16"],
-                               {"precision_at_1", "precision_at_3", "precision_at_5"}),
-    "custom_training_loop": (["--num-classes", "500", "--train-examples", "4000", "--test-examples", "500",
-                              "--num-samples", "8"], {"test_cross_entropy"}),
+    "language_model": (
+        ["--dim", "16", "--seq-len", "10", "--num-samples", "8", "--arch", "transformer"],
+        {"test_perplexity"},
+    ),
+    "sequential_recommender": (
+        ["--dim", "16", "--max-len", "8", "--num-samples", "8", "--batch-size", "128"],
+        {"recall_at_10", "ndcg_at_10"},
+    ),
+    "extreme_classification": (
+        [
+            "--num-labels",
+            "3000",
+            "--num-features",
+            "300",
+            "--train-examples",
+            "2000",
+            "--test-examples",
+            "200",
+            "--dim",
+            "16",
+            "--num-samples",
+            "16",
+        ],
+        {"precision_at_1", "precision_at_3", "precision_at_5"},
+    ),
+    "custom_training_loop": (
+        ["--num-classes", "500", "--train-examples", "4000", "--test-examples", "500", "--num-samples", "8"],
+        {"test_cross_entropy"},
+    ),
 }
 
 
 def _run(script, args, tmp_path):
     result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / f"{script}.py"), *args, "--epochs", "2", "--verbose", "0",
-         "--plot", str(tmp_path / "curves.png"), "--json", str(tmp_path / "metrics.json")],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        [
+            sys.executable,
+            str(ROOT / "examples" / f"{script}.py"),
+            *args,
+            "--epochs",
+            "2",
+            "--verbose",
+            "0",
+            "--plot",
+            str(tmp_path / "curves.png"),
+            "--json",
+            str(tmp_path / "metrics.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

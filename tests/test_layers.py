@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,8 +15,9 @@ def _data(batch=64, seed=0):
 
 
 def _layer(sampler=None, **kwargs):
-    layer = AdaptiveSampledSoftmaxLoss(N, sampler if sampler is not None else samplers.Uniform(N, seed=1),
-                                       num_samples=10, **kwargs)
+    layer = AdaptiveSampledSoftmaxLoss(
+        N, sampler if sampler is not None else samplers.Uniform(N, seed=1), num_samples=10, **kwargs
+    )
     layer.build_for_dim(D)
     return layer
 
@@ -120,8 +120,9 @@ def test_tied_embedding_shares_the_table():
     labels = K.Input((), dtype="int32")
     embedding = K.layers.Embedding(N, D)
     query = K.layers.Dense(D)(embedding(tokens))
-    layer = AdaptiveSampledSoftmaxLoss(N, samplers.Uniform(N), num_samples=5, tied_embedding=embedding,
-                                       add_to_model_loss=True)
+    layer = AdaptiveSampledSoftmaxLoss(
+        N, samplers.Uniform(N), num_samples=5, tied_embedding=embedding, add_to_model_loss=True
+    )
     model = K.Model([tokens, labels], layer((query, labels)))
     assert layer.class_embeddings is embedding.embeddings
     assert len({id(v) for v in model.trainable_weights}) == len(model.trainable_weights) == 4

@@ -208,8 +208,9 @@ def test_refresh_during_fit_is_seen_by_the_compiled_step(jit_compile):
     layer = AdaptiveSampledSoftmaxLoss(n, sampler, num_samples=8)
     features = K.Input((d,))
     model = K.Model(features, K.layers.Dense(d)(features))
-    model.compile(optimizer=K.optimizers.Adam(0.05), loss=SampledSoftmaxLoss(layer, model=model),
-                  jit_compile=jit_compile)
+    model.compile(
+        optimizer=K.optimizers.Adam(0.05), loss=SampledSoftmaxLoss(layer, model=model), jit_compile=jit_compile
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((256, d)).astype(np.float32)
     y = rng.integers(0, n, 256).astype(np.int32)
@@ -226,8 +227,9 @@ def test_refresh_during_fit_is_seen_by_the_compiled_step(jit_compile):
 def test_state_memory_per_class():
     n, k, d = 10_000, 16, 32
     for residual, per_class in (("uniform", 8), ("unigram", 16)):
-        sampler = samplers.MIDX(n, num_codewords=k, residual=residual,
-                                counts=np.ones(n) if residual == "unigram" else None)
+        sampler = samplers.MIDX(
+            n, num_codewords=k, residual=residual, counts=np.ones(n) if residual == "unigram" else None
+        )
         sampler.build_state(d)
         fixed = 4 * (2 * k * d + k * k + k * k + 1) + 1
         assert sampler.state_bytes() == per_class * n + fixed
@@ -248,10 +250,26 @@ def test_refresh_reaches_an_xla_compiled_function_without_retracing():
 
 
 # -- the default codebook size -------------------------------------------------------------------
-@pytest.mark.parametrize("num_classes,expected", [
-    (1, 1), (2, 2), (15, 15), (16, 16), (17, 16), (511, 16), (2_047, 16), (2_048, 32), (5_000, 32),
-    (8_191, 32), (8_192, 64), (10_000, 64), (100_000, 64), (1_000_000, 64), (10**9, 64),
-])
+@pytest.mark.parametrize(
+    "num_classes,expected",
+    [
+        (1, 1),
+        (2, 2),
+        (15, 15),
+        (16, 16),
+        (17, 16),
+        (511, 16),
+        (2_047, 16),
+        (2_048, 32),
+        (5_000, 32),
+        (8_191, 32),
+        (8_192, 64),
+        (10_000, 64),
+        (100_000, 64),
+        (1_000_000, 64),
+        (10**9, 64),
+    ],
+)
 def test_default_num_codewords_values(num_classes, expected):
     assert default_num_codewords(num_classes) == expected
     assert default_num_codewords(num_classes, embedding_dim=128) == expected  # d does not change it

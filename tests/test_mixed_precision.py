@@ -22,8 +22,16 @@ def test_demo_model_trains_finite(policy, sampler_name):
     train, test = datasets.train_test_split(teacher, 3_000, 500)
     counts = np.bincount(train[1], minlength=300).astype(np.float64)
     result = experiments.train_and_evaluate(
-        train, test, 300, experiments.SAMPLERS[sampler_name](300, counts), num_samples=20, epochs=2, batch_size=64,
-        learning_rate=3e-3, jit_compile=False, verbose=0,
+        train,
+        test,
+        300,
+        experiments.SAMPLERS[sampler_name](300, counts),
+        num_samples=20,
+        epochs=2,
+        batch_size=64,
+        learning_rate=3e-3,
+        jit_compile=False,
+        verbose=0,
     )
     assert all(np.isfinite(result["train_losses"])), result["train_losses"]
     assert np.isfinite(result["test_cross_entropy"])

@@ -12,21 +12,31 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 MODULES = [
-    "tf_adaptive_softmax.estimator", "tf_adaptive_softmax.layers", "tf_adaptive_softmax.losses",
-    "tf_adaptive_softmax.callbacks", "tf_adaptive_softmax.datasets", "tf_adaptive_softmax.diagnostics",
-    "tf_adaptive_softmax.retrieval", "tf_adaptive_softmax.quantization", "tf_adaptive_softmax.samplers.midx",
+    "tf_adaptive_softmax.estimator",
+    "tf_adaptive_softmax.layers",
+    "tf_adaptive_softmax.losses",
+    "tf_adaptive_softmax.callbacks",
+    "tf_adaptive_softmax.datasets",
+    "tf_adaptive_softmax.diagnostics",
+    "tf_adaptive_softmax.retrieval",
+    "tf_adaptive_softmax.quantization",
+    "tf_adaptive_softmax.samplers.midx",
     "tf_adaptive_softmax.samplers.quadratic_kernel",
-    "tf_adaptive_softmax.samplers.uniform", "tf_adaptive_softmax.samplers.log_uniform",
-    "tf_adaptive_softmax.samplers.unigram", "tf_adaptive_softmax.samplers.softmax",
-    "tf_adaptive_softmax.refresh", "tf_adaptive_softmax.experiments",
+    "tf_adaptive_softmax.samplers.uniform",
+    "tf_adaptive_softmax.samplers.log_uniform",
+    "tf_adaptive_softmax.samplers.unigram",
+    "tf_adaptive_softmax.samplers.softmax",
+    "tf_adaptive_softmax.refresh",
+    "tf_adaptive_softmax.experiments",
 ]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index):
-    result = subprocess.run([sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True, cwd=ROOT,
-                            timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 

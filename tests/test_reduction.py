@@ -12,11 +12,19 @@ PER_EXAMPLE = tf.constant([1.0, 2.0, 3.0, 4.0])
 WEIGHTS = tf.constant([0.0, 1.0, 2.0, 1.0])
 
 
-@pytest.mark.parametrize("reduction, expected", [
-    (None, [0.0, 2.0, 6.0, 4.0]), ("none", [0.0, 2.0, 6.0, 4.0]), ("sum", 12.0),
-    ("sum_over_batch_size", 3.0), ("auto", 3.0), ("mean", 3.0), ("mean_with_sample_weight", 3.0),
-    ("SUM", 12.0),
-])
+@pytest.mark.parametrize(
+    "reduction, expected",
+    [
+        (None, [0.0, 2.0, 6.0, 4.0]),
+        ("none", [0.0, 2.0, 6.0, 4.0]),
+        ("sum", 12.0),
+        ("sum_over_batch_size", 3.0),
+        ("auto", 3.0),
+        ("mean", 3.0),
+        ("mean_with_sample_weight", 3.0),
+        ("SUM", 12.0),
+    ],
+)
 def test_every_reduction_name_of_both_flavours(reduction, expected):
     got = _reduction.reduce(PER_EXAMPLE, reduction, WEIGHTS).numpy()
     np.testing.assert_allclose(got, expected)
@@ -31,6 +39,7 @@ def test_weighted_mean_differs_from_the_batch_mean():
 def test_tf_keras_enum_members_are_understood():
     class FakeEnum:  # tf_keras' Reduction members carry the name as .value
         value = "sum_over_batch_size"
+
     assert _reduction.reduction_name(FakeEnum()) == "sum_over_batch_size"
     assert _reduction.reduction_name("Reduction.SUM") == "sum"
 

@@ -16,14 +16,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _batch(seed=0):
     rng = np.random.default_rng(seed)
-    return (rng.standard_normal((B, D)).astype(np.float32), rng.standard_normal((C, D)).astype(np.float32),
-            np.array([3, 7, 3, 11, 20, 21], np.int32), rng.uniform(1e-8, 0.2, C).astype(np.float32))
+    return (
+        rng.standard_normal((B, D)).astype(np.float32),
+        rng.standard_normal((C, D)).astype(np.float32),
+        np.array([3, 7, 3, 11, 20, 21], np.int32),
+        rng.uniform(1e-8, 0.2, C).astype(np.float32),
+    )
 
 
 def test_in_batch_only_matches_a_hand_computation():
     q, c, ids, p = _batch()
-    loss = retrieval.mixed_negatives_loss(q, c, ids, candidate_sampling_probability=p,
-                                          remove_accidental_hits=True, temperature=0.5).numpy()
+    loss = retrieval.mixed_negatives_loss(
+        q, c, ids, candidate_sampling_probability=p, remove_accidental_hits=True, temperature=0.5
+    ).numpy()
     scores = q @ c.T / 0.5 - np.log(np.clip(p, 1e-6, 1.0))
     for row in range(B):
         for col in range(C):
@@ -40,7 +45,8 @@ def test_catalogue_columns_subtract_unclipped_log_expected_count():
     big = 10_000_000
     embed = lambda i: tf.gather(table, i % N)  # noqa: E731
     scores, labels = retrieval.mixed_negatives_scores(
-        q, c[:B], ids[:B], sampler=samplers.Uniform(big, seed=3), num_samples=5, embed_ids=embed)
+        q, c[:B], ids[:B], sampler=samplers.Uniform(big, seed=3), num_samples=5, embed_ids=embed
+    )
     drawn = samplers.Uniform(big, seed=3).sample(q, 5)[0].numpy()
     expected = np.einsum("bd,bmd->bm", q, table[drawn % N]) - np.log(5 / big)
     np.testing.assert_allclose(scores.numpy()[:, B:], expected, rtol=1e-5)
@@ -62,7 +68,8 @@ def test_shared_catalogue_columns_score_one_draw_set_for_the_batch():
     for each in (sampler, twin):
         each.refresh(table)
     scores, _ = retrieval.mixed_negatives_scores(
-        q, c[:B], ids[:B], sampler=sampler, num_samples=5, embed_ids=embed, shared_negatives=True)
+        q, c[:B], ids[:B], sampler=sampler, num_samples=5, embed_ids=embed, shared_negatives=True
+    )
     drawn, log_q = twin.sample_shared(q, 5)
     expected = q @ table[drawn.numpy()].T - np.log(5 * np.exp(log_q.numpy()))
     expected[drawn.numpy()[None, :] == ids[:B, None]] = -1e30
@@ -109,13 +116,21 @@ def test_mixed_scores_by_hand(shared, correct_positive):
     m, tau = 5, 0.5
     sampler, twin = _softmax_sampler(table), _softmax_sampler(table)
     scores, _ = retrieval.mixed_negatives_scores(
-        q, c, ids, sampler=sampler, num_samples=m, embed_ids=lambda i: tf.gather(table, i),
-        candidate_sampling_probability=p, temperature=tau, shared_negatives=shared,
-        correct_positive=correct_positive)
+        q,
+        c,
+        ids,
+        sampler=sampler,
+        num_samples=m,
+        embed_ids=lambda i: tf.gather(table, i),
+        candidate_sampling_probability=p,
+        temperature=tau,
+        shared_negatives=shared,
+        correct_positive=correct_positive,
+    )
     log_q = _log_softmax(q.astype(np.float64) @ table.T)  # [B, N]
     if shared:
         log_q = np.broadcast_to(np.logaddexp.reduce(log_q, axis=0) - np.log(B), log_q.shape)
-    drawn = (twin.sample_shared(q, m)[0].numpy()[None].repeat(B, 0) if shared else twin.sample(q, m)[0].numpy())
+    drawn = twin.sample_shared(q, m)[0].numpy()[None].repeat(B, 0) if shared else twin.sample(q, m)[0].numpy()
     # With catalogue columns the in-batch ones subtract their log expected count, log(C·p).
     expected = q @ c.T / tau - np.log(C * np.clip(p, 1e-6, 1.0))
     rows = np.arange(B)
@@ -133,14 +148,23 @@ def test_default_in_batch_columns_are_tfrs_up_to_log_c(shared):
     sampler = _softmax_sampler(table)
     options = dict(temperature=0.5, remove_accidental_hits=True)
     scores, _ = retrieval.mixed_negatives_scores(
-        q, c, ids, sampler=sampler, num_samples=5, embed_ids=lambda i: tf.gather(table, i),
-        candidate_sampling_probability=p, shared_negatives=shared, **options)
+        q,
+        c,
+        ids,
+        sampler=sampler,
+        num_samples=5,
+        embed_ids=lambda i: tf.gather(table, i),
+        candidate_sampling_probability=p,
+        shared_negatives=shared,
+        **options,
+    )
     # TFRS's in-batch scores, shifted by the constant log C (log expected counts C·p; masked stay masked).
     tfrs_scores = retrieval.in_batch_scores(q, c, ids, p, **options).numpy()
     shifted = np.where(tfrs_scores < -1e30, tfrs_scores, tfrs_scores - np.log(C))
     np.testing.assert_allclose(scores.numpy()[:, :C], shifted, rtol=1e-6)
-    catalogue = retrieval.catalogue_scores(q, ids, _softmax_sampler(table), 5, lambda i: tf.gather(table, i),
-                                           temperature=0.5, shared_negatives=shared)
+    catalogue = retrieval.catalogue_scores(
+        q, ids, _softmax_sampler(table), 5, lambda i: tf.gather(table, i), temperature=0.5, shared_negatives=shared
+    )
     assert catalogue.shape == (B, 5)
     np.testing.assert_allclose(scores.numpy()[:, C:], catalogue.numpy(), rtol=1e-6)
 
@@ -152,9 +176,19 @@ def test_xla_compiles_mixed_negatives(shared, correct_positive):
     table = tf.constant(np.random.default_rng(1).standard_normal((N, D)).astype(np.float32))
     sampler = samplers.MIDX(N, num_codewords=4, seed=0)
     sampler.refresh(table)
-    loss = lambda q, c: retrieval.mixed_negatives_loss(  # noqa: E731
-        q, c, ids[:B], sampler=sampler, num_samples=6, embed_ids=lambda i: tf.gather(table, i),
-        shared_negatives=shared, correct_positive=correct_positive)
+
+    def loss(q, c):
+        return retrieval.mixed_negatives_loss(
+            q,
+            c,
+            ids[:B],
+            sampler=sampler,
+            num_samples=6,
+            embed_ids=lambda i: tf.gather(table, i),
+            shared_negatives=shared,
+            correct_positive=correct_positive,
+        )
+
     compiled = tf.function(loss, jit_compile=True)(q, c[:B]).numpy()
     assert np.isfinite(compiled)
 
@@ -162,7 +196,12 @@ def test_xla_compiles_mixed_negatives(shared, correct_positive):
 @keras3_only
 @pytest.mark.slow
 def test_keras3_compute_loss_example_runs():
-    result = subprocess.run([sys.executable, str(ROOT / "examples" / "keras3_retrieval.py"), "--quick"],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "keras3_retrieval.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Recall@10" in result.stdout

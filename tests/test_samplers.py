@@ -20,8 +20,14 @@ def _softmax():
 
 
 def _midx(quantizer, residual):
-    sampler = samplers.MIDX(NUM_CLASSES, num_codewords=3, quantizer=quantizer, residual=residual,
-                            counts=_counts() if residual == "unigram" else None, seed=3)
+    sampler = samplers.MIDX(
+        NUM_CLASSES,
+        num_codewords=3,
+        quantizer=quantizer,
+        residual=residual,
+        counts=_counts() if residual == "unigram" else None,
+        seed=3,
+    )
     sampler.refresh(np.random.default_rng(1).standard_normal((NUM_CLASSES, 4)).astype(np.float32))
     return sampler
 

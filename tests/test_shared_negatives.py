@@ -47,7 +47,9 @@ def test_static_samplers_share_their_own_distribution():
     queries = _queries(batch=3)
     np.testing.assert_allclose(
         sampler.mixture_log_prob(queries, [[0, 5], [9, 36]]).numpy(),
-        sampler.log_prob(queries[:2], [[0, 5], [9, 36]]).numpy(), rtol=1e-6)
+        sampler.log_prob(queries[:2], [[0, 5], [9, 36]]).numpy(),
+        rtol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -87,17 +89,34 @@ def test_shared_ids_match_tf_sampled_softmax_loss(num_true):
     q = rng.random(n).astype(np.float32) + 0.1
     q /= q.sum()
     expected = tf.nn.sampled_softmax_loss(
-        w, b, labels, h, num_sampled=m, num_classes=n, num_true=num_true,
-        sampled_values=(tf.constant(sampled, tf.int64), (m * q[labels]).astype(np.float32),
-                        (m * q[sampled]).astype(np.float32)),
+        w,
+        b,
+        labels,
+        h,
+        num_sampled=m,
+        num_classes=n,
+        num_true=num_true,
+        sampled_values=(
+            tf.constant(sampled, tf.int64),
+            (m * q[labels]).astype(np.float32),
+            (m * q[sampled]).astype(np.float32),
+        ),
         remove_accidental_hits=True,
     )
     shared = estimator.sampled_softmax_loss(
-        h, labels, sampled, np.log(q[sampled]), w, b, true_log_q=np.log(q[labels]), correct_positive=True)
+        h, labels, sampled, np.log(q[sampled]), w, b, true_log_q=np.log(q[labels]), correct_positive=True
+    )
     np.testing.assert_allclose(shared.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
     per_query = estimator.sampled_softmax_loss(
-        h, labels, np.tile(sampled, (batch, 1)), np.tile(np.log(q[sampled]), (batch, 1)), w, b,
-        true_log_q=np.log(q[labels]), correct_positive=True)
+        h,
+        labels,
+        np.tile(sampled, (batch, 1)),
+        np.tile(np.log(q[sampled]), (batch, 1)),
+        w,
+        b,
+        true_log_q=np.log(q[labels]),
+        correct_positive=True,
+    )
     np.testing.assert_allclose(shared.numpy(), per_query.numpy(), rtol=1e-6)
 
 
@@ -106,8 +125,11 @@ def test_shared_gradient_touches_only_the_drawn_rows():
     w = tf.Variable(rng.standard_normal((30, 4)).astype(np.float32))
     h = rng.standard_normal((5, 4)).astype(np.float32)
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(estimator.sampled_softmax_loss(
-            h, [0, 1, 2, 3, 4], [7, 8, 9], tf.fill([3], -3.0), w, true_log_q=tf.fill([5, 1], -3.0)))
+        loss = tf.reduce_sum(
+            estimator.sampled_softmax_loss(
+                h, [0, 1, 2, 3, 4], [7, 8, 9], tf.fill([3], -3.0), w, true_log_q=tf.fill([5, 1], -3.0)
+            )
+        )
     gradient = tape.gradient(loss, w)
     assert isinstance(gradient, tf.IndexedSlices)
     assert set(gradient.indices.numpy()) == {0, 1, 2, 3, 4, 7, 8, 9}
@@ -119,8 +141,13 @@ def test_layer_uses_shared_draws_from_the_batch_mixture(correct_positive):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((16, d)).astype(np.float32)
     y = rng.integers(0, n, 16).astype(np.int32)
-    layer = AdaptiveSampledSoftmaxLoss(n, samplers.QuadraticKernel(n, leaf_size=8, seed=4), num_samples=6,
-                                       shared_negatives=True, correct_positive=correct_positive)
+    layer = AdaptiveSampledSoftmaxLoss(
+        n,
+        samplers.QuadraticKernel(n, leaf_size=8, seed=4),
+        num_samples=6,
+        shared_negatives=True,
+        correct_positive=correct_positive,
+    )
     layer.build_for_dim(d)
     assert layer.refresh_sampler()
     twin = samplers.QuadraticKernel(n, leaf_size=8, seed=4)
@@ -129,8 +156,15 @@ def test_layer_uses_shared_draws_from_the_batch_mixture(correct_positive):
     ids, log_q = twin.sample_shared(x, 6)  # the same seed stream, one step
     true_log_q = twin.mixture_log_prob(x, y[:, None]) if correct_positive else None
     expected = estimator.sampled_softmax_loss(
-        x, y, ids, log_q, layer.class_embeddings, layer.class_bias, true_log_q=true_log_q,
-        correct_positive=correct_positive)
+        x,
+        y,
+        ids,
+        log_q,
+        layer.class_embeddings,
+        layer.class_bias,
+        true_log_q=true_log_q,
+        correct_positive=correct_positive,
+    )
     np.testing.assert_allclose(loss, expected.numpy(), rtol=1e-6)
     clone = AdaptiveSampledSoftmaxLoss.from_config(layer.get_config())
     assert clone.shared_negatives and clone.correct_positive == correct_positive
@@ -141,8 +175,9 @@ def test_shared_ops_compile_under_xla(name):
     sampler = FACTORIES[name]()
     if name == "softmax":
         sampler = samplers.Softmax(NUM_CLASSES)  # live: reads the layer's own weights
-    layer = AdaptiveSampledSoftmaxLoss(NUM_CLASSES, sampler, num_samples=6, shared_negatives=True,
-                                       correct_positive=True)
+    layer = AdaptiveSampledSoftmaxLoss(
+        NUM_CLASSES, sampler, num_samples=6, shared_negatives=True, correct_positive=True
+    )
     layer.build_for_dim(4)
     layer.refresh_sampler()
     variables = layer.trainable_weights
@@ -168,12 +203,18 @@ def test_fit_with_shared_negatives_learns():
     features = K.Input((d,))
     labels = K.Input((), dtype="int32")
     query = K.layers.Dense(d)(features)
-    output = AdaptiveSampledSoftmaxLoss(n, samplers.QuadraticKernel(n, leaf_size=8, seed=0), num_samples=20,
-                                        shared_negatives=True, add_to_model_loss=True)
+    output = AdaptiveSampledSoftmaxLoss(
+        n,
+        samplers.QuadraticKernel(n, leaf_size=8, seed=0),
+        num_samples=20,
+        shared_negatives=True,
+        add_to_model_loss=True,
+    )
     model = K.Model([features, labels], output((query, labels)))
     model.compile(optimizer=K.optimizers.Adam(0.05))
     before = float(np.mean(model.predict([x, y], verbose=0)))
     from tf_adaptive_softmax.callbacks import CodebookRefresh
+
     model.fit([x, y], epochs=3, batch_size=64, verbose=0, callbacks=[CodebookRefresh(output, every_n_steps=10)])
     after = float(np.mean(model.predict([x, y], verbose=0)))  # exact full-softmax cross-entropy
     assert after < 0.5 * before

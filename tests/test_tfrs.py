@@ -49,9 +49,15 @@ def _metrics(table):
 
 
 @pytestmark_legacy
-@pytest.mark.parametrize("options", [
-    {}, {"temperature": 0.5}, {"remove_accidental_hits": True}, {"num_hard_negatives": 2},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"temperature": 0.5},
+        {"remove_accidental_hits": True},
+        {"num_hard_negatives": 2},
+    ],
+)
 def test_parity_with_tfrs_retrieval_without_catalogue_negatives(options):
     q, c, ids, p = _batch()
     table = np.random.default_rng(1).standard_normal((N, D)).astype(np.float32)
@@ -87,8 +93,10 @@ def test_correct_positive_is_on_by_default():
     embedding = tf.keras.layers.Embedding(N, D)
     assert AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding).correct_positive is True
     assert AdaptiveRetrieval().correct_positive is True
-    assert AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding,
-                             correct_positive=False).correct_positive is False
+    assert (
+        AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding, correct_positive=False).correct_positive
+        is False
+    )
 
 
 @pytestmark_legacy
@@ -99,8 +107,13 @@ def test_mixed_negatives_match_a_hand_computation(temperature, correct_positive)
     table = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
     embedding = tf.keras.layers.Embedding(N, D, embeddings_initializer=tf.keras.initializers.Constant(table))
     embedding.build((None,))
-    task = AdaptiveRetrieval(samplers.Uniform(N, seed=5), num_samples=7, candidate_embeddings=embedding,
-                             temperature=temperature, correct_positive=correct_positive)
+    task = AdaptiveRetrieval(
+        samplers.Uniform(N, seed=5),
+        num_samples=7,
+        candidate_embeddings=embedding,
+        temperature=temperature,
+        correct_positive=correct_positive,
+    )
     twin = samplers.Uniform(N, seed=5)  # same stream: reproduces the task's draws
     loss = task(q, c, candidate_sampling_probability=p, candidate_ids=ids, training=True).numpy()
     drawn, _ = twin.sample(q, 7)
@@ -129,14 +142,17 @@ def test_shared_catalogue_negatives_match_tfrs_extra_candidates():
     sampler, twin = (samplers.QuadraticKernel(N, leaf_size=8, seed=5) for _ in range(2))
     for each in (sampler, twin):
         each.refresh(table)
-    task = AdaptiveRetrieval(sampler, num_samples=7, candidate_embeddings=embedding, shared_negatives=True,
-                             remove_accidental_hits=True)
+    task = AdaptiveRetrieval(
+        sampler, num_samples=7, candidate_embeddings=embedding, shared_negatives=True, remove_accidental_hits=True
+    )
     loss = task(q, c, candidate_ids=ids, training=True).numpy()
     drawn, log_q = twin.sample_shared(q, 7)
     theirs = tfrs.tasks.Retrieval(remove_accidental_hits=True)(
-        q, np.concatenate([c, table[drawn.numpy()]]),
+        q,
+        np.concatenate([c, table[drawn.numpy()]]),
         candidate_sampling_probability=np.concatenate([np.ones(B), 7 * np.exp(log_q.numpy())]).astype(np.float32),
-        candidate_ids=np.concatenate([ids, drawn.numpy()]))
+        candidate_ids=np.concatenate([ids, drawn.numpy()]),
+    )
     assert loss == pytest.approx(float(theirs), rel=1e-5)
 
 
@@ -150,8 +166,11 @@ def test_catalogue_draws_of_the_positive_are_masked():
     # Every draw is the positive and masked, so the row's loss is exactly Retrieval's.
     task = AdaptiveRetrieval(samplers.Unigram(counts), num_samples=3, candidate_embeddings=embedding)
     plain = tfrs.tasks.Retrieval()
-    per_row = lambda t: t(q, c[:B], candidate_ids=ids[:B], sample_weight=np.eye(B)[0], **(  # noqa: E731
-        {"training": True} if t is task else {})).numpy()
+
+    def per_row(t):
+        training = {"training": True} if t is task else {}
+        return t(q, c[:B], candidate_ids=ids[:B], sample_weight=np.eye(B)[0], **training).numpy()
+
     assert per_row(task) == pytest.approx(per_row(plain), rel=1e-6)
     assert MIN_FLOAT < -1e30
 
@@ -160,8 +179,9 @@ def test_catalogue_draws_of_the_positive_are_masked():
 def test_requires_candidate_ids_and_a_tower():
     with pytest.raises(ValueError, match="candidate_embeddings"):
         AdaptiveRetrieval(samplers.Uniform(N))
-    task = AdaptiveRetrieval(samplers.Uniform(N),
-                             candidate_embeddings=lambda i: tf.zeros(tf.concat([tf.shape(i), [D]], 0)))
+    task = AdaptiveRetrieval(
+        samplers.Uniform(N), candidate_embeddings=lambda i: tf.zeros(tf.concat([tf.shape(i), [D]], 0))
+    )
     q, c, _, _ = _batch()
     with pytest.raises(ValueError, match="candidate_ids"):
         task(q, c[:B], training=True)
@@ -181,8 +201,13 @@ class _TwoTower(tf.keras.Model if not IS_KERAS_3 else object):
     def _step(self, data, training):
         users, items = data
         with tf.GradientTape() as tape:
-            loss = self.task(self.user_model(users), self.item_embedding(items), candidate_ids=items,
-                             compute_metrics=not training, training=training)
+            loss = self.task(
+                self.user_model(users),
+                self.item_embedding(items),
+                candidate_ids=items,
+                compute_metrics=not training,
+                training=training,
+            )
         if training:
             variables = self.trainable_variables
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
@@ -200,13 +225,19 @@ def test_fit_with_midx_refresh_and_reindexing(jit_compile):
     user_model = tf.keras.layers.Embedding(30, D)
     index = tfrs.layers.factorized_top_k.BruteForce(k=5)
     sampler = samplers.MIDX(N, num_codewords=4, seed=0)
-    task = AdaptiveRetrieval(sampler, num_samples=8, candidate_embeddings=item_embedding, index=index,
-                             catalogue_ids=np.arange(N, dtype=np.int32))
+    task = AdaptiveRetrieval(
+        sampler,
+        num_samples=8,
+        candidate_embeddings=item_embedding,
+        index=index,
+        catalogue_ids=np.arange(N, dtype=np.int32),
+    )
     model = _TwoTower(task, user_model, item_embedding)
     model.compile(optimizer=tf.keras.optimizers.Adam(0.05), jit_compile=jit_compile)
     refresh = CodebookRefresh(task, every_n_steps=4)
-    history = model.fit(tf.data.Dataset.from_tensor_slices((users, items)).batch(32), epochs=3, verbose=0,
-                        callbacks=[refresh])
+    history = model.fit(
+        tf.data.Dataset.from_tensor_slices((users, items)).batch(32), epochs=3, verbose=0, callbacks=[refresh]
+    )
     assert history.history["loss"][-1] < history.history["loss"][0]
     # 24 global steps: refreshes before steps 0, 4, ..., 20; the epoch starts (0, 8, 16) coincide.
     assert bool(sampler.initialized.numpy()) and refresh.refresh_count == 6
@@ -220,16 +251,30 @@ def test_refresh_through_a_candidate_tower_embeds_the_catalogue(capsys):
     table = np.random.default_rng(3).standard_normal((N, D)).astype(np.float32)
     tower = lambda ids: tf.gather(table, ids) * 2.0  # noqa: E731
     sampler = samplers.Softmax(N, live=False)
-    task = AdaptiveRetrieval(sampler, num_samples=4, candidate_embeddings=tower,
-                             catalogue_ids=np.arange(N, dtype=np.int32), refresh_batch_size=16)
+    task = AdaptiveRetrieval(
+        sampler,
+        num_samples=4,
+        candidate_embeddings=tower,
+        catalogue_ids=np.arange(N, dtype=np.int32),
+        refresh_batch_size=16,
+    )
     task.refresh_sampler()
     np.testing.assert_allclose(sampler.snapshot_embeddings.numpy(), table * 2.0, rtol=1e-6)
 
 
 def _midx_state(sampler):
-    return {name: getattr(sampler, name).numpy()
-            for name in ("codebook1", "codebook2", "class_bucket", "sorted_ids", "bucket_offsets",
-                         "log_bucket_weights", "initialized")}
+    return {
+        name: getattr(sampler, name).numpy()
+        for name in (
+            "codebook1",
+            "codebook2",
+            "class_bucket",
+            "sorted_ids",
+            "bucket_offsets",
+            "log_bucket_weights",
+            "initialized",
+        )
+    }
 
 
 @pytestmark_legacy
@@ -246,8 +291,12 @@ def test_compiled_refresh_assigns_the_eager_refresh_state(through):
         task = AdaptiveRetrieval(sampler, candidate_embeddings=table)
         read = lambda: table.embeddings  # noqa: E731
     else:
-        task = AdaptiveRetrieval(sampler, candidate_embeddings=lambda ids: table(ids) * 2.0,
-                                 catalogue_ids=np.arange(num_items, dtype=np.int32), refresh_batch_size=64)
+        task = AdaptiveRetrieval(
+            sampler,
+            candidate_embeddings=lambda ids: table(ids) * 2.0,
+            catalogue_ids=np.arange(num_items, dtype=np.int32),
+            refresh_batch_size=64,
+        )
         read = lambda: table.embeddings * 2.0  # noqa: E731
     for step in range(3):
         noise = tf.random.stateless_normal([num_items, width], [step, 0])
@@ -275,8 +324,12 @@ def test_refresh_through_a_tower_that_branches_on_tensors():
             return rows
 
     tower = Tower()
-    task = AdaptiveRetrieval(samplers.MIDX(N, num_codewords=2, seed=0), candidate_embeddings=tower,
-                             catalogue_ids=np.arange(N, dtype=np.int32), refresh_batch_size=16)
+    task = AdaptiveRetrieval(
+        samplers.MIDX(N, num_codewords=2, seed=0),
+        candidate_embeddings=tower,
+        catalogue_ids=np.arange(N, dtype=np.int32),
+        refresh_batch_size=16,
+    )
     assert task.refresh_sampler() is True
     np.testing.assert_array_equal(task.catalogue_embeddings().numpy(), tower.table.numpy())
 
@@ -380,9 +433,22 @@ def test_two_tower_example_runs_on_an_interactions_file(tmp_path):
     path.write_text("\n".join(rows) + "\n")
     root = pathlib.Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, str(root / "examples" / "tfrs_two_tower.py"), "--data", str(path), "--quick",
-         "--batch-size", "32", "--num-samples", "8"],
-        capture_output=True, text=True, timeout=600, cwd=root)
+        [
+            sys.executable,
+            str(root / "examples" / "tfrs_two_tower.py"),
+            "--data",
+            str(path),
+            "--quick",
+            "--batch-size",
+            "32",
+            "--num-samples",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # The popularity reference, then six trained rows.
     assert result.stdout.count("Recall@10=") == 7 and "| AdaptiveRetrieval, in-batch + logQ + MIDX |" in result.stdout
@@ -417,10 +483,30 @@ def test_two_tower_example_chunked_evaluation_matches_a_dense_mask(monkeypatch):
 def test_two_tower_example_runs_on_a_synthetic_catalogue(tmp_path):
     root = pathlib.Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, str(root / "examples" / "tfrs_two_tower.py"), "--catalogue", "synthetic", "--quick",
-         "--num-items", "300", "--num-users", "60", "--per-user", "8", "--batch-size", "32", "--num-samples", "8",
-         "--json", str(tmp_path / "rows.json")],
-        capture_output=True, text=True, timeout=600, cwd=root)
+        [
+            sys.executable,
+            str(root / "examples" / "tfrs_two_tower.py"),
+            "--catalogue",
+            "synthetic",
+            "--quick",
+            "--num-items",
+            "300",
+            "--num-users",
+            "60",
+            "--per-user",
+            "8",
+            "--batch-size",
+            "32",
+            "--num-samples",
+            "8",
+            "--json",
+            str(tmp_path / "rows.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "rows.json").read_text())
     assert report["num_items"] == 300 and report["catalogue"] == "synthetic"

@@ -26,8 +26,17 @@ from typing import Any, List
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "callbacks", "datasets", "diagnostics", "estimator", "experiments", "layers", "losses", "quantization",
-    "refresh", "retrieval", "samplers",
+    "callbacks",
+    "datasets",
+    "diagnostics",
+    "estimator",
+    "experiments",
+    "layers",
+    "losses",
+    "quantization",
+    "refresh",
+    "retrieval",
+    "samplers",
 )
 _ATTRIBUTES = {
     "AdaptiveSampledSoftmaxLoss": "layers",

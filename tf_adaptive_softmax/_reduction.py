@@ -30,7 +30,7 @@ def reduction_name(reduction) -> str:
         return "none"
     name = str(getattr(reduction, "value", reduction)).lower()
     if name.startswith("reduction."):  # str() of a tf_keras enum member
-        name = name[len("reduction."):]
+        name = name[len("reduction.") :]
     if name not in _REDUCTIONS:
         raise ValueError(f"`reduction` must be one of {REDUCTIONS} (or None); got {reduction!r}.")
     return name

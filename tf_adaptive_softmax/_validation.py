@@ -83,9 +83,7 @@ def as_label_matrix(labels, name: str = "labels") -> tf.Tensor:
     if labels.shape.rank == 1:
         labels = labels[:, tf.newaxis]
     if labels.shape.rank != 2:
-        raise ValueError(
-            f"`{name}` must have shape [batch] or [batch, num_true]; got shape {labels.shape}."
-        )
+        raise ValueError(f"`{name}` must have shape [batch] or [batch, num_true]; got shape {labels.shape}.")
     return as_ids(labels, name=name)
 
 
@@ -118,8 +116,10 @@ def poison_invalid_rows(per_example: tf.Tensor, valid: tf.Tensor) -> tf.Tensor:
 def check_embedding_shape(class_embeddings: tf.Tensor, num_classes: int, dim: int | None, name: str) -> None:
     shape = class_embeddings.shape
     expected = f"[{num_classes}, {dim if dim is not None else 'dim'}]"
-    if shape.rank != 2 or (shape[0] is not None and shape[0] != num_classes) or (
-        dim is not None and shape[1] is not None and shape[1] != dim
+    if (
+        shape.rank != 2
+        or (shape[0] is not None and shape[0] != num_classes)
+        or (dim is not None and shape[1] is not None and shape[1] != dim)
     ):
         raise ValueError(f"`{name}` must have shape {expected}; got {shape}.")
 

@@ -57,7 +57,11 @@ class CodebookRefresh(K.callbacks.Callback):
     """
 
     def __init__(
-        self, target, every_n_steps: Optional[int] = None, on_epoch_begin: bool = True, class_embeddings=None,
+        self,
+        target,
+        every_n_steps: Optional[int] = None,
+        on_epoch_begin: bool = True,
+        class_embeddings=None,
         on_nonfinite: str = "raise",
     ):
         super().__init__()

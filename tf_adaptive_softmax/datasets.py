@@ -72,8 +72,7 @@ class Teacher:
         total = 0.0
         for start, stop in self._chunks(len(labels)):
             logits = tf.matmul(features[start:stop], weights, transpose_b=True) + bias
-            total += float(tf.reduce_sum(
-                tf.nn.sparse_softmax_cross_entropy_with_logits(labels[start:stop], logits)))
+            total += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(labels[start:stop], logits)))
         return total / len(labels)
 
 

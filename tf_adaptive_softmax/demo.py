@@ -83,18 +83,28 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=3e-3)
     parser.add_argument("--num-samples", type=int, default=32, help="m per query (default 32)")
-    parser.add_argument("--shared-samples", type=int, default=512,
-                        help="m shared by the batch, TF's row included (default 512)")
+    parser.add_argument(
+        "--shared-samples", type=int, default=512, help="m shared by the batch, TF's row included (default 512)"
+    )
     parser.add_argument("--refresh-every", type=int, default=100, help="adaptive refresh every n steps")
     parser.add_argument("--rows", default=",".join(ROW_KEYS), help=f"any of {', '.join(ROW_KEYS)}")
-    parser.add_argument("--frequency-sorted-ids", action="store_true",
-                        help="ids sorted by frequency (a vocabulary: log-uniform's best case)")
-    parser.add_argument("--evaluations-per-epoch", type=int, default=2,
-                        help="points of the time-to-quality curve per epoch (default 2)")
-    parser.add_argument("--jit-compile", action="store_true",
-                        help="train under XLA (TF's sampled-softmax row then stays in graph mode)")
-    parser.add_argument("--plot", type=pathlib.Path, default=pathlib.Path("tf_adaptive_softmax_demo.png"),
-                        help="PNG of test cross-entropy against training seconds")
+    parser.add_argument(
+        "--frequency-sorted-ids",
+        action="store_true",
+        help="ids sorted by frequency (a vocabulary: log-uniform's best case)",
+    )
+    parser.add_argument(
+        "--evaluations-per-epoch", type=int, default=2, help="points of the time-to-quality curve per epoch (default 2)"
+    )
+    parser.add_argument(
+        "--jit-compile", action="store_true", help="train under XLA (TF's sampled-softmax row then stays in graph mode)"
+    )
+    parser.add_argument(
+        "--plot",
+        type=pathlib.Path,
+        default=pathlib.Path("tf_adaptive_softmax_demo.png"),
+        help="PNG of test cross-entropy against training seconds",
+    )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the rows here")
     parser.add_argument("--quick", action="store_true", help="N = 20,000 and fewer examples: under a minute")
     parser.add_argument("--verbose", type=int, default=1, help="Keras fit verbosity (1: progress bars)")
@@ -127,13 +137,30 @@ def run_rows(args, train, test, counts) -> List[dict]:
         print(f"\n[{index}/{len(chosen)}] {label}" + ("" if name == "full" else f", m={m}"), flush=True)
         start = time.perf_counter()
         result = experiments.train_and_evaluate(
-            train, test, args.num_classes, sampler, m, args.epochs, batch_size=args.batch_size,
-            learning_rate=args.learning_rate, jit_compile=args.jit_compile and not tf_sampled,
-            verbose=args.verbose, shared_negatives=shared and not tf_sampled, refresh_every=args.refresh_every,
-            tf_sampled=tf_sampled, evaluations_per_epoch=args.evaluations_per_epoch,
+            train,
+            test,
+            args.num_classes,
+            sampler,
+            m,
+            args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            jit_compile=args.jit_compile and not tf_sampled,
+            verbose=args.verbose,
+            shared_negatives=shared and not tf_sampled,
+            refresh_every=args.refresh_every,
+            tf_sampled=tf_sampled,
+            evaluations_per_epoch=args.evaluations_per_epoch,
         )
-        rows.append({"key": key, "row": label, "num_samples": 0 if name == "full" else m, **result,
-                     "wall_seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "key": key,
+                "row": label,
+                "num_samples": 0 if name == "full" else m,
+                **result,
+                "wall_seconds": time.perf_counter() - start,
+            }
+        )
     return rows
 
 
@@ -162,7 +189,8 @@ def format_table(rows: Sequence[dict], floor: float) -> str:
         reached = "—" if reached is None else f"{reached:.0f}"
         lines.append(
             f"| {row['row']} | {row['num_samples'] or '—'} | {row['test_cross_entropy']:.3f} | {gap} | "
-            f"{row['accuracy_at_1']:.3f} | {row['seconds_per_epoch']:.1f} | {speedup} | {reached} |")
+            f"{row['accuracy_at_1']:.3f} | {row['seconds_per_epoch']:.1f} | {speedup} | {reached} |"
+        )
     lines.append(f"| teacher (Bayes floor) | — | {floor:.3f} | | | | | |")
     return "\n".join(lines)
 
@@ -179,15 +207,19 @@ def summary(rows: Sequence[dict], full: Optional[dict]) -> str:
             f"{best['row']} reached a test cross-entropy of {best['test_cross_entropy']:.3f} "
             f"({best['gap']:+.1%} from the full softmax's {full['test_cross_entropy']:.3f}) in "
             f"{best['training_seconds']:.0f} s, {best['training_seconds'] / full['training_seconds']:.0%} of the "
-            f"full softmax's {full['training_seconds']:.0f} s")
+            f"full softmax's {full['training_seconds']:.0f} s"
+        )
         if best["seconds_to_within_2pct"] is not None:
-            parts[-1] += (f"; it was within 2% of it after {best['seconds_to_within_2pct']:.0f} s "
-                          f"({best['seconds_to_within_2pct'] / full['training_seconds']:.0%} of its time)")
+            parts[-1] += (
+                f"; it was within 2% of it after {best['seconds_to_within_2pct']:.0f} s "
+                f"({best['seconds_to_within_2pct'] / full['training_seconds']:.0%} of its time)"
+            )
     tf_row = next((r for r in rows if r["key"] == "tf_sampled"), None)
     if tf_row is not None:
         parts.append(
             f"tf.nn.sampled_softmax_loss reached {tf_row['test_cross_entropy']:.3f} ({tf_row['gap']:+.1%}) "
-            f"in {tf_row['training_seconds']:.0f} s")
+            f"in {tf_row['training_seconds']:.0f} s"
+        )
     return "; ".join(parts) + "."
 
 
@@ -202,11 +234,17 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pathl
     full = next((r for r in rows if r["key"] == "full"), None)
     if full is not None:
         axis.axhline(1.02 * full["test_cross_entropy"], color="gray", linestyle=":", label="full softmax + 2%")
-    axis.set(xscale="log", xlabel="training seconds (evaluation excluded)", ylabel="exact test cross-entropy",
-             title=title)
+    axis.set(
+        xscale="log", xlabel="training seconds (evaluation excluded)", ylabel="exact test cross-entropy", title=title
+    )
     seconds = [p[0] for row in rows for p in row["curve"]]
-    axis.set_xticks([t for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
-                     if min(seconds) / 1.5 <= t <= max(seconds) * 1.5])
+    axis.set_xticks(
+        [
+            t
+            for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+            if min(seconds) / 1.5 <= t <= max(seconds) * 1.5
+        ]
+    )
     axis.xaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))
     axis.xaxis.set_minor_formatter(plt.NullFormatter())
     axis.grid(alpha=0.3)
@@ -221,18 +259,20 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pathl
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     args = parse_args(argv)
     _quiet()
-    teacher = datasets.make_teacher(args.num_classes, args.dim, seed=0,
-                                    frequency_sorted_ids=args.frequency_sorted_ids)
+    teacher = datasets.make_teacher(args.num_classes, args.dim, seed=0, frequency_sorted_ids=args.frequency_sorted_ids)
     train, test = datasets.train_test_split(teacher, args.train_examples, args.test_examples)
     counts = np.bincount(train[1], minlength=args.num_classes).astype(np.float64)
     floor = teacher.cross_entropy(*test)
-    layout = ("sorted by frequency (a vocabulary)" if args.frequency_sorted_ids
-              else "in no particular order (a catalogue)")
+    layout = (
+        "sorted by frequency (a vocabulary)" if args.frequency_sorted_ids else "in no particular order (a catalogue)"
+    )
     print(
         f"Synthetic teacher: N={args.num_classes:,} classes, ids {layout}, d={args.dim}; "
         f"{args.train_examples:,} train / {args.test_examples:,} test examples; {args.epochs} epochs of batch "
         f"{args.batch_size} for every row; Keras {'3' if IS_KERAS_3 else '2 (tf_keras)'}, TensorFlow "
-        f"{tf.__version__}, {os.cpu_count()} CPU cores, jit_compile={args.jit_compile}.", flush=True)
+        f"{tf.__version__}, {os.cpu_count()} CPU cores, jit_compile={args.jit_compile}.",
+        flush=True,
+    )
     rows = run_rows(args, train, test, counts)
     full = add_comparisons(rows)
     print("\nExact test metrics over all classes (every row: same student, optimizer, batches, epochs, seed):\n")
@@ -241,8 +281,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     print("\n" + (f"Time-to-quality plot: {path.resolve()}" if path else "(matplotlib missing: no plot)"))
     print("\n" + summary(rows, full))
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "bayes_floor": floor,
-                                         "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"args": {k: str(v) for k, v in vars(args).items()}, "bayes_floor": floor, "rows": rows}, indent=1
+            )
+        )
     return rows
 
 

@@ -48,7 +48,11 @@ def _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeat
         true_logits = tf.gather(tiled_logits, tiled_labels, batch_dims=1)
         sampled_logits = tf.gather(tiled_logits, ids, batch_dims=1)
         corrected = estimator.corrected_logits(
-            true_logits, sampled_logits, log_q, true_log_q=true_log_q, correct_positive=correct_positive,
+            true_logits,
+            sampled_logits,
+            log_q,
+            true_log_q=true_log_q,
+            correct_positive=correct_positive,
             hit_mask=estimator.accidental_hit_mask(tiled_labels, ids),
         )
         loss = tf.reduce_sum(estimator.multi_positive_cross_entropy(corrected, labels.shape[-1]))
@@ -85,8 +89,9 @@ def proposal_diagnostics(
     repeats = _validation.check_positive_int(repeats, "repeats")
     class_embeddings = tf.convert_to_tensor(class_embeddings, tf.float32)
     num_classes = class_embeddings.shape[0]
-    logits = estimator.full_logits(queries, class_embeddings,
-                                   None if class_bias is None else tf.convert_to_tensor(class_bias, tf.float32))
+    logits = estimator.full_logits(
+        queries, class_embeddings, None if class_bias is None else tf.convert_to_tensor(class_bias, tf.float32)
+    )
     log_p = tf.nn.log_softmax(logits, axis=-1)
     all_ids = tf.tile(tf.range(num_classes)[tf.newaxis], [tf.shape(queries)[0], 1])
     log_q = sampler.log_prob(queries, all_ids)
@@ -97,12 +102,14 @@ def proposal_diagnostics(
     ids, draw_log_q = sampler.sample(queries, num_samples, seed=seed)
     log_w = tf.gather(log_p, ids, batch_dims=1) - draw_log_q
     ess = tf.exp(2.0 * tf.reduce_logsumexp(log_w, -1) - tf.reduce_logsumexp(2.0 * log_w, -1)) / num_samples
-    mean_gradient = _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed + 1,
-                                           correct_positive)
+    mean_gradient = _sampled_gradient_mean(
+        logits, labels, sampler, queries, num_samples, repeats, seed + 1, correct_positive
+    )
     targets = tf.reduce_sum(tf.one_hot(labels, num_classes), axis=1) / labels.shape[-1]
     full_gradient = p - targets
     cosine = tf.reduce_sum(mean_gradient * full_gradient, -1) / (
-        tf.norm(mean_gradient, axis=-1) * tf.norm(full_gradient, axis=-1) + 1e-12)
+        tf.norm(mean_gradient, axis=-1) * tf.norm(full_gradient, axis=-1) + 1e-12
+    )
     stats = {
         "kl_p_q": float(tf.reduce_mean(kl_p_q)),
         "kl_q_p": float(tf.reduce_mean(kl_q_p)),
@@ -138,8 +145,16 @@ class ProposalDiagnostics(K.callbacks.Callback):
       verbose: print the numbers at each epoch end.
     """
 
-    def __init__(self, output_layer, query_model, probe_features, probe_labels,
-                 num_samples: Optional[int] = None, repeats: int = 32, verbose: bool = False):
+    def __init__(
+        self,
+        output_layer,
+        query_model,
+        probe_features,
+        probe_labels,
+        num_samples: Optional[int] = None,
+        repeats: int = 32,
+        verbose: bool = False,
+    ):
         super().__init__()
         if getattr(output_layer, "sampler", None) is None:
             raise ValueError("`output_layer` has no sampler to diagnose.")
@@ -154,8 +169,14 @@ class ProposalDiagnostics(K.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         queries = self.query_model(self.probe_features, training=False)
         stats = proposal_diagnostics(
-            queries, self.probe_labels, self.output_layer.class_embeddings, self.output_layer.class_bias,
-            self.output_layer.sampler, self.num_samples, self.repeats, seed=epoch,
+            queries,
+            self.probe_labels,
+            self.output_layer.class_embeddings,
+            self.output_layer.class_bias,
+            self.output_layer.sampler,
+            self.num_samples,
+            self.repeats,
+            seed=epoch,
             correct_positive=self.output_layer.correct_positive,
         )
         if logs is not None:

@@ -191,8 +191,12 @@ def sampled_softmax_loss(
     sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
     hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
     logits = corrected_logits(
-        true_logits, sampled_logits, sampled_log_q,
-        true_log_q=true_log_q, correct_positive=correct_positive, hit_mask=hit_mask,
+        true_logits,
+        sampled_logits,
+        sampled_log_q,
+        true_log_q=true_log_q,
+        correct_positive=correct_positive,
+        hit_mask=hit_mask,
     )
     return _reduction.weighted(multi_positive_cross_entropy(logits, labels.shape[-1]), sample_weight)
 

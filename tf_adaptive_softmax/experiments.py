@@ -30,8 +30,18 @@ from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss
 from tf_adaptive_softmax.losses import SampledSoftmaxLoss, attach
 
 __all__ = [
-    "DATA_DIR_VARIABLE", "SAMPLERS", "EpochTimer", "TFSampledSoftmaxLoss", "TimeToQuality", "data_dir",
-    "exact_test_metrics", "export_serving", "make_sampler", "pyplot", "time_to_reach", "train_and_evaluate",
+    "DATA_DIR_VARIABLE",
+    "SAMPLERS",
+    "EpochTimer",
+    "TFSampledSoftmaxLoss",
+    "TimeToQuality",
+    "data_dir",
+    "exact_test_metrics",
+    "export_serving",
+    "make_sampler",
+    "pyplot",
+    "time_to_reach",
+    "train_and_evaluate",
 ]
 
 #: The environment variable naming the folder of real data sets (PTB subset, MovieLens 100K).
@@ -49,6 +59,7 @@ def data_dir(path: Optional[str] = None) -> Optional[pathlib.Path]:
     """
     chosen = path or os.environ.get(DATA_DIR_VARIABLE)
     return pathlib.Path(chosen).expanduser() if chosen else None
+
 
 SamplerFactory = Callable[[int, np.ndarray], samplers.Sampler]
 
@@ -95,8 +106,9 @@ class EpochTimer(K.callbacks.Callback):
         self.durations.append(time.perf_counter() - self._start)
 
 
-def exact_test_metrics(query_model, output: AdaptiveSampledSoftmaxLoss, features, labels,
-                       batch_size: int = 512) -> Dict[str, float]:
+def exact_test_metrics(
+    query_model, output: AdaptiveSampledSoftmaxLoss, features, labels, batch_size: int = 512
+) -> Dict[str, float]:
     """Exact full-softmax test cross-entropy and accuracy@1 over all N classes, in batches.
 
     Args:
@@ -107,11 +119,12 @@ def exact_test_metrics(query_model, output: AdaptiveSampledSoftmaxLoss, features
     """
     total_ce, correct = 0.0, 0
     for start in range(0, len(labels), batch_size):
-        logits = output.logits(query_model(features[start:start + batch_size], training=False))
-        batch_labels = tf.constant(labels[start:start + batch_size], tf.int32)
+        logits = output.logits(query_model(features[start : start + batch_size], training=False))
+        batch_labels = tf.constant(labels[start : start + batch_size], tf.int32)
         total_ce += float(tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(batch_labels, logits)))
-        correct += int(tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels),
-                                             tf.int32)))
+        correct += int(
+            tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1, output_type=tf.int32), batch_labels), tf.int32))
+        )
     return {"test_cross_entropy": total_ce / len(labels), "accuracy_at_1": correct / len(labels)}
 
 
@@ -211,10 +224,22 @@ def build_student(dim: int) -> K.Model:
 
 
 def train_and_evaluate(
-    train, test, num_classes: int, sampler: Optional[samplers.Sampler], num_samples: int,
-    epochs: int, batch_size: int = 256, learning_rate: float = 3e-3, jit_compile: bool = False,
-    verbose: int = 0, seed: int = 0, correct_positive: bool = True, shared_negatives: bool = False,
-    refresh_every: int = 100, tf_sampled: bool = False, evaluations_per_epoch: int = 1,
+    train,
+    test,
+    num_classes: int,
+    sampler: Optional[samplers.Sampler],
+    num_samples: int,
+    epochs: int,
+    batch_size: int = 256,
+    learning_rate: float = 3e-3,
+    jit_compile: bool = False,
+    verbose: int = 0,
+    seed: int = 0,
+    correct_positive: bool = True,
+    shared_negatives: bool = False,
+    refresh_every: int = 100,
+    tf_sampled: bool = False,
+    evaluations_per_epoch: int = 1,
 ) -> dict:
     """Trains one teacher-task student; returns its exact test metrics, seconds per epoch and curve.
 
@@ -237,8 +262,12 @@ def train_and_evaluate(
     K.utils.set_random_seed(seed)
     model = build_student(x_train.shape[1])
     output = AdaptiveSampledSoftmaxLoss(
-        num_classes, sampler, num_samples=num_samples, correct_positive=correct_positive,
-        shared_negatives=shared_negatives)
+        num_classes,
+        sampler,
+        num_samples=num_samples,
+        correct_positive=correct_positive,
+        shared_negatives=shared_negatives,
+    )
     if tf_sampled:
         if sampler is not None:
             raise ValueError("`tf_sampled` trains with TF's own sampler: pass sampler=None.")
@@ -249,7 +278,12 @@ def train_and_evaluate(
     refresh = CodebookRefresh(output, every_n_steps=refresh_every)
     curve = TimeToQuality(lambda: exact_test_metrics(model, output, x_test, y_test), evaluations_per_epoch)
     history = model.fit(
-        x_train, y_train, batch_size=batch_size, epochs=epochs, verbose=verbose, shuffle=True,
+        x_train,
+        y_train,
+        batch_size=batch_size,
+        epochs=epochs,
+        verbose=verbose,
+        shuffle=True,
         callbacks=[curve, refresh],
     )
     final = curve.points[-1]
@@ -284,8 +318,9 @@ def pyplot():
     return plt
 
 
-def export_serving(path, query_model, output_layer: AdaptiveSampledSoftmaxLoss, input_signature,
-                   k: int = 10) -> pathlib.Path:
+def export_serving(
+    path, query_model, output_layer: AdaptiveSampledSoftmaxLoss, input_signature, k: int = 10
+) -> pathlib.Path:
     """Saves a serving SavedModel: `serving_default(inputs) -> {"top_k_ids", "top_k_scores"}` over
     all N classes (exact logits, no sampler op), via `tf.saved_model.save`.
 
@@ -299,9 +334,11 @@ def export_serving(path, query_model, output_layer: AdaptiveSampledSoftmaxLoss, 
     # Track only the variables serving reads (not the optimizer slots, the sampler state or the
     # Keras objects' own training functions): a small SavedModel with one signature.
     module = tf.Module()
-    module.serving_variables = [raw_variable(v) for v in query_model.weights] + [
-        raw_variable(output_layer.class_embeddings)] + (
-        [raw_variable(output_layer.class_bias)] if output_layer.class_bias is not None else [])
+    module.serving_variables = (
+        [raw_variable(v) for v in query_model.weights]
+        + [raw_variable(output_layer.class_embeddings)]
+        + ([raw_variable(output_layer.class_bias)] if output_layer.class_bias is not None else [])
+    )
 
     @tf.function(input_signature=input_signature)
     def serve(inputs):

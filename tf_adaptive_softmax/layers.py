@@ -114,8 +114,11 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
 
     # -- weights -----------------------------------------------------------------------------
     def build(self, input_shape):
-        query_shape = input_shape[0] if isinstance(input_shape, (list, tuple)) and not isinstance(
-            input_shape[0], (int, type(None))) else input_shape
+        query_shape = (
+            input_shape[0]
+            if isinstance(input_shape, (list, tuple)) and not isinstance(input_shape[0], (int, type(None)))
+            else input_shape
+        )
         dim = query_shape[-1]
         if dim is None:
             raise ValueError("The query's last dimension (the embedding width) must be known.")
@@ -205,16 +208,19 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 log_prob = self.sampler.log_prob
             true_log_q = log_prob(query, labels) if self.correct_positive else None
             loss = estimator.sampled_softmax_loss(
-                query, labels, sampled_ids, sampled_log_q, weights, bias,
+                query,
+                labels,
+                sampled_ids,
+                sampled_log_q,
+                weights,
+                bias,
                 true_log_q=true_log_q,
                 correct_positive=self.correct_positive,
                 remove_accidental_hits=self.remove_accidental_hits,
                 logit_transform=self._logit_transform(),
             )
         else:
-            loss = estimator.full_softmax_loss(
-                query, labels, weights, bias, logit_transform=self._logit_transform()
-            )
+            loss = estimator.full_softmax_loss(query, labels, weights, bias, logit_transform=self._logit_transform())
         return _reduction.weighted(_validation.poison_invalid_rows(loss, valid), sample_weight)
 
     def _per_position_loss(self, query, labels, sample_weight, training):

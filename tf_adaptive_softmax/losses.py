@@ -76,15 +76,11 @@ class SampledSoftmaxLoss(K.losses.Loss):
         >>> _ = model.fit(x, y, epochs=1, verbose=0)
     """
 
-    def __init__(
-        self, output_layer, model=None, mode: str = "auto", reduction="sum_over_batch_size", name=None
-    ):
+    def __init__(self, output_layer, model=None, mode: str = "auto", reduction="sum_over_batch_size", name=None):
         if mode not in ("auto", "sampled", "full"):
             raise ValueError(f"`mode` must be 'auto', 'sampled' or 'full'; got {mode!r}.")
         if output_layer is not None and not hasattr(output_layer, "per_example_loss"):
-            raise TypeError(
-                f"`output_layer` must be an AdaptiveSampledSoftmaxLoss layer; got {output_layer!r}."
-            )
+            raise TypeError(f"`output_layer` must be an AdaptiveSampledSoftmaxLoss layer; got {output_layer!r}.")
         _reduction.reduction_name(reduction)  # fails early on a name neither Keras flavour knows
         super().__init__(reduction=reduction, name=name or "sampled_softmax_loss")
         self.output_layer = output_layer

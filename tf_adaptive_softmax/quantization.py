@@ -44,13 +44,14 @@ def kmeans_plus_plus(points: tf.Tensor, num_centroids: int, seed: tf.Tensor, sam
     """
     trials = 2 + int(math.log(max(num_centroids, 1)))
     num_points = points.shape[0]
-    sample = random_rows(points, min(sample_size, num_points), sub_seed(seed, 0)) if (
-        num_points is None or num_points > sample_size) else points
+    sample = (
+        random_rows(points, min(sample_size, num_points), sub_seed(seed, 0))
+        if (num_points is None or num_points > sample_size)
+        else points
+    )
     first = sample[:1]
     nearest = tf.reduce_sum(tf.square(sample - first), axis=1)
-    centroids = tf.tensor_scatter_nd_update(
-        tf.zeros([num_centroids, points.shape[1]], points.dtype), [[0]], first
-    )
+    centroids = tf.tensor_scatter_nd_update(tf.zeros([num_centroids, points.shape[1]], points.dtype), [[0]], first)
 
     def step(index, centroids, nearest):
         # A floor keeps the logits finite when every point coincides with a chosen centroid.
@@ -64,7 +65,9 @@ def kmeans_plus_plus(points: tf.Tensor, num_centroids: int, seed: tf.Tensor, sam
         return index + 1, centroids, updated[best]
 
     _, centroids, _ = tf.while_loop(
-        lambda index, *_: index < num_centroids, step, (tf.constant(1), centroids, nearest),
+        lambda index, *_: index < num_centroids,
+        step,
+        (tf.constant(1), centroids, nearest),
         maximum_iterations=max(num_centroids - 1, 1),
     )
     return centroids
@@ -135,9 +138,7 @@ def product_split(dim: int) -> int:
 def warm_or_random_start(points: tf.Tensor, codebook, warm_start, seed: tf.Tensor) -> tf.Tensor:
     """The previous codebook when `warm_start` (a bool tensor), else k-means++ seeds."""
     codebook = tf.convert_to_tensor(codebook)
-    return tf.cond(
-        warm_start, lambda: codebook, lambda: kmeans_plus_plus(points, codebook.shape[0], seed)
-    )
+    return tf.cond(warm_start, lambda: codebook, lambda: kmeans_plus_plus(points, codebook.shape[0], seed))
 
 
 def two_codebook_quantize(

@@ -152,7 +152,9 @@ def catalogue_scores(
         logits = logits / temperature
     # The estimator's correction with no positive block: the positives sit in the in-batch columns.
     return estimator.corrected_logits(
-        tf.zeros([num_queries, 0]), logits, sampled_log_q,
+        tf.zeros([num_queries, 0]),
+        logits,
+        sampled_log_q,
         hit_mask=estimator.accidental_hit_mask(positives, sampled_ids),
     )
 
@@ -206,16 +208,22 @@ def mixed_negatives_scores(
         candidate_ids = gather_across_replicas(candidate_ids)
         candidate_sampling_probability = gather_across_replicas(candidate_sampling_probability)
     scores = in_batch_scores(
-        query_embeddings, candidate_embeddings, candidate_ids, candidate_sampling_probability,
-        temperature=temperature, remove_accidental_hits=remove_accidental_hits, score_mask=score_mask,
+        query_embeddings,
+        candidate_embeddings,
+        candidate_ids,
+        candidate_sampling_probability,
+        temperature=temperature,
+        remove_accidental_hits=remove_accidental_hits,
+        score_mask=score_mask,
     )
     has_probability = candidate_sampling_probability is not None
     # With catalogue columns, every column subtracts the log of its expected count: C·p for the C
     # in-batch candidates (TFRS subtracts log p alone, the same up to a constant within its own
     # softmax), m·q for the catalogue draws. Without the log C the catalogue columns would weigh
     # C times too little against the in-batch ones.
-    in_batch_shift = (tf.math.log(tf.cast(tf.shape(scores)[1], scores.dtype))
-                      if sampler is not None and has_probability else None)
+    in_batch_shift = (
+        tf.math.log(tf.cast(tf.shape(scores)[1], scores.dtype)) if sampler is not None and has_probability else None
+    )
     if in_batch_shift is not None:
         scores = scores - in_batch_shift
     if not correct_positive and has_probability:
@@ -232,7 +240,12 @@ def mixed_negatives_scores(
             raise ValueError("`embed_ids` (ids -> candidate embeddings) is required with a sampler.")
         _validation.check_num_samples(num_samples)
         sampled = catalogue_scores(
-            query_embeddings, positive_ids, sampler, num_samples, embed_ids, temperature=temperature,
+            query_embeddings,
+            positive_ids,
+            sampler,
+            num_samples,
+            embed_ids,
+            temperature=temperature,
             shared_negatives=shared_negatives,
         )
         scores = tf.concat([scores, tf.cast(sampled, scores.dtype)], axis=1)
@@ -269,10 +282,17 @@ def mixed_negatives_loss(
     """
     _reduction.reduction_name(reduction)  # a clear error before any work
     scores, labels = mixed_negatives_scores(
-        query_embeddings, candidate_embeddings, candidate_ids, sampler=sampler, num_samples=num_samples,
-        embed_ids=embed_ids, candidate_sampling_probability=candidate_sampling_probability,
-        temperature=temperature, remove_accidental_hits=remove_accidental_hits,
-        cross_replica_candidates=cross_replica_candidates, shared_negatives=shared_negatives,
+        query_embeddings,
+        candidate_embeddings,
+        candidate_ids,
+        sampler=sampler,
+        num_samples=num_samples,
+        embed_ids=embed_ids,
+        candidate_sampling_probability=candidate_sampling_probability,
+        temperature=temperature,
+        remove_accidental_hits=remove_accidental_hits,
+        cross_replica_candidates=cross_replica_candidates,
+        shared_negatives=shared_negatives,
         correct_positive=correct_positive,
     )
     per_query = tf.nn.softmax_cross_entropy_with_logits(labels, scores)

@@ -111,8 +111,10 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             if not isinstance(sampler, Sampler):
                 raise TypeError(f"`sampler` must be a tf_adaptive_softmax Sampler or None; got {sampler!r}.")
             if candidate_embeddings is None:
-                raise ValueError("`candidate_embeddings` (an Embedding layer or ids -> embeddings callable) "
-                                 "is required with a sampler.")
+                raise ValueError(
+                    "`candidate_embeddings` (an Embedding layer or ids -> embeddings callable) "
+                    "is required with a sampler."
+                )
         self.sampler = sampler
         self.num_samples = _validation.check_num_samples(num_samples)
         self.refresh_batch_size = _validation.check_positive_int(refresh_batch_size, "refresh_batch_size")
@@ -120,8 +122,12 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         self._candidates = Untracked(tower=candidate_embeddings, index=index)
         self._catalogue_ids = None if catalogue_ids is None else tf.constant(catalogue_ids)
         self.retrieval = tfrs.tasks.Retrieval(
-            loss=loss, metrics=metrics, batch_metrics=batch_metrics, loss_metrics=loss_metrics,
-            temperature=temperature, num_hard_negatives=num_hard_negatives,
+            loss=loss,
+            metrics=metrics,
+            batch_metrics=batch_metrics,
+            loss_metrics=loss_metrics,
+            temperature=temperature,
+            num_hard_negatives=num_hard_negatives,
             remove_accidental_hits=remove_accidental_hits,
         )
         self._temperature = temperature
@@ -251,28 +257,54 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             if use_sampler:
                 raise ValueError("Multi-head (3-D) query embeddings are not supported with catalogue negatives.")
             return self.retrieval(
-                query_embeddings, candidate_embeddings, sample_weight=sample_weight,
-                candidate_sampling_probability=candidate_sampling_probability, candidate_ids=candidate_ids,
-                compute_metrics=compute_metrics, compute_batch_metrics=compute_batch_metrics,
+                query_embeddings,
+                candidate_embeddings,
+                sample_weight=sample_weight,
+                candidate_sampling_probability=candidate_sampling_probability,
+                candidate_ids=candidate_ids,
+                compute_metrics=compute_metrics,
+                compute_batch_metrics=compute_batch_metrics,
                 score_mask=score_mask,
             )
         scores, labels = mixed_negatives.mixed_negatives_scores(
-            query_embeddings, candidate_embeddings, candidate_ids,
-            sampler=self.sampler if use_sampler else None, num_samples=self.num_samples,
-            embed_ids=self._embed_ids, candidate_sampling_probability=candidate_sampling_probability,
-            temperature=self._temperature, remove_accidental_hits=self._remove_accidental_hits,
-            score_mask=score_mask, cross_replica_candidates=self._cross_replica_candidates,
-            shared_negatives=self.shared_negatives, correct_positive=self.correct_positive,
+            query_embeddings,
+            candidate_embeddings,
+            candidate_ids,
+            sampler=self.sampler if use_sampler else None,
+            num_samples=self.num_samples,
+            embed_ids=self._embed_ids,
+            candidate_sampling_probability=candidate_sampling_probability,
+            temperature=self._temperature,
+            remove_accidental_hits=self._remove_accidental_hits,
+            score_mask=score_mask,
+            cross_replica_candidates=self._cross_replica_candidates,
+            shared_negatives=self.shared_negatives,
+            correct_positive=self.correct_positive,
         )
         if self._num_hard_negatives is not None:
             scores, labels = tfrs.layers.loss.HardNegativeMining(self._num_hard_negatives)(scores, labels)
         return self._loss_and_metrics(
-            labels, scores, query_embeddings, candidate_embeddings, sample_weight, candidate_ids,
-            compute_metrics, compute_batch_metrics,
+            labels,
+            scores,
+            query_embeddings,
+            candidate_embeddings,
+            sample_weight,
+            candidate_ids,
+            compute_metrics,
+            compute_batch_metrics,
         )
 
-    def _loss_and_metrics(self, labels, scores, query_embeddings, candidate_embeddings, sample_weight,
-                          candidate_ids, compute_metrics, compute_batch_metrics):
+    def _loss_and_metrics(
+        self,
+        labels,
+        scores,
+        query_embeddings,
+        candidate_embeddings,
+        sample_weight,
+        candidate_ids,
+        compute_metrics,
+        compute_batch_metrics,
+    ):
         task = self.retrieval
         loss = task._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)  # pylint: disable=protected-access
         update_ops = [metric.update_state(loss) for metric in task._loss_metrics]  # pylint: disable=protected-access
@@ -280,12 +312,16 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         if compute_metrics and query_embeddings.shape.rank == 2:
             true_ids = None if candidate_ids is None else candidate_ids[:num_queries]
             for metric in task.factorized_metrics:
-                update_ops.append(metric.update_state(
-                    query_embeddings, candidate_embeddings[:num_queries],
-                    true_candidate_ids=true_ids, sample_weight=sample_weight))
+                update_ops.append(
+                    metric.update_state(
+                        query_embeddings,
+                        candidate_embeddings[:num_queries],
+                        true_candidate_ids=true_ids,
+                        sample_weight=sample_weight,
+                    )
+                )
         if compute_batch_metrics:
             for metric in task._batch_metrics:  # pylint: disable=protected-access
                 update_ops.append(metric.update_state(labels, scores, sample_weight=sample_weight))
         with tf.control_dependencies([op for op in update_ops if op is not None]):
             return tf.identity(loss)
-

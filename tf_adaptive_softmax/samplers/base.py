@@ -86,15 +86,16 @@ class Sampler(K.layers.Layer):
         """A non-trainable state variable initialised to a NumPy constant (tables, indices)."""
         value = np.asarray(value)
         return self.add_weight(
-            name=name, shape=value.shape, dtype=dtype, trainable=False,
+            name=name,
+            shape=value.shape,
+            dtype=dtype,
+            trainable=False,
             initializer=lambda shape, dtype=None: tf.constant(value),
         )
 
     def state_bytes(self) -> int:
         """Bytes held by the sampler's state variables (the seed stream excluded)."""
-        return sum(
-            int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name
-        )
+        return sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name)
 
     def compiled_refresh(self, read_weights):
         """A graph function refreshing from `read_weights() -> (class_embeddings, class_bias)`;
@@ -177,9 +178,7 @@ class Sampler(K.layers.Layer):
         shape = class_embeddings.shape
         if self.embedding_dim is None and shape.rank == 2 and shape[-1] is not None:
             self.build_state(int(shape[-1]))
-        _validation.check_embedding_shape(
-            class_embeddings, self.num_classes, self.embedding_dim, "class_embeddings"
-        )
+        _validation.check_embedding_shape(class_embeddings, self.num_classes, self.embedding_dim, "class_embeddings")
         if class_bias is not None:
             class_bias = tf.convert_to_tensor(class_bias)
             if class_bias.shape.rank != 1 or class_bias.shape[0] not in (None, self.num_classes):
@@ -198,7 +197,8 @@ class Sampler(K.layers.Layer):
 
         if on_nonfinite == "raise":
             assertion = tf.debugging.Assert(
-                finite, ["`class_embeddings` or `class_bias` contains NaN or Inf values."],
+                finite,
+                ["`class_embeddings` or `class_bias` contains NaN or Inf values."],
                 name="check_class_embeddings_finite",
             )
             # Every op of the rebuild (seed advance included) waits for the check.
@@ -264,4 +264,3 @@ class Sampler(K.layers.Layer):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
-

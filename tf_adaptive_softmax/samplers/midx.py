@@ -134,9 +134,7 @@ class MIDX(Sampler):
             num_codewords = default_num_codewords(self.num_classes)
         self.num_codewords = _validation.check_positive_int(num_codewords, "num_codewords")
         if self.num_codewords > self.num_classes:
-            raise ValueError(
-                f"`num_codewords` (K={self.num_codewords}) must be <= num_classes ({self.num_classes})."
-            )
+            raise ValueError(f"`num_codewords` (K={self.num_codewords}) must be <= num_classes ({self.num_classes}).")
         if quantizer not in QUANTIZERS:
             raise ValueError(f"`quantizer` must be one of {QUANTIZERS}; got {quantizer!r}.")
         if residual not in RESIDUALS:
@@ -211,7 +209,7 @@ class MIDX(Sampler):
     # -- the distribution --------------------------------------------------------------------
     def _codeword_scores(self, queries):
         if self.quantizer == "pq":
-            first, second = queries[:, : self.split], queries[:, self.split:]
+            first, second = queries[:, : self.split], queries[:, self.split :]
         else:
             first = second = queries
         return (
@@ -292,7 +290,12 @@ class MIDX(Sampler):
         k = self.num_codewords
         seed = sub_seed(self._next_seed(), 7)
         codebook1, codebook2, codes1, codes2 = quantization.two_codebook_quantize(
-            class_embeddings, self.codebook1, self.codebook2, self.quantizer, self.kmeans_iterations, seed,
+            class_embeddings,
+            self.codebook1,
+            self.codebook2,
+            self.quantizer,
+            self.kmeans_iterations,
+            seed,
             warm_start=self.initialized,
         )
         bucket = codes1 * k + codes2
@@ -326,13 +329,15 @@ class MIDX(Sampler):
 
     def get_config(self) -> dict:
         config = super().get_config()
-        config.update({
-            "num_codewords": self.num_codewords,
-            "quantizer": self.quantizer,
-            "residual": self.residual,
-            "power": self.power,
-            "include_bias": self.include_bias,
-            "kmeans_iterations": self.kmeans_iterations,
-            "counts": None if self._counts is None else self._counts.tolist(),
-        })
+        config.update(
+            {
+                "num_codewords": self.num_codewords,
+                "quantizer": self.quantizer,
+                "residual": self.residual,
+                "power": self.power,
+                "include_bias": self.include_bias,
+                "kmeans_iterations": self.kmeans_iterations,
+                "counts": None if self._counts is None else self._counts.tolist(),
+            }
+        )
         return config

@@ -115,12 +115,18 @@ class QuadraticKernel(Sampler):
         self._triangle = (rows, cols, multiplicity)
         # S_g restricted to its upper triangle, [G, d(d+1)/2].
         self.group_second_moments = self.add_weight(
-            name="group_second_moments", shape=(self.num_groups, rows.size), initializer="zeros", trainable=False,
+            name="group_second_moments",
+            shape=(self.num_groups, rows.size),
+            initializer="zeros",
+            trainable=False,
         )
         # S = Σ_g S_g [d, d], kept from the refresh: every normalizer needs it, and summing the
         # group sums again would read all of them on each call.
         self.second_moment = self.add_weight(
-            name="second_moment", shape=(embedding_dim, embedding_dim), initializer="zeros", trainable=False,
+            name="second_moment",
+            shape=(embedding_dim, embedding_dim),
+            initializer="zeros",
+            trainable=False,
         )
         sizes = np.minimum(leaf, self.num_classes - leaf * np.arange(self.num_groups)).astype(np.float32)
         self._group_sizes = sizes  # a NumPy constant: safe to embed in any graph
@@ -190,6 +196,7 @@ class QuadraticKernel(Sampler):
         if num_chunks == 1:
             return self._pick_in_leaf(leaf_mass, group, u)
         pad = num_chunks * chunk - num_samples
+
         # [R, m] -> [chunks, R, chunk]: a fixed-count loop keeps [R, chunk, L, d] bounded.
         def split(x):
             x = tf.pad(x, [[0, 0], [0, pad]])
@@ -228,12 +235,8 @@ class QuadraticKernel(Sampler):
         quadratic = tf.linalg.matvec(tf.convert_to_tensor(self.group_second_moments), self._packed(form))
         mass = self.alpha * tf.maximum(quadratic, 0.0) + offset * tf.constant(self._group_sizes)
         uniforms = tf.random.stateless_uniform([2, 1, num_samples], seed=sub_seed(seed, 0))
-        group = draw_from_cdf_rows(
-            tf.cumsum(mass)[tf.newaxis], tf.zeros([1, num_samples], tf.int32), uniforms[0]
-        )
-        ids = self._chunked_leaf_draws(
-            lambda rows: self._mixture_mass(rows, form, offset), group, uniforms[1], 1
-        )[0]
+        group = draw_from_cdf_rows(tf.cumsum(mass)[tf.newaxis], tf.zeros([1, num_samples], tf.int32), uniforms[0])
+        ids = self._chunked_leaf_draws(lambda rows: self._mixture_mass(rows, form, offset), group, uniforms[1], 1)[0]
         rows = tf.gather(self.snapshot_embeddings, ids)
         return ids, tf.math.log(self._mixture_mass(rows, form, offset) / tf.reduce_sum(mass))
 

@@ -55,8 +55,10 @@ class Softmax(Sampler):
         super().build_state(embedding_dim)
         if self._live is None and self.snapshot_embeddings is None:
             self.snapshot_embeddings = self.add_weight(
-                name="snapshot_embeddings", shape=(self.num_classes, embedding_dim),
-                initializer="zeros", trainable=False,
+                name="snapshot_embeddings",
+                shape=(self.num_classes, embedding_dim),
+                initializer="zeros",
+                trainable=False,
             )
             self.snapshot_bias = self.add_weight(
                 name="snapshot_bias", shape=(self.num_classes,), initializer="zeros", trainable=False
