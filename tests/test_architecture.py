@@ -65,3 +65,36 @@ def test_nothing_imports_the_demo():
         and p.name != "test_architecture.py"
     ]
     assert not importers, importers
+
+
+PUBLIC_MODULES = [
+    "callbacks",
+    "datasets",
+    "diagnostics",
+    "estimator",
+    "experiments",
+    "layers",
+    "losses",
+    "quantization",
+    "refresh",
+    "retrieval",
+    "samplers",
+    "samplers.base",
+    "samplers.midx",
+    "samplers.uniform",
+    "samplers.log_uniform",
+    "samplers.unigram",
+    "samplers.softmax",
+    "samplers.quadratic_kernel",
+]
+
+
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
+def test_public_modules_declare_their_api(name):
+    import importlib
+
+    module = importlib.import_module(f"tf_adaptive_softmax.{name}")
+    assert hasattr(module, "__all__"), f"{name} has no __all__"
+    missing = [n for n in module.__all__ if not hasattr(module, n)]
+    assert not missing, f"{name}.__all__ names missing attributes: {missing}"
+    assert len(set(module.__all__)) == len(module.__all__)

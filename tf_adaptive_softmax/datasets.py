@@ -26,6 +26,8 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 
+__all__ = ["Teacher", "make_teacher", "train_test_split"]
+
 # Logits of one chunk stay under this many floats (64 MB).
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -124,5 +126,12 @@ def make_teacher(
 def train_test_split(
     teacher: Teacher, num_train: int, num_test: int, seed: int = 0
 ) -> Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
-    """Independent train and test draws from the teacher."""
+    """Independent train and test draws from the teacher: ((x, y), (x, y)).
+
+    Args:
+      teacher: the `Teacher`.
+      num_train: training examples.
+      num_test: test examples.
+      seed: the draws' seed (default 0); train and test use different streams of it.
+    """
     return teacher.sample(num_train, seed=2 * seed + 1), teacher.sample(num_test, seed=2 * seed + 2)

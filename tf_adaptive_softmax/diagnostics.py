@@ -34,6 +34,8 @@ import tensorflow as tf
 from tf_adaptive_softmax import _validation, estimator
 from tf_adaptive_softmax._keras import K
 
+__all__ = ["ProposalDiagnostics", "bucket_statistics", "proposal_diagnostics"]
+
 
 def _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed, correct_positive):
     """Mean over `repeats` draws of d(sampled loss)/d(logits), [B, N]."""
@@ -122,7 +124,11 @@ def proposal_diagnostics(
 
 
 def bucket_statistics(sampler) -> Dict[str, float]:
-    """For MIDX: share of non-empty buckets and the largest bucket size; {} for other samplers."""
+    """For MIDX: share of non-empty buckets and the largest bucket size; {} for other samplers.
+
+    Args:
+      sampler: any sampler (only MIDX has buckets).
+    """
     sizes = getattr(sampler, "bucket_sizes", None)
     if sizes is None or getattr(sampler, "embedding_dim", None) is None:
         return {}

@@ -45,6 +45,18 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _reduction, _validation
 
+__all__ = [
+    "MASKED_LOGIT",
+    "MIN_LOG_Q",
+    "accidental_hit_mask",
+    "corrected_logits",
+    "full_logits",
+    "full_softmax_loss",
+    "gathered_logits",
+    "multi_positive_cross_entropy",
+    "sampled_softmax_loss",
+]
+
 # Finite stand-in for -inf: exp underflows to exactly 0, and gradients stay finite.
 MASKED_LOGIT = -1e30
 # log q is floored here so that q = 0 (a zero-count class as a positive) cannot produce inf - inf.
@@ -63,7 +75,14 @@ def full_logits(
     class_bias: Optional[tf.Tensor] = None,
     logit_transform: LogitTransform = None,
 ) -> tf.Tensor:
-    """All N logits, [B, N] = query @ class_embeddingsᵀ + bias."""
+    """All N logits, [B, N] = query @ class_embeddingsᵀ + bias.
+
+    Args:
+      query: [B, d] queries.
+      class_embeddings: [N, d] class table W.
+      class_bias: optional [N] bias. Default None.
+      logit_transform: optional elementwise map on the logits (e.g. `tf.abs`). Default None.
+    """
     logits = tf.matmul(query, class_embeddings, transpose_b=True)
     if class_bias is not None:
         logits += class_bias
@@ -78,7 +97,15 @@ def gathered_logits(
     logit_transform: LogitTransform = None,
 ) -> tf.Tensor:
     """Logits of the given ids only, [B, k]: ids [B, k] per query, or [k] shared by the batch
-    (then one [B, d] x [d, k] matmul)."""
+    (then one [B, d] x [d, k] matmul).
+
+    Args:
+      query: [B, d] queries.
+      ids: [B, k] or [k] int class ids.
+      class_embeddings: [N, d] class table W (only the rows of `ids` are read).
+      class_bias: optional [N] bias. Default None.
+      logit_transform: optional elementwise map on the logits. Default None.
+    """
     rows = tf.gather(class_embeddings, ids)  # its gradient is sparse (IndexedSlices)
     if ids.shape.rank == 1:
         logits = tf.matmul(query, rows, transpose_b=True)
@@ -90,8 +117,12 @@ def gathered_logits(
 
 
 def accidental_hit_mask(true_ids: tf.Tensor, sampled_ids: tf.Tensor) -> tf.Tensor:
-    """bool [B, m]: sampled id equals any of its row's true ids ([B, T]). `sampled_ids` is [B, m]
-    per query or [m] shared by the batch. XLA-safe, static shape."""
+    """bool [B, m]: sampled id equals any of its row's true ids. XLA-safe, static shape.
+
+    Args:
+      true_ids: [B, T] positives of each row.
+      sampled_ids: [B, m] per query, or [m] shared by the batch.
+    """
     if sampled_ids.shape.rank == 1:
         sampled_ids = sampled_ids[tf.newaxis]
     equal = tf.equal(sampled_ids[:, :, tf.newaxis], true_ids[:, tf.newaxis, :])
@@ -141,7 +172,12 @@ def corrected_logits(
 
 
 def multi_positive_cross_entropy(logits: tf.Tensor, num_true: int) -> tf.Tensor:
-    """[B]: cross-entropy with target 1/num_true on each of the first num_true columns."""
+    """[B]: cross-entropy with target 1/num_true on each of the first num_true columns.
+
+    Args:
+      logits: [B, num_true + m] corrected logits, positives first.
+      num_true: how many leading columns are positives.
+    """
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     return -tf.reduce_mean(log_probs[:, :num_true], axis=-1)
 
@@ -213,6 +249,14 @@ def full_softmax_loss(
     """Exact per-example softmax cross-entropy [B] over all N classes (O(N·d) per example).
 
     With num_true > 1 the target puts 1/num_true on each positive, as `sampled_softmax_loss` does.
+
+    Args:
+      query: [B, d] queries.
+      labels: [B] or [B, num_true] integer class ids.
+      class_embeddings: [N, d] class table W.
+      class_bias: optional [N] bias. Default None.
+      sample_weight: optional [B] weights multiplied into the per-example loss. Default None.
+      logit_transform: optional elementwise map on the logits. Default None.
     """
     query = _validation.as_queries(query, "query")
     labels = _validation.as_label_matrix(labels)

@@ -217,7 +217,11 @@ class TFSampledSoftmaxLoss(K.losses.Loss):
 
 
 def build_student(dim: int) -> K.Model:
-    """The teacher task's query tower: features [d] -> ReLU [2d] -> query [d]."""
+    """The teacher task's query tower: features [d] -> ReLU [2d] -> query [d].
+
+    Args:
+      dim: d, the feature and query width.
+    """
     features = K.Input((dim,), name="features")
     hidden = K.layers.Dense(2 * dim, activation="relu")(features)
     return K.Model(features, K.layers.Dense(dim, name="query")(hidden))
@@ -300,7 +304,12 @@ def train_and_evaluate(
 
 
 def time_to_reach(curve: Sequence[Sequence[float]], target: float) -> Optional[float]:
-    """Training seconds at the first curve point whose test cross-entropy is <= target, or None."""
+    """Training seconds at the first curve point whose test cross-entropy is <= target, or None.
+
+    Args:
+      curve: `TimeToQuality.points`: (seconds, test cross-entropy, ...) tuples.
+      target: the cross-entropy to reach.
+    """
     return next((seconds for seconds, value, *_ in curve if value <= target), None)
 
 

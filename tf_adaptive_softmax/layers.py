@@ -11,6 +11,8 @@ from tf_adaptive_softmax._keras import K, Untracked, deserialize, raw_variable, 
 from tf_adaptive_softmax.refresh import CompiledRefresh
 from tf_adaptive_softmax.samplers.base import Sampler
 
+__all__ = ["AdaptiveSampledSoftmaxLoss"]
+
 
 @register_serializable
 class AdaptiveSampledSoftmaxLoss(K.layers.Layer):

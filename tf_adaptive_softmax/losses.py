@@ -17,6 +17,8 @@ from __future__ import annotations
 from tf_adaptive_softmax import _reduction, _validation
 from tf_adaptive_softmax._keras import K, register_serializable
 
+__all__ = ["SampledSoftmaxLoss"]
+
 
 def _recording_gradients() -> bool:
     """True inside a GradientTape (Keras train steps): the only reliable train/eval signal a loss

@@ -24,6 +24,16 @@ import tensorflow as tf
 
 from tf_adaptive_softmax._ops.random import sub_seed, uniform_ints
 
+__all__ = [
+    "kmeans",
+    "kmeans_plus_plus",
+    "nearest_centroid",
+    "product_split",
+    "random_rows",
+    "reconstruct",
+    "two_codebook_quantize",
+]
+
 # Distances of one chunk stay under this many floats (16 MB).
 _CHUNK_ELEMENTS = 1 << 22
 

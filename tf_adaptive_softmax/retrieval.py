@@ -45,6 +45,14 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _reduction, _validation, estimator
 
+__all__ = [
+    "catalogue_scores",
+    "gather_across_replicas",
+    "in_batch_scores",
+    "mixed_negatives_loss",
+    "mixed_negatives_scores",
+]
+
 # TFRS's masking value, so masked in-batch columns match tfrs.tasks.Retrieval exactly.
 MIN_FLOAT = tf.float32.min / 100.0
 # TFRS clips candidate_sampling_probability here before taking its log.
@@ -53,7 +61,11 @@ _PROBABILITY_FLOOR = 1e-6
 
 def gather_across_replicas(tensor):
     """All replicas' rows, this replica's first (all_gather, then roll), or `tensor` itself
-    outside a multi-replica strategy. Shapes must match across replicas (use drop_remainder)."""
+    outside a multi-replica strategy. Shapes must match across replicas (use drop_remainder).
+
+    Args:
+      tensor: a per-replica tensor with the batch on axis 0, or None (returned as is).
+    """
     if tensor is None:
         return None
     context = tf.distribute.get_replica_context()

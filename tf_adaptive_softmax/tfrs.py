@@ -45,6 +45,8 @@ from tf_adaptive_softmax._validation import check_nonfinite_policy
 from tf_adaptive_softmax.refresh import CompiledRefresh
 from tf_adaptive_softmax.samplers.base import Sampler
 
+__all__ = ["AdaptiveRetrieval"]
+
 
 class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
     """A retrieval task with in-batch plus adaptive catalogue negatives.

@@ -30,6 +30,8 @@ from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K
 from tf_adaptive_softmax._ops.random import per_replica, seed_pair, sub_seed, uniform_ints
 from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 
+__all__ = ["Sampler"]
+
 
 def _one_query(queries: tf.Tensor) -> tf.Tensor:
     """A single zero query of the batch's width: what a static sampler's draw is conditioned on."""

@@ -9,6 +9,8 @@ import tensorflow as tf
 from tf_adaptive_softmax._keras import register_serializable
 from tf_adaptive_softmax.samplers.base import Sampler
 
+__all__ = ["LogUniform"]
+
 
 @register_serializable
 class LogUniform(Sampler):
@@ -19,6 +21,10 @@ class LogUniform(Sampler):
     k = floor(exp(u · log(N + 1))) - 1 with u ~ U[0, 1). The inversion runs in float32 (TPUs have
     no float64), so it is exact for N up to 2^24; beyond, ids above ~2^24 are resolved to float32
     spacing (their total probability is small: log(N+1) - log(2^24) over log(N+1)).
+
+    Args:
+      num_classes: N.
+      seed: optional int seeding the sampler's own stream (draws with `seed=None`). Default None.
 
     Example:
         >>> import tensorflow as tf

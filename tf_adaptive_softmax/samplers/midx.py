@@ -40,6 +40,8 @@ from tf_adaptive_softmax._ops.random import sub_seed, uniform_ints
 from tf_adaptive_softmax.samplers.base import Sampler
 from tf_adaptive_softmax.samplers.unigram import check_counts, unigram_log_probs
 
+__all__ = ["MIDX", "default_num_codewords"]
+
 QUANTIZERS = ("pq", "rvq")
 RESIDUALS = ("uniform", "unigram")
 

@@ -36,6 +36,8 @@ from tf_adaptive_softmax._ops.discrete import draw_from_cdf_rows
 from tf_adaptive_softmax._ops.random import sub_seed
 from tf_adaptive_softmax.samplers.base import Sampler, at_least_one_query
 
+__all__ = ["QuadraticKernel"]
+
 # Leaf members gathered by one chunk of draws stay under this many floats (256 MB).
 _CHUNK_ELEMENTS = 1 << 26
 # Measured on CPU (XLA and graph): a gathered-and-multiplied leaf float costs about as much as 40

@@ -9,6 +9,8 @@ import tensorflow as tf
 from tf_adaptive_softmax._keras import Untracked, register_serializable
 from tf_adaptive_softmax.samplers.base import Sampler
 
+__all__ = ["Softmax"]
+
 
 @register_serializable
 class Softmax(Sampler):

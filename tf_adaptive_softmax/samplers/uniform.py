@@ -10,12 +10,18 @@ from tf_adaptive_softmax._keras import register_serializable
 from tf_adaptive_softmax._ops.random import uniform_ints
 from tf_adaptive_softmax.samplers.base import Sampler
 
+__all__ = ["Uniform"]
+
 
 @register_serializable
 class Uniform(Sampler):
     """Draws every class with probability 1/N, whatever the query.
 
     The cheapest proposal and the most biased one for a peaked softmax: it needs many samples.
+
+    Args:
+      num_classes: N.
+      seed: optional int seeding the sampler's own stream (draws with `seed=None`). Default None.
 
     Example:
         >>> import tensorflow as tf

@@ -11,6 +11,8 @@ from tf_adaptive_softmax._keras import register_serializable
 from tf_adaptive_softmax._ops.discrete import alias_draw, build_alias_table
 from tf_adaptive_softmax.samplers.base import Sampler
 
+__all__ = ["Unigram"]
+
 
 def unigram_log_probs(counts: np.ndarray, power: float) -> np.ndarray:
     """Normalized log(count ** power); zero counts get -inf (never drawn)."""
