@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tf_adaptive_softmax import samplers
+from tf_adaptive_softmax import _reduction, samplers
 from tf_adaptive_softmax._keras import K, raw_variable
 from tf_adaptive_softmax.callbacks import CodebookRefresh
 from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss
@@ -204,7 +204,7 @@ class TFSampledSoftmaxLoss(K.losses.Loss):
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         # Bypasses Keras' own conversion, which would cast the integer ids to float.
-        return tf.reduce_mean(self.call(y_true, y_pred))
+        return _reduction.reduce(self.call(y_true, y_pred), self.reduction, sample_weight)
 
     def call(self, y_true, y_pred):
         layer = self.output_layer
