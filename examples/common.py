@@ -12,6 +12,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+import tf_adaptive_softmax as tfas
 from tf_adaptive_softmax import experiments, samplers
 from tf_adaptive_softmax.experiments import export_serving, pyplot  # noqa: F401  (the scripts' API)
 
@@ -19,7 +20,7 @@ from tf_adaptive_softmax.experiments import export_serving, pyplot  # noqa: F401
 # scripts use their synthetic stand-ins.
 DATA_DIR = experiments.data_dir() or pathlib.Path("TFAS_DATA_DIR-is-not-set")
 RESULTS_DIR = pathlib.Path(__file__).resolve().parent / "results"
-SAMPLER_CHOICES = ["full"] + list(experiments.SAMPLERS)
+SAMPLER_CHOICES = ["full", "tf_sampled", *experiments.SAMPLERS]
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", num_samples=64, epochs=5):
@@ -28,7 +29,8 @@ def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", 
         "--sampler",
         default=sampler,
         choices=SAMPLER_CHOICES,
-        help="training loss: 'full' softmax or a sampler from tf_adaptive_softmax.experiments.SAMPLERS",
+        help="training loss: 'full' softmax, 'tf_sampled' (tf.nn.sampled_softmax_loss, log-uniform, shared) "
+        "or a sampler from tf_adaptive_softmax.experiments.SAMPLERS",
     )
     parser.add_argument("--num-samples", type=int, default=num_samples, help="m, negatives per query")
     parser.add_argument(
@@ -59,11 +61,26 @@ def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", 
 
 
 def make_sampler(name: str, num_classes: int, counts: Optional[np.ndarray] = None) -> Optional[samplers.Sampler]:
-    """None for the full softmax, else the named sampler from tf_adaptive_softmax.experiments.SAMPLERS."""
-    if name == "full":
+    """None for the full softmax (and TF's loss), else the named sampler from experiments.SAMPLERS."""
+    if name in ("full", "tf_sampled"):
         return None
     counts = np.ones(num_classes) if counts is None else np.asarray(counts, np.float64)
     return experiments.SAMPLERS[name](num_classes, counts + 1.0)
+
+
+def make_output_layer(args, num_classes: int, counts: Optional[np.ndarray] = None, **layer_kwargs):
+    """The output layer the flags ask for: `experiments.TFSampledSoftmax` for `--sampler tf_sampled`
+    (its negatives are always shared and its positive corrected), else `AdaptiveSampledSoftmaxLoss`."""
+    if args.sampler == "tf_sampled":
+        return experiments.TFSampledSoftmax(num_classes, args.num_samples, **layer_kwargs)
+    return tfas.AdaptiveSampledSoftmaxLoss(
+        num_classes,
+        make_sampler(args.sampler, num_classes, counts),
+        num_samples=args.num_samples,
+        correct_positive=args.correct_positive,
+        shared_negatives=args.shared_negatives,
+        **layer_kwargs,
+    )
 
 
 def load_interactions(path: pathlib.Path):

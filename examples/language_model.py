@@ -31,7 +31,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from common import DATA_DIR, add_training_arguments, export_serving, finish, make_sampler
+from common import DATA_DIR, add_training_arguments, export_serving, finish, make_output_layer
 
 import tf_adaptive_softmax as tfas
 from tf_adaptive_softmax.experiments import EpochTimer
@@ -106,18 +106,10 @@ def windows(stream: np.ndarray, seq_len: int):
     return inputs, targets
 
 
-def build_model(
-    vocab_size: int,
-    seq_len: int,
-    dim: int,
-    arch: str,
-    sampler,
-    num_samples: int,
-    correct_positive: bool = True,
-    shared_negatives: bool = False,
-):
+def build_model(args, vocab_size: int, counts: np.ndarray):
     """(training model on [tokens, next tokens] -> per-token loss, query model tokens -> hidden,
     output layer). The output layer is tied to the input embedding."""
+    seq_len, dim, arch = args.seq_len, args.dim, args.arch
     tokens = K.Input((seq_len,), dtype="int32", name="tokens")
     next_tokens = K.Input((seq_len,), dtype="int32", name="next_tokens")
     embedding = K.layers.Embedding(vocab_size, dim, name="embedding")
@@ -135,15 +127,8 @@ def build_model(
             feed = K.layers.Dense(2 * dim, activation="relu", name=f"ffn_in{block}")(hidden)
             feed = K.layers.Dense(dim, name=f"ffn_out{block}")(feed)
             hidden = K.layers.LayerNormalization(name=f"norm_f{block}")(K.layers.Add()([hidden, feed]))
-    output = tfas.AdaptiveSampledSoftmaxLoss(
-        vocab_size,
-        sampler,
-        num_samples=num_samples,
-        tied_embedding=embedding,
-        add_to_model_loss=True,
-        correct_positive=correct_positive,
-        shared_negatives=shared_negatives,
-        name="output",
+    output = make_output_layer(
+        args, vocab_size, counts, tied_embedding=embedding, add_to_model_loss=True, name="output"
     )
     per_token_loss = output((hidden, next_tokens))
     return K.Model([tokens, next_tokens], per_token_loss), K.Model(tokens, hidden), output
@@ -177,17 +162,7 @@ def main(argv=None) -> dict:
         flush=True,
     )
 
-    sampler = make_sampler(args.sampler, len(vocab), vocab.counts)
-    model, query_model, output = build_model(
-        len(vocab),
-        args.seq_len,
-        args.dim,
-        args.arch,
-        sampler,
-        args.num_samples,
-        args.correct_positive,
-        args.shared_negatives,
-    )
+    model, query_model, output = build_model(args, len(vocab), vocab.counts)
     model.compile(optimizer=K.optimizers.Adam(args.learning_rate, clipnorm=1.0))
     timer = EpochTimer()
     history = model.fit(

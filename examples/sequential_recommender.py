@@ -36,7 +36,7 @@ from common import (
     export_serving,
     finish,
     load_interactions,
-    make_sampler,
+    make_output_layer,
     ranking_metrics,
     user_sequences,
 )
@@ -162,14 +162,7 @@ def main(argv=None) -> dict:
 
     counts = np.bincount(train[1], minlength=num_items)
     query_model = build_query_model(num_items, args.max_len, args.dim)
-    output = tfas.AdaptiveSampledSoftmaxLoss(
-        num_items,
-        make_sampler(args.sampler, num_items, counts),
-        num_samples=args.num_samples,
-        correct_positive=args.correct_positive,
-        shared_negatives=args.shared_negatives,
-        name="output",
-    )
+    output = make_output_layer(args, num_items, counts, name="output")
     query_model.compile(
         optimizer=K.optimizers.Adam(args.learning_rate), loss=tfas.SampledSoftmaxLoss(output, model=query_model)
     )

@@ -1,6 +1,6 @@
 """The harness the demo, the examples and the benchmarks share: a registry of samplers by name, the
-teacher-task student, exact test metrics, timers, and TF's own sampled softmax as a Keras loss
-(the baseline users have today).
+teacher-task student, exact test metrics, timers, and an output layer trained with TF's own
+sampled softmax (the baseline users have today).
 
 Example:
     >>> from tf_adaptive_softmax import datasets, experiments
@@ -27,13 +27,13 @@ from tf_adaptive_softmax import _reduction, samplers
 from tf_adaptive_softmax._keras import K, raw_variable
 from tf_adaptive_softmax.callbacks import CodebookRefresh
 from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss
-from tf_adaptive_softmax.losses import SampledSoftmaxLoss, attach
+from tf_adaptive_softmax.losses import SampledSoftmaxLoss
 
 __all__ = [
     "DATA_DIR_VARIABLE",
     "SAMPLERS",
     "EpochTimer",
-    "TFSampledSoftmaxLoss",
+    "TFSampledSoftmax",
     "TimeToQuality",
     "data_dir",
     "exact_test_metrics",
@@ -181,39 +181,51 @@ class TimeToQuality(K.callbacks.Callback):
         return self.points[-1][0] if self.points else 0.0
 
 
-class TFSampledSoftmaxLoss(K.losses.Loss):
-    """`tf.nn.sampled_softmax_loss` as users call it today, over an output layer's W and b.
+class TFSampledSoftmax(AdaptiveSampledSoftmaxLoss):
+    """The output layer trained with `tf.nn.sampled_softmax_loss`, as users call it today.
 
-    TF's default candidate sampler (log-uniform over the ids, one set of `num_samples` negatives
-    shared by the batch, the positive corrected too, accidental hits removed). Training only: the
-    demo evaluates with `exact_test_metrics`. Its sampler op has no XLA kernel (no
-    `jit_compile=True`).
+    TF's default candidate sampler: log-uniform over the ids (Zipf, P(k) = log((k + 2) / (k + 1))
+    / log(N + 1)), one set of `num_samples` distinct negatives shared by the batch, every logit
+    (the positive too) corrected by −log(expected count), accidental hits removed. Outside
+    training it is the full softmax, like `AdaptiveSampledSoftmaxLoss`, so the exact metrics,
+    `logits` and `top_k` are the same. TF's sampler op has no XLA kernel: train it without
+    `jit_compile=True`.
 
     Args:
-      output_layer: the `AdaptiveSampledSoftmaxLoss` whose class embeddings and bias train.
+      num_classes: N.
       num_samples: negatives per batch.
-      model: the model whose output is the query; the layer is attached to it so W trains.
+      **kwargs: the other `AdaptiveSampledSoftmaxLoss` arguments (`tied_embedding`,
+        `add_to_model_loss`, `name`, ...); not `sampler`, `shared_negatives` or
+        `correct_positive`, which TF's loss fixes.
+
+    Example:
+        >>> import numpy as np
+        >>> output = TFSampledSoftmax(1_000, num_samples=20)
+        >>> query, labels = np.ones((4, 8), np.float32), np.array([0, 1, 2, 3])
+        >>> output.per_example_loss(query, labels, training=True).shape
+        TensorShape([4])
     """
 
-    def __init__(self, output_layer: AdaptiveSampledSoftmaxLoss, num_samples: int, model=None):
-        super().__init__(name="tf_sampled_softmax_loss")
-        self.output_layer = output_layer
-        self.num_samples = int(num_samples)
-        if model is not None:
-            attach(output_layer, model)
+    def __init__(self, num_classes: int, num_samples: int, **kwargs):
+        fixed = {"sampler", "shared_negatives", "correct_positive"} & set(kwargs)
+        if fixed:
+            raise ValueError(f"TFSampledSoftmax fixes {sorted(fixed)} (TF's loss); do not pass them.")
+        super().__init__(num_classes, None, num_samples=num_samples, shared_negatives=True, **kwargs)
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # Bypasses Keras' own conversion, which would cast the integer ids to float.
-        return _reduction.reduce(self.call(y_true, y_pred), self.reduction, sample_weight)
-
-    def call(self, y_true, y_pred):
-        layer = self.output_layer
-        labels = tf.reshape(tf.cast(y_true, tf.int64), [-1, 1])
+    def per_example_loss(self, query, labels, sample_weight=None, training: bool = False) -> tf.Tensor:
+        query = tf.convert_to_tensor(query)
+        if not training or query.shape.rank == 3:
+            # Rank 3 flattens and comes back through here with training unchanged.
+            return super().per_example_loss(query, labels, sample_weight, training=training)
+        if self.embedding_dim is None:
+            self.build_for_dim(int(query.shape[-1]))
+        labels = tf.reshape(tf.cast(labels, tf.int64), [-1, 1])
         # The raw tf.Variables, so TF's embedding lookups read (and its gradient touches) only the
         # sampled rows; a Keras 3 Variable would be converted whole, making every step dense.
-        weights = raw_variable(layer.class_embeddings)
-        bias = raw_variable(layer.class_bias) if layer.class_bias is not None else tf.zeros([layer.num_classes])
-        return tf.nn.sampled_softmax_loss(weights, bias, labels, y_pred, self.num_samples, layer.num_classes)
+        weights, bias = self._weights()
+        bias = tf.zeros([self.num_classes]) if bias is None else bias
+        loss = tf.nn.sampled_softmax_loss(weights, bias, labels, query, self.num_samples, self.num_classes)
+        return _reduction.weighted(loss, sample_weight)
 
 
 def build_student(dim: int) -> K.Model:
@@ -265,19 +277,19 @@ def train_and_evaluate(
     (x_train, y_train), (x_test, y_test) = train, test
     K.utils.set_random_seed(seed)
     model = build_student(x_train.shape[1])
-    output = AdaptiveSampledSoftmaxLoss(
-        num_classes,
-        sampler,
-        num_samples=num_samples,
-        correct_positive=correct_positive,
-        shared_negatives=shared_negatives,
-    )
     if tf_sampled:
         if sampler is not None:
             raise ValueError("`tf_sampled` trains with TF's own sampler: pass sampler=None.")
-        loss = TFSampledSoftmaxLoss(output, num_samples, model=model)
+        output = TFSampledSoftmax(num_classes, num_samples)
     else:
-        loss = SampledSoftmaxLoss(output, model=model)
+        output = AdaptiveSampledSoftmaxLoss(
+            num_classes,
+            sampler,
+            num_samples=num_samples,
+            correct_positive=correct_positive,
+            shared_negatives=shared_negatives,
+        )
+    loss = SampledSoftmaxLoss(output, model=model)
     model.compile(optimizer=K.optimizers.Adam(learning_rate), loss=loss, jit_compile=jit_compile)
     refresh = CodebookRefresh(output, every_n_steps=refresh_every)
     curve = TimeToQuality(lambda: exact_test_metrics(model, output, x_test, y_test), evaluations_per_epoch)

@@ -1,0 +1,56 @@
+"""The benchmark harness's baseline: the output layer trained with TF's own sampled softmax."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tf_adaptive_softmax import experiments
+
+NUM_CLASSES, DIM, BATCH = 50, 6, 8
+
+
+def _layer_and_batch(num_samples=10):
+    layer = experiments.TFSampledSoftmax(NUM_CLASSES, num_samples)
+    rng = np.random.default_rng(0)
+    query = rng.normal(size=(BATCH, DIM)).astype(np.float32)
+    labels = rng.integers(0, NUM_CLASSES, BATCH)
+    layer.build_for_dim(DIM)
+    layer.class_bias.assign(rng.normal(size=NUM_CLASSES).astype(np.float32))
+    return layer, query, labels
+
+
+def test_training_loss_is_tf_sampled_softmax_loss_on_the_layers_weights():
+    layer, query, labels = _layer_and_batch()
+    weight = np.linspace(0.5, 2.0, BATCH).astype(np.float32)
+    tf.random.set_seed(7)
+    ours = layer.per_example_loss(query, labels, sample_weight=weight, training=True)
+    tf.random.set_seed(7)
+    theirs = tf.nn.sampled_softmax_loss(
+        tf.convert_to_tensor(layer.class_embeddings),
+        tf.convert_to_tensor(layer.class_bias),
+        labels.reshape(-1, 1).astype(np.int64),
+        query,
+        10,
+        NUM_CLASSES,
+    )
+    np.testing.assert_allclose(ours.numpy(), weight * theirs.numpy(), rtol=1e-6)
+
+
+def test_outside_training_it_is_the_exact_full_softmax():
+    layer, query, labels = _layer_and_batch()
+    logits = query @ np.asarray(layer.class_embeddings).T + np.asarray(layer.class_bias)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    expected = np.log(np.exp(shifted).sum(axis=1)) - shifted[np.arange(BATCH), labels]
+    np.testing.assert_allclose(layer.per_example_loss(query, labels).numpy(), expected, rtol=1e-5)
+
+
+def test_sequence_queries_give_a_loss_per_position():
+    layer, query, labels = _layer_and_batch()
+    loss = layer.per_example_loss(query.reshape(2, 4, DIM), labels.reshape(2, 4), training=True)
+    assert loss.shape == (2, 4) and np.isfinite(loss.numpy()).all()
+
+
+@pytest.mark.parametrize("argument", ["sampler", "shared_negatives", "correct_positive"])
+def test_arguments_tf_fixes_are_refused_by_name(argument):
+    with pytest.raises(ValueError, match=argument):
+        experiments.TFSampledSoftmax(NUM_CLASSES, 5, **{argument: None})
