@@ -55,6 +55,19 @@ def test_frequencies_match_log_prob_and_independent_formula(quantizer, residual)
         assert chi_square_pvalue(counts, np.exp(log_prob[row]), counts.sum()) > CHI_SQUARE_ALPHA
 
 
+@pytest.mark.parametrize("quantizer,residual", VARIANTS)
+def test_fewer_draws_than_codewords_use_drawn_rows_and_keep_the_law(quantizer, residual):
+    # m < K builds only the drawn second-stage rows: a different code path with the same law.
+    sampler = _midx(quantizer, residual, k=8)
+    sampler.refresh(_embeddings())
+    query = np.random.default_rng(4).standard_normal((1, D)).astype(np.float32)
+    log_prob = sampler.log_prob(query, np.arange(N)[np.newaxis]).numpy()[0]
+    ids, log_q = sampler.sample(np.repeat(query, 10_000, axis=0), num_samples=3, seed=5)
+    np.testing.assert_allclose(log_q.numpy(), log_prob[ids.numpy()], atol=1e-4)
+    counts = np.bincount(ids.numpy().ravel(), minlength=N)
+    assert chi_square_pvalue(counts, np.exp(log_prob), counts.sum()) > CHI_SQUARE_ALPHA
+
+
 def test_include_bias_folds_the_bias_into_the_proposal():
     sampler = _midx("pq", "uniform", include_bias=True)
     bias = np.random.default_rng(2).standard_normal(N).astype(np.float32) * 2

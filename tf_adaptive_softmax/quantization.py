@@ -22,7 +22,7 @@ from typing import Tuple
 
 import tensorflow as tf
 
-from tf_adaptive_softmax._ops.random import sub_seed, uniform_ints
+from tf_adaptive_softmax._ops.random import gumbel_max, sub_seed, uniform, uniform_ints
 
 __all__ = [
     "kmeans",
@@ -40,7 +40,7 @@ _CHUNK_ELEMENTS = 1 << 22
 
 def random_rows(points: tf.Tensor, num_rows: int, seed: tf.Tensor) -> tf.Tensor:
     """`num_rows` distinct rows of `points`, chosen uniformly (top-k of random keys: XLA-safe)."""
-    keys = tf.random.stateless_uniform(tf.shape(points)[:1], seed=seed)
+    keys = uniform(tf.shape(points)[:1], seed)
     return tf.gather(points, tf.math.top_k(keys, k=num_rows).indices)
 
 
@@ -66,7 +66,7 @@ def kmeans_plus_plus(points: tf.Tensor, num_centroids: int, seed: tf.Tensor, sam
     def step(index, centroids, nearest):
         # A floor keeps the logits finite when every point coincides with a chosen centroid.
         logits = tf.math.log(nearest + 1e-30)[tf.newaxis, :]
-        picks = tf.random.stateless_categorical(logits, trials, seed=sub_seed(seed, index), dtype=tf.int32)[0]
+        picks = gumbel_max(logits, trials, sub_seed(seed, index))[0]
         candidates = tf.gather(sample, picks)  # [trials, d]
         distances = tf.reduce_sum(tf.square(sample[tf.newaxis] - candidates[:, tf.newaxis]), axis=2)
         updated = tf.minimum(nearest[tf.newaxis], distances)  # [trials, S]

@@ -9,12 +9,12 @@ here costs O(log K) or O(1) per draw and keeps static shapes.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 
-from tf_adaptive_softmax._ops.random import sub_seed, uniform_ints
+from tf_adaptive_softmax._ops.random import sub_seed, uniform, uniform_ints
 
 
 def cumulative_over_last_axis(weights: tf.Tensor) -> tf.Tensor:
@@ -48,14 +48,32 @@ def search_buckets(cumulative: tf.Tensor, start: tf.Tensor, end: tf.Tensor, targ
     return tf.reshape(low, shape)
 
 
-def draw_from_cdf_rows(cdf: tf.Tensor, rows: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+# Up to this many categories a row is searched with `tf.searchsorted`: a native binary search in
+# graph mode, and under XLA one fused compare-and-count over the row (O(K) per draw, cheaper than
+# log K rounds of gathers while K is small). Longer rows use `search_buckets`.
+_SHORT_ROW = 128
+
+
+def draw_from_cdf_rows(cdf: tf.Tensor, rows: Optional[tf.Tensor], u: tf.Tensor) -> tf.Tensor:
     """Inverse-CDF draws: for each entry, index k in [0, K) of row `rows` of `cdf` [R, K].
 
-    `cdf` holds unnormalized inclusive cumulative masses; u ~ U[0, 1) has the shape of `rows`.
-    Categories without mass are never returned.
+    `cdf` holds unnormalized inclusive cumulative masses; u ~ U[0, 1) has the shape of `rows`
+    (or, with `rows=None`, u is [R, c]: c draws from every row). The draw is the smallest k with
+    cdf[k] > u·total, so categories without mass are never returned.
     """
     size = cdf.shape[-1]
     total = cdf[:, -1]
+    if size is not None and size <= _SHORT_ROW:
+        row_cdf = cdf if rows is None else tf.reshape(tf.gather(cdf, rows), [-1, size])
+        values = u if rows is None else tf.reshape(u, [-1, 1])
+        row_total = row_cdf[:, -1:]
+        # u·total can round up to total; the largest float below it keeps the draw on a category
+        # with mass (entries equal to total are never passed).
+        target = tf.minimum(values * row_total, tf.math.nextafter(row_total, tf.zeros_like(row_total)))
+        found = tf.searchsorted(row_cdf, target, side="right", out_type=tf.int32)
+        return found if rows is None else tf.reshape(found, tf.shape(rows))
+    if rows is None:
+        rows = tf.broadcast_to(tf.range(tf.shape(u)[0])[:, tf.newaxis], tf.shape(u))
     # Rounding of u·total can reach the end of a row; clamp to the last category with mass.
     last = tf.reduce_sum(tf.cast(cdf < total[:, tf.newaxis], tf.int32), axis=1)
     start = rows * size
@@ -103,6 +121,6 @@ def alias_draw(probability, alias, shape, seed: tf.Tensor) -> tf.Tensor:
     """int32 draws of the given `shape` from an alias table (tensors or variables)."""
     num_columns = probability.shape[0]  # static: the exact integer draw
     column = uniform_ints(shape, int(num_columns), sub_seed(seed, 0))
-    u = tf.random.stateless_uniform(shape, seed=sub_seed(seed, 1), dtype=tf.float32)
+    u = uniform(shape, sub_seed(seed, 1))
     keep = u < tf.gather(probability, column)
     return tf.where(keep, column, tf.gather(alias, column))

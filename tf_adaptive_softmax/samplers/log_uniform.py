@@ -7,6 +7,7 @@ import math
 import tensorflow as tf
 
 from tf_adaptive_softmax._keras import register_serializable
+from tf_adaptive_softmax._ops.random import uniform
 from tf_adaptive_softmax.samplers.base import Sampler
 
 __all__ = ["LogUniform"]
@@ -37,7 +38,7 @@ class LogUniform(Sampler):
 
     def _sample(self, queries, num_samples, seed):
         shape = tf.stack([self._batch_size(queries), num_samples])
-        u = tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
+        u = uniform(shape, seed)
         ids = tf.cast(tf.floor(tf.exp(u * math.log(self.num_classes + 1.0))), tf.int32) - 1
         # exp() rounding can land exactly on N for u just below 1: an event of float measure zero.
         ids = tf.clip_by_value(ids, 0, self.num_classes - 1)

@@ -36,7 +36,7 @@ from tf_adaptive_softmax._ops.discrete import (
     search_buckets,
     segmented_cumsum,
 )
-from tf_adaptive_softmax._ops.random import sub_seed, uniform_ints
+from tf_adaptive_softmax._ops.random import sub_seed, uniform, uniform_ints
 from tf_adaptive_softmax.samplers.base import Sampler
 from tf_adaptive_softmax.samplers.unigram import check_counts, unigram_log_probs
 
@@ -219,18 +219,19 @@ class MIDX(Sampler):
             tf.matmul(second, tf.convert_to_tensor(self.codebook2), transpose_b=True),
         )
 
-    def _bucket_mass(self, scores2):
-        """exp(s²_k2 - max) · W[k1, k2] / max W: [B, K, K], the unnormalized P(k2 | k1, z)."""
+    def _scaled_factors(self, scores2):
+        """(exp(s²_k2 − max) [B, K], W[k1, k2] / max W [K, K], the log of the two scales [B, 1])."""
         log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
         top = tf.reduce_max(log_bucket)
         top2 = tf.reduce_max(scores2, axis=1, keepdims=True)
-        second = tf.exp(scores2 - top2)[:, tf.newaxis, :] * tf.exp(log_bucket - top)[tf.newaxis]
-        return second, top2 + top
+        return tf.exp(scores2 - top2), tf.exp(log_bucket - top), top2 + top
 
-    def _first_marginal(self, scores1, scores2, bucket_mass=None):
-        """Unnormalized log P(k1 | z) [B, K] and log Z [B], in O(K²) per query."""
-        second, offset = self._bucket_mass(scores2) if bucket_mass is None else bucket_mass
-        log_first = scores1 + tf.math.log(tf.reduce_sum(second, axis=2)) + offset
+    def _first_marginal(self, scores1, scores2):
+        """Unnormalized log P(k1 | z) [B, K] and log Z [B]: Σ_k2 exp(s²_k2)·W[k1, k2] is one
+        [B, K] x [K, K] matmul, so no [B, K, K] tensor (what makes `log_prob` cheap)."""
+        second_factor, bucket_factor, offset = self._scaled_factors(scores2)
+        row_mass = tf.matmul(second_factor, bucket_factor, transpose_b=True)  # [B, K]
+        log_first = scores1 + tf.math.log(row_mass) + offset
         return log_first, tf.reduce_logsumexp(log_first, axis=1)
 
     def _class_log_weight(self, ids):
@@ -249,16 +250,23 @@ class MIDX(Sampler):
     def _sample(self, queries, num_samples, seed):
         k = self.num_codewords
         scores1, scores2 = self._codeword_scores(queries)
-        bucket_mass = self._bucket_mass(scores2)
-        log_first, log_normalizer = self._first_marginal(scores1, scores2, bucket_mass)
+        log_first, log_normalizer = self._first_marginal(scores1, scores2)
         shape = tf.stack([tf.shape(queries)[0], num_samples])
-        uniforms = tf.random.stateless_uniform(tf.concat([[3], shape], 0), seed=seed)
+        uniforms = uniform(tf.concat([[3 if self.weighted else 2], shape], 0), seed)
         first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
-        query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
-        first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), query_row, uniforms[0])  # [B, m]
-        # P(k2 | k1, z) ∝ exp(s²_k2) · W[k1, k2]: per query a [K, K] table of CDFs, one row per k1.
-        second_cdf = tf.reshape(cumulative_over_last_axis(bucket_mass[0]), [-1, k])  # [B·K, K]
-        second = draw_from_cdf_rows(second_cdf, query_row * k + first, uniforms[1])
+        first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
+        # P(k2 | k1, z) ∝ exp(s²_k2) · W[k1, k2]. A CDF over K costs K² (a matmul with a triangle):
+        # with m >= K build every query's [K, K] table once; with fewer draws, only the drawn rows.
+        second_factor, bucket_factor, _ = self._scaled_factors(scores2)
+        if isinstance(num_samples, int) and num_samples < k:
+            drawn_rows = tf.gather(bucket_factor, first) * second_factor[:, tf.newaxis, :]  # [B, m, K]
+            drawn_cdf = tf.reshape(cumulative_over_last_axis(drawn_rows), [-1, k])
+            second = tf.reshape(draw_from_cdf_rows(drawn_cdf, None, tf.reshape(uniforms[1], [-1, 1])), shape)
+        else:
+            table = second_factor[:, tf.newaxis, :] * bucket_factor[tf.newaxis]  # [B, K, K]
+            table_cdf = tf.reshape(cumulative_over_last_axis(table), [-1, k])  # [B·K, K]
+            query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
+            second = draw_from_cdf_rows(table_cdf, query_row * k + first, uniforms[1])
         bucket = first * k + second
         start = tf.gather(self.bucket_offsets, bucket)
         end = tf.gather(self.bucket_offsets, bucket + 1)

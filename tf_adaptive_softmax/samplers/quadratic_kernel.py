@@ -33,7 +33,7 @@ import tensorflow as tf
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import register_serializable
 from tf_adaptive_softmax._ops.discrete import draw_from_cdf_rows
-from tf_adaptive_softmax._ops.random import sub_seed
+from tf_adaptive_softmax._ops.random import sub_seed, uniform
 from tf_adaptive_softmax.samplers.base import Sampler, at_least_one_query
 
 __all__ = ["QuadraticKernel"]
@@ -180,9 +180,8 @@ class QuadraticKernel(Sampler):
     def _sample(self, queries, num_samples, seed):
         batch = tf.shape(queries)[0]
         mass = self._group_mass(queries)
-        uniforms = tf.random.stateless_uniform(tf.stack([2, batch, num_samples]), seed=sub_seed(seed, 0))
-        query_row = tf.broadcast_to(tf.range(batch)[:, tf.newaxis], [batch, num_samples])
-        group = draw_from_cdf_rows(tf.cumsum(mass, axis=1), query_row, uniforms[0])  # [B, m]
+        uniforms = uniform(tf.stack([2, batch, num_samples]), sub_seed(seed, 0))
+        group = draw_from_cdf_rows(tf.cumsum(mass, axis=1), None, uniforms[0])  # [B, m]
 
         def leaf_mass(rows):
             return self._kernel(tf.einsum("bd,bcld->bcl", queries, rows))
@@ -236,8 +235,8 @@ class QuadraticKernel(Sampler):
         form, offset = self._mixture_form(queries)
         quadratic = tf.linalg.matvec(tf.convert_to_tensor(self.group_second_moments), self._packed(form))
         mass = self.alpha * tf.maximum(quadratic, 0.0) + offset * tf.constant(self._group_sizes)
-        uniforms = tf.random.stateless_uniform([2, 1, num_samples], seed=sub_seed(seed, 0))
-        group = draw_from_cdf_rows(tf.cumsum(mass)[tf.newaxis], tf.zeros([1, num_samples], tf.int32), uniforms[0])
+        uniforms = uniform([2, 1, num_samples], sub_seed(seed, 0))
+        group = draw_from_cdf_rows(tf.cumsum(mass)[tf.newaxis], None, uniforms[0])
         ids = self._chunked_leaf_draws(lambda rows: self._mixture_mass(rows, form, offset), group, uniforms[1], 1)[0]
         rows = tf.gather(self.snapshot_embeddings, ids)
         return ids, tf.math.log(self._mixture_mass(rows, form, offset) / tf.reduce_sum(mass))
