@@ -160,7 +160,8 @@ def test_huge_logits_do_not_overflow(name):
     queries = _queries(3, scale=1e5)
     log_probs = _all_log_probs(sampler, queries, num_classes)
     assert not np.any(np.isnan(log_probs))
-    np.testing.assert_allclose(np.logaddexp.reduce(log_probs, axis=1), 0.0, atol=1e-4)
+    # Normalized up to float32 rounding of terms of size ~2.5e5 (one ulp there is 0.016).
+    np.testing.assert_allclose(np.logaddexp.reduce(log_probs, axis=1), 0.0, atol=0.05)
     ids, log_q = sampler.sample(queries, 8)
     assert np.all(np.isfinite(log_q.numpy()))
     layer = AdaptiveSampledSoftmaxLoss(num_classes, make(name, num_classes), num_samples=8)

@@ -26,7 +26,7 @@ def test_keras3_import_raises_a_clear_error():
 if not IS_KERAS_3:
     import tensorflow_recommenders as tfrs
 
-    from tf_adaptive_softmax.retrieval import MIN_FLOAT
+    from tf_adaptive_softmax.retrieval import _MIN_FLOAT
     from tf_adaptive_softmax.tfrs import AdaptiveRetrieval
 
 B, C, D, N = 4, 6, 5, 40
@@ -172,7 +172,7 @@ def test_catalogue_draws_of_the_positive_are_masked():
         return t(q, c[:B], candidate_ids=ids[:B], sample_weight=np.eye(B)[0], **training).numpy()
 
     assert per_row(task) == pytest.approx(per_row(plain), rel=1e-6)
-    assert MIN_FLOAT < -1e30
+    assert _MIN_FLOAT < -1e30
 
 
 @pytestmark_legacy

@@ -34,7 +34,13 @@ _CHUNK_ELEMENTS = 1 << 24
 
 @dataclasses.dataclass
 class Teacher:
-    """A known softmax model. logits(x) = x @ class_embeddingsᵀ + class_bias."""
+    """A known softmax model. logits(x) = x @ class_embeddingsᵀ + class_bias.
+
+    Args:
+      class_embeddings: [N, d] float32.
+      class_bias: [N] float32, the log of the Zipf prior.
+      cluster_ids: [N] int32, the cluster each class was drawn around.
+    """
 
     class_embeddings: np.ndarray  # [N, d] float32
     class_bias: np.ndarray  # [N] float32, log of the Zipf prior

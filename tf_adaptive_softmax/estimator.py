@@ -62,10 +62,10 @@ MASKED_LOGIT = -1e30
 # log q is floored here so that q = 0 (a zero-count class as a positive) cannot produce inf - inf.
 MIN_LOG_Q = math.log(1e-37)
 
-LogitTransform = Optional[Callable[[tf.Tensor], tf.Tensor]]
+_LogitTransform = Optional[Callable[[tf.Tensor], tf.Tensor]]
 
 
-def _transform(logits: tf.Tensor, logit_transform: LogitTransform) -> tf.Tensor:
+def _transform(logits: tf.Tensor, logit_transform: _LogitTransform) -> tf.Tensor:
     return logits if logit_transform is None else logit_transform(logits)
 
 
@@ -73,7 +73,7 @@ def full_logits(
     query: tf.Tensor,
     class_embeddings: tf.Tensor,
     class_bias: Optional[tf.Tensor] = None,
-    logit_transform: LogitTransform = None,
+    logit_transform: _LogitTransform = None,
 ) -> tf.Tensor:
     """All N logits, [B, N] = query @ class_embeddingsᵀ + bias.
 
@@ -94,7 +94,7 @@ def gathered_logits(
     ids: tf.Tensor,
     class_embeddings: tf.Tensor,
     class_bias: Optional[tf.Tensor] = None,
-    logit_transform: LogitTransform = None,
+    logit_transform: _LogitTransform = None,
 ) -> tf.Tensor:
     """Logits of the given ids only, [B, k]: ids [B, k] per query, or [k] shared by the batch
     (then one [B, d] x [d, k] matmul).
@@ -194,7 +194,7 @@ def sampled_softmax_loss(
     correct_positive: bool = True,
     remove_accidental_hits: bool = True,
     sample_weight=None,
-    logit_transform: LogitTransform = None,
+    logit_transform: _LogitTransform = None,
 ) -> tf.Tensor:
     """Per-example sampled-softmax loss [B].
 
@@ -244,7 +244,7 @@ def full_softmax_loss(
     class_bias=None,
     *,
     sample_weight=None,
-    logit_transform: LogitTransform = None,
+    logit_transform: _LogitTransform = None,
 ) -> tf.Tensor:
     """Exact per-example softmax cross-entropy [B] over all N classes (O(N·d) per example).
 

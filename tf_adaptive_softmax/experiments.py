@@ -35,6 +35,7 @@ __all__ = [
     "EpochTimer",
     "TFSampledSoftmax",
     "TimeToQuality",
+    "build_student",
     "data_dir",
     "exact_test_metrics",
     "export_serving",
@@ -61,10 +62,10 @@ def data_dir(path: Optional[str] = None) -> Optional[pathlib.Path]:
     return pathlib.Path(chosen).expanduser() if chosen else None
 
 
-SamplerFactory = Callable[[int, np.ndarray], samplers.Sampler]
+_SamplerFactory = Callable[[int, np.ndarray], samplers.Sampler]
 
 #: name -> factory(num_classes, train_label_counts); MIDX uses its N-based default codebook size.
-SAMPLERS: Dict[str, SamplerFactory] = {
+SAMPLERS: Dict[str, _SamplerFactory] = {
     "uniform": lambda n, counts: samplers.Uniform(n, seed=1),
     "log_uniform": lambda n, counts: samplers.LogUniform(n, seed=1),
     "unigram": lambda n, counts: samplers.Unigram(counts + 1.0, power=0.75, seed=1),

@@ -38,7 +38,7 @@ def _recording_gradients() -> bool:
     return bool(could_record())
 
 
-def attach(output_layer, model) -> None:
+def _attach(output_layer, model) -> None:
     """Builds `output_layer` for `model`'s output width and makes `model` track its weights."""
     width = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else None
     if width is None:
@@ -88,7 +88,7 @@ class SampledSoftmaxLoss(K.losses.Loss):
         self.output_layer = output_layer
         self.mode = mode
         if model is not None:
-            attach(output_layer, model)
+            _attach(output_layer, model)
 
     def _layer(self):
         if self.output_layer is None:

@@ -39,7 +39,13 @@ _CHUNK_ELEMENTS = 1 << 22
 
 
 def random_rows(points: tf.Tensor, num_rows: int, seed: tf.Tensor) -> tf.Tensor:
-    """`num_rows` distinct rows of `points`, chosen uniformly (top-k of random keys: XLA-safe)."""
+    """`num_rows` distinct rows of `points`, chosen uniformly (top-k of random keys: XLA-safe).
+
+    Args:
+      points: [N, d].
+      num_rows: how many rows (at most N).
+      seed: int32 [2] stateless seed.
+    """
     keys = uniform(tf.shape(points)[:1], seed)
     return tf.gather(points, tf.math.top_k(keys, k=num_rows).indices)
 
@@ -51,6 +57,16 @@ def kmeans_plus_plus(points: tf.Tensor, num_centroids: int, seed: tf.Tensor, sam
     chosen centroid and keeps the one that lowers the total distance most. This spreads the seeds
     over the clusters (random seeds often put two in one cluster and leave Lloyd's iterations
     stuck). The subsample keeps the K sequential rounds cheap at any N.
+
+    Args:
+      points: [N, d].
+      num_centroids: K, the seeds to choose.
+      seed: int32 [2] stateless seed.
+      sample_size: points the seeding looks at (a uniform subsample when N is larger; default
+        4096).
+
+    Returns:
+      [K, d] initial centroids.
     """
     trials = 2 + int(math.log(max(num_centroids, 1)))
     num_points = points.shape[0]
@@ -84,9 +100,16 @@ def kmeans_plus_plus(points: tf.Tensor, num_centroids: int, seed: tf.Tensor, sam
 
 
 def nearest_centroid(points: tf.Tensor, centroids: tf.Tensor) -> tf.Tensor:
-    """int32 [N]: index of the nearest centroid (squared L2) for each point, chunked over N."""
-    num_points = points.shape[0]
-    num_centroids = centroids.shape[0]
+    """int32 [N]: index of the nearest centroid (squared L2) for each point, chunked over N.
+
+    Args:
+      points: [N, d].
+      centroids: [K, d].
+    """
+    return _nearest_in_chunks(points, centroids)
+
+
+def _nearest_in_chunks(points: tf.Tensor, centroids: tf.Tensor) -> tf.Tensor:
     half_norms = 0.5 * tf.reduce_sum(tf.square(centroids), axis=1)
 
     def assign(chunk):
@@ -94,14 +117,28 @@ def nearest_centroid(points: tf.Tensor, centroids: tf.Tensor) -> tf.Tensor:
         scores = half_norms - tf.matmul(chunk, centroids, transpose_b=True)
         return tf.argmin(scores, axis=1, output_type=tf.int32)
 
-    chunk_rows = max(1, _CHUNK_ELEMENTS // max(1, num_centroids))
-    if num_points is None or num_points <= chunk_rows:
+    num_points, dim = points.shape
+    rows = max(1, _CHUNK_ELEMENTS // max(1, centroids.shape[0]))
+    if num_points is None or num_points <= rows:
         return assign(points)
-    num_chunks = -(-num_points // chunk_rows)
-    padded = tf.pad(points, [[0, num_chunks * chunk_rows - num_points], [0, 0]])
-    chunks = tf.reshape(padded, [num_chunks, chunk_rows, points.shape[1]])
-    codes = tf.map_fn(assign, chunks, fn_output_signature=tf.int32)
-    return tf.reshape(codes, [-1])[:num_points]
+    num_chunks = -(-num_points // rows)
+
+    def step(index, codes):
+        # Chunks are read in place (no padded copy of the points); the last one is shifted back
+        # to end at row N, overlapping its neighbour, so every chunk has the same static shape.
+        start = tf.minimum(index * rows, num_points - rows)
+        return index + 1, codes.write(index, assign(tf.slice(points, tf.stack([start, 0]), [rows, dim])))
+
+    _, codes = tf.while_loop(
+        lambda index, _: index < num_chunks,
+        step,
+        (tf.constant(0), tf.TensorArray(tf.int32, size=num_chunks, element_shape=[rows])),
+        # One chunk at a time: in a graph, parallel iterations would keep several [R, K] blocks.
+        parallel_iterations=1,
+    )
+    codes = codes.stack()
+    overlap = (num_chunks - 1) * rows - (num_points - rows)
+    return tf.concat([tf.reshape(codes[:-1], [-1]), codes[-1, overlap:]], axis=0)
 
 
 def kmeans(
@@ -109,14 +146,23 @@ def kmeans(
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """Lloyd's k-means for a fixed number of iterations, warm-started from `initial_centroids`.
 
-    Returns (centroids [K, d], codes [N] int32) with codes the nearest centroid of each point under
-    the returned centroids. A cluster left empty is re-seeded with a random point.
+    A cluster left empty is re-seeded with a random point.
+
+    Args:
+      points: [N, d].
+      initial_centroids: [K, d], where Lloyd's iterations start.
+      iterations: a fixed number of Lloyd iterations (no convergence test: static graphs).
+      seed: int32 [2] stateless seed (the re-seeding of empty clusters).
+
+    Returns:
+      (centroids [K, d], codes [N] int32), codes the nearest centroid of each point under the
+      returned centroids.
     """
     num_centroids = initial_centroids.shape[0]
     num_points = tf.shape(points)[0]
 
     def step(iteration, centroids):
-        codes = nearest_centroid(points, centroids)
+        codes = _nearest_in_chunks(points, centroids)
         sums = tf.math.unsorted_segment_sum(points, codes, num_centroids)
         counts = tf.math.unsorted_segment_sum(tf.ones_like(codes, tf.float32), codes, num_centroids)
         reseed_ids = uniform_ints([num_centroids], num_points, sub_seed(seed, iteration))
@@ -129,23 +175,24 @@ def kmeans(
         step,
         (tf.constant(0), tf.convert_to_tensor(initial_centroids)),
         maximum_iterations=iterations,
+        # Iterations depend on each other anyway; running ahead would only hold more buffers.
+        parallel_iterations=1,
     )
-    return centroids, nearest_centroid(points, centroids)
-
-
-def quantization_error(points: tf.Tensor, reconstruction: tf.Tensor) -> tf.Tensor:
-    """Mean squared L2 distance between points and their reconstruction."""
-    return tf.reduce_mean(tf.reduce_sum(tf.square(points - reconstruction), axis=1))
+    return centroids, _nearest_in_chunks(points, centroids)
 
 
 def product_split(dim: int) -> int:
-    """Width of the first half in product quantization (the second takes the rest: odd d works)."""
+    """Width of the first half in product quantization (the second takes the rest: odd d works).
+
+    Args:
+      dim: d, the embedding width (at least 2).
+    """
     if dim < 2:
         raise ValueError(f"Product quantization needs an embedding width >= 2; got {dim}.")
     return dim // 2
 
 
-def warm_or_random_start(points: tf.Tensor, codebook, warm_start, seed: tf.Tensor) -> tf.Tensor:
+def _warm_or_random_start(points: tf.Tensor, codebook, warm_start, seed: tf.Tensor) -> tf.Tensor:
     """The previous codebook when `warm_start` (a bool tensor), else k-means++ seeds."""
     codebook = tf.convert_to_tensor(codebook)
     return tf.cond(warm_start, lambda: codebook, lambda: kmeans_plus_plus(points, codebook.shape[0], seed))
@@ -164,13 +211,24 @@ def two_codebook_quantize(
 
     pq: codebook 1 clusters the first half of every vector, codebook 2 the second half.
     rvq: codebook 1 clusters the full vectors, codebook 2 the residuals x - c¹[code1] (full width).
-    With `warm_start` (a bool tensor) the given codebooks start k-means; otherwise random points do.
-    Returns (codebook1, codebook2, codes1, codes2).
+
+    Args:
+      embeddings: [N, d] class embeddings.
+      codebook1, codebook2: the current codebooks [K, d1] and [K, d2] (d1 + d2 = d for pq, d each
+        for rvq).
+      quantizer: "pq" or "rvq".
+      iterations: Lloyd iterations per codebook.
+      seed: int32 [2] stateless seed.
+      warm_start: a bool (tensor): start k-means from the given codebooks; otherwise from
+        k-means++ seeds. Default True.
+
+    Returns:
+      (codebook1, codebook2, codes1 [N], codes2 [N]).
     """
     warm_start = tf.convert_to_tensor(warm_start, tf.bool)
 
     def fit(points, codebook, index):
-        initial = warm_or_random_start(points, codebook, warm_start, sub_seed(seed, 10 + index))
+        initial = _warm_or_random_start(points, codebook, warm_start, sub_seed(seed, 10 + index))
         return kmeans(points, initial, iterations, sub_seed(seed, index))
 
     if quantizer == "pq":
@@ -186,6 +244,12 @@ def two_codebook_quantize(
 
 
 def reconstruct(codebook1, codebook2, codes1, codes2, quantizer: str) -> tf.Tensor:
-    """The quantized embeddings q̂ = [c¹; c²] (pq) or c¹ + c² (rvq)."""
+    """The quantized embeddings q̂ = [c¹; c²] (pq) or c¹ + c² (rvq).
+
+    Args:
+      codebook1, codebook2: [K, d1] and [K, d2].
+      codes1, codes2: [N] int32 codeword of each class in each codebook.
+      quantizer: "pq" or "rvq".
+    """
     first, second = tf.gather(codebook1, codes1), tf.gather(codebook2, codes2)
     return tf.concat([first, second], axis=1) if quantizer == "pq" else first + second

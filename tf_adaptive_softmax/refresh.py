@@ -27,7 +27,7 @@ from tf_adaptive_softmax.samplers.base import Sampler
 
 __all__ = ["CompiledRefresh", "SamplerOwner", "SamplerTarget"]
 
-ReadWeights = Callable[[], Tuple[tf.Tensor, Optional[tf.Tensor]]]
+_ReadWeights = Callable[[], Tuple[tf.Tensor, Optional[tf.Tensor]]]
 
 
 @runtime_checkable
@@ -49,7 +49,7 @@ class CompiledRefresh:
       owner: named in the warning when non-finite inputs are rejected (default: the sampler).
     """
 
-    def __init__(self, sampler: Sampler, read_weights: ReadWeights, owner=None):
+    def __init__(self, sampler: Sampler, read_weights: _ReadWeights, owner=None):
         self.sampler = sampler
         self.read_weights = read_weights
         self.owner = sampler if owner is None else owner

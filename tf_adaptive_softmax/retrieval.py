@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 # TFRS's masking value, so masked in-batch columns match tfrs.tasks.Retrieval exactly.
-MIN_FLOAT = tf.float32.min / 100.0
+_MIN_FLOAT = tf.float32.min / 100.0
 # TFRS clips candidate_sampling_probability here before taking its log.
 _PROBABILITY_FLOOR = 1e-6
 
@@ -113,9 +113,9 @@ def in_batch_scores(
         num_queries = tf.shape(scores)[0]
         same_id = tf.equal(ids[:num_queries, tf.newaxis], ids[tf.newaxis, :])
         hits = same_id & ~tf.cast(tf.eye(num_queries, tf.shape(scores)[1]), tf.bool)
-        scores = tf.where(hits, tf.cast(MIN_FLOAT, scores.dtype), scores)
+        scores = tf.where(hits, tf.cast(_MIN_FLOAT, scores.dtype), scores)
     if score_mask is not None:
-        scores = tf.where(score_mask, scores, tf.cast(MIN_FLOAT, scores.dtype))
+        scores = tf.where(score_mask, scores, tf.cast(_MIN_FLOAT, scores.dtype))
     return scores
 
 

@@ -71,6 +71,9 @@ def draw_from_cdf_rows(cdf: tf.Tensor, rows: Optional[tf.Tensor], u: tf.Tensor) 
         # with mass (entries equal to total are never passed).
         target = tf.minimum(values * row_total, tf.math.nextafter(row_total, tf.zeros_like(row_total)))
         found = tf.searchsorted(row_cdf, target, side="right", out_type=tf.int32)
+        # Only a NaN row (a diverged model) passes every entry: draw its category 0, in range
+        # (its log q is NaN, so the loss shows it), never an index that crashes a gather.
+        found = tf.where(found < size, found, tf.zeros_like(found))
         return found if rows is None else tf.reshape(found, tf.shape(rows))
     if rows is None:
         rows = tf.broadcast_to(tf.range(tf.shape(u)[0])[:, tf.newaxis], tf.shape(u))

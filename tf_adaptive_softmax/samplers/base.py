@@ -38,7 +38,7 @@ def _one_query(queries: tf.Tensor) -> tf.Tensor:
     return tf.zeros(tf.stack([1, tf.shape(queries)[1]]), queries.dtype)
 
 
-def at_least_one_query(queries: tf.Tensor) -> tf.Tensor:
+def _at_least_one_query(queries: tf.Tensor) -> tf.Tensor:
     """The batch, or one zero query when it is empty: a mixture over no queries is undefined, and
     an empty batch (the last shard of a dataset) must still trace and run."""
     missing = tf.maximum(1 - tf.shape(queries)[0], 0)
@@ -224,7 +224,7 @@ class Sampler(K.layers.Layer):
         if not self.adaptive:
             ids, log_q = self._sample(_one_query(queries), num_samples, seed)
             return ids[0], log_q[0]
-        queries = at_least_one_query(queries)
+        queries = _at_least_one_query(queries)
         owners = uniform_ints([num_samples], tf.shape(queries)[0], sub_seed(seed, 0))
         ids, _ = self._sample(tf.gather(queries, owners), 1, sub_seed(seed, 1))
         ids = ids[:, 0]
@@ -234,7 +234,7 @@ class Sampler(K.layers.Layer):
         """log q̄ of flat ids [k]: log-mean-exp over the batch of each query's log q."""
         if not self.adaptive:
             return self._log_prob(_one_query(queries), ids[tf.newaxis])[0]
-        queries = at_least_one_query(queries)
+        queries = _at_least_one_query(queries)
         batch = tf.shape(queries)[0]
         width = ids.shape[0] if ids.shape[0] is not None else tf.size(ids)  # static where known (XLA)
         per_query = self._log_prob(queries, tf.broadcast_to(ids, tf.stack([batch, width])))

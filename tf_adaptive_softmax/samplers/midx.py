@@ -38,15 +38,15 @@ from tf_adaptive_softmax._ops.discrete import (
 )
 from tf_adaptive_softmax._ops.random import sub_seed, uniform, uniform_ints
 from tf_adaptive_softmax.samplers.base import Sampler
-from tf_adaptive_softmax.samplers.unigram import check_counts, unigram_log_probs
+from tf_adaptive_softmax.samplers.unigram import _check_counts, _unigram_log_probs
 
 __all__ = ["MIDX", "default_num_codewords"]
 
-QUANTIZERS = ("pq", "rvq")
-RESIDUALS = ("uniform", "unigram")
+_QUANTIZERS = ("pq", "rvq")
+_RESIDUALS = ("uniform", "unigram")
 
 #: The range of `default_num_codewords` (before its cap at N).
-DEFAULT_CODEWORDS_RANGE = (16, 64)
+_DEFAULT_CODEWORDS_RANGE = (16, 64)
 
 
 def default_num_codewords(num_classes: int, embedding_dim: int | None = None) -> int:
@@ -81,7 +81,7 @@ def default_num_codewords(num_classes: int, embedding_dim: int | None = None) ->
     num_classes = _validation.check_positive_int(num_classes, "num_classes")
     if embedding_dim is not None:
         _validation.check_positive_int(embedding_dim, "embedding_dim")
-    low, high = DEFAULT_CODEWORDS_RANGE
+    low, high = _DEFAULT_CODEWORDS_RANGE
     exponent = max(num_classes.bit_length() - 2, 0) // 2  # ⌊(⌊log2 N⌋ − 1) / 2⌋ for N >= 2
     return min(num_classes, max(low, min(high, 1 << exponent)))
 
@@ -137,10 +137,10 @@ class MIDX(Sampler):
         self.num_codewords = _validation.check_positive_int(num_codewords, "num_codewords")
         if self.num_codewords > self.num_classes:
             raise ValueError(f"`num_codewords` (K={self.num_codewords}) must be <= num_classes ({self.num_classes}).")
-        if quantizer not in QUANTIZERS:
-            raise ValueError(f"`quantizer` must be one of {QUANTIZERS}; got {quantizer!r}.")
-        if residual not in RESIDUALS:
-            raise ValueError(f"`residual` must be one of {RESIDUALS}; got {residual!r}.")
+        if quantizer not in _QUANTIZERS:
+            raise ValueError(f"`quantizer` must be one of {_QUANTIZERS}; got {quantizer!r}.")
+        if residual not in _RESIDUALS:
+            raise ValueError(f"`residual` must be one of {_RESIDUALS}; got {residual!r}.")
         self.quantizer = quantizer
         self.residual = residual
         self.power = float(power)
@@ -151,11 +151,11 @@ class MIDX(Sampler):
         if residual == "unigram":
             if counts is None:
                 raise ValueError("`counts` (per-class counts, length num_classes) is required for residual='unigram'.")
-            counts = check_counts(counts)
+            counts = _check_counts(counts)
             if counts.size != self.num_classes:
                 raise ValueError(f"`counts` has {counts.size} entries; expected num_classes={self.num_classes}.")
             self._counts = counts
-            self._static_log_weight = unigram_log_probs(counts, self.power).astype(np.float32)
+            self._static_log_weight = _unigram_log_probs(counts, self.power).astype(np.float32)
         self.weighted = residual == "unigram" or self.include_bias
         # Binary-search steps that cover the largest possible bucket (all N classes).
         self._search_steps = math.ceil(math.log2(self.num_classes + 1)) + 1
@@ -219,20 +219,32 @@ class MIDX(Sampler):
             tf.matmul(second, tf.convert_to_tensor(self.codebook2), transpose_b=True),
         )
 
-    def _scaled_factors(self, scores2):
-        """(exp(s²_k2 − max) [B, K], W[k1, k2] / max W [K, K], the log of the two scales [B, 1])."""
+    def _first_marginal(self, scores1, scores2):
+        """Unnormalized log P(k1 | z) [B, K] and log Z [B].
+
+        Σ_k2 exp(s²_k2)·W[k1, k2] is one [B, K] x [K, K] matmul on exp(s² − max), so `log_prob`
+        builds no [B, K, K] tensor. When that underflows a whole row that holds classes (its
+        codewords score > 87 nats below the best), the rows are redone exactly in log space.
+        """
         log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
         top = tf.reduce_max(log_bucket)
         top2 = tf.reduce_max(scores2, axis=1, keepdims=True)
-        return tf.exp(scores2 - top2), tf.exp(log_bucket - top), top2 + top
-
-    def _first_marginal(self, scores1, scores2):
-        """Unnormalized log P(k1 | z) [B, K] and log Z [B]: Σ_k2 exp(s²_k2)·W[k1, k2] is one
-        [B, K] x [K, K] matmul, so no [B, K, K] tensor (what makes `log_prob` cheap)."""
-        second_factor, bucket_factor, offset = self._scaled_factors(scores2)
-        row_mass = tf.matmul(second_factor, bucket_factor, transpose_b=True)  # [B, K]
-        log_first = scores1 + tf.math.log(row_mass) + offset
+        row_mass = tf.matmul(tf.exp(scores2 - top2), tf.exp(log_bucket - top), transpose_b=True)  # [B, K]
+        holds_classes = tf.reduce_max(log_bucket, axis=1) > -np.inf  # [K]
+        underflow = tf.reduce_any((row_mass < 1e-30) & holds_classes[tf.newaxis])
+        log_rows = tf.cond(
+            underflow,
+            lambda: tf.reduce_logsumexp(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis], axis=2),
+            lambda: tf.math.log(row_mass) + top2 + top,
+        )
+        log_first = scores1 + log_rows
         return log_first, tf.reduce_logsumexp(log_first, axis=1)
+
+    @staticmethod
+    def _rows_from_log(log_rows):
+        """exp(rows − their max): unnormalized masses, stable at any scale; all-empty rows stay 0."""
+        top = tf.reduce_max(log_rows, axis=-1, keepdims=True)
+        return tf.exp(log_rows - tf.where(tf.math.is_finite(top), top, tf.zeros_like(top)))
 
     def _class_log_weight(self, ids):
         if not self.weighted:
@@ -257,13 +269,13 @@ class MIDX(Sampler):
         first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
         # P(k2 | k1, z) ∝ exp(s²_k2) · W[k1, k2]. A CDF over K costs K² (a matmul with a triangle):
         # with m >= K build every query's [K, K] table once; with fewer draws, only the drawn rows.
-        second_factor, bucket_factor, _ = self._scaled_factors(scores2)
+        log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
         if isinstance(num_samples, int) and num_samples < k:
-            drawn_rows = tf.gather(bucket_factor, first) * second_factor[:, tf.newaxis, :]  # [B, m, K]
+            drawn_rows = self._rows_from_log(tf.gather(log_bucket, first) + scores2[:, tf.newaxis, :])  # [B, m, K]
             drawn_cdf = tf.reshape(cumulative_over_last_axis(drawn_rows), [-1, k])
             second = tf.reshape(draw_from_cdf_rows(drawn_cdf, None, tf.reshape(uniforms[1], [-1, 1])), shape)
         else:
-            table = second_factor[:, tf.newaxis, :] * bucket_factor[tf.newaxis]  # [B, K, K]
+            table = self._rows_from_log(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis])  # [B, K, K]
             table_cdf = tf.reshape(cumulative_over_last_axis(table), [-1, k])  # [B·K, K]
             query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
             second = draw_from_cdf_rows(table_cdf, query_row * k + first, uniforms[1])

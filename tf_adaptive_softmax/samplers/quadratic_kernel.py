@@ -34,7 +34,7 @@ from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import register_serializable
 from tf_adaptive_softmax._ops.discrete import draw_from_cdf_rows
 from tf_adaptive_softmax._ops.random import sub_seed, uniform
-from tf_adaptive_softmax.samplers.base import Sampler, at_least_one_query
+from tf_adaptive_softmax.samplers.base import Sampler, _at_least_one_query
 
 __all__ = ["QuadraticKernel"]
 
@@ -45,7 +45,7 @@ _CHUNK_ELEMENTS = 1 << 26
 _GATHER_COST = 40.0
 
 
-def default_leaf_size(num_classes: int, embedding_dim: int, num_samples: int = 128) -> int:
+def _default_leaf_size(num_classes: int, embedding_dim: int, num_samples: int = 128) -> int:
     """Balances the per-query group scoring, (N / L)·d(d+1)/2 multiply-adds in one matmul,
     against the per-draw leaf work, L·d gathered floats for each of m draws."""
     packed = embedding_dim * (embedding_dim + 1) / 2
@@ -101,7 +101,7 @@ class QuadraticKernel(Sampler):
         if self.embedding_dim is not None:
             return
         super().build_state(embedding_dim)
-        leaf = self.leaf_size or default_leaf_size(self.num_classes, embedding_dim)
+        leaf = self.leaf_size or _default_leaf_size(self.num_classes, embedding_dim)
         if leaf < min(embedding_dim, self.num_classes):
             raise ValueError(
                 f"`leaf_size` ({leaf}) must be >= the embedding width ({embedding_dim}) so that the "
@@ -222,7 +222,7 @@ class QuadraticKernel(Sampler):
         c = (1/B)·Σ_b 1 / Z_b. So a shared draw costs one [G, d²] matvec plus m leaf scans, not
         B query-specific group scorings.
         """
-        queries = at_least_one_query(queries)
+        queries = _at_least_one_query(queries)
         inverse_z = tf.exp(-self._log_normalizer(queries))[:, 0]
         batch = tf.cast(tf.shape(queries)[0], tf.float32)
         form = tf.einsum("b,bd,be->de", inverse_z, queries, queries) / batch

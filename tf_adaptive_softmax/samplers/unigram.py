@@ -14,14 +14,14 @@ from tf_adaptive_softmax.samplers.base import Sampler
 __all__ = ["Unigram"]
 
 
-def unigram_log_probs(counts: np.ndarray, power: float) -> np.ndarray:
+def _unigram_log_probs(counts: np.ndarray, power: float) -> np.ndarray:
     """Normalized log(count ** power); zero counts get -inf (never drawn)."""
     weights = np.power(counts.astype(np.float64), power, where=counts > 0, out=np.zeros(len(counts)))
     with np.errstate(divide="ignore"):
         return np.log(weights / weights.sum())
 
 
-def check_counts(counts) -> np.ndarray:
+def _check_counts(counts) -> np.ndarray:
     counts = np.asarray(counts, dtype=np.float64)
     if counts.ndim != 1 or counts.size == 0:
         raise ValueError(f"`counts` must be a non-empty 1-D array of per-class counts; got shape {counts.shape}.")
@@ -64,12 +64,12 @@ class Unigram(Sampler):
             if num_classes is None:
                 raise ValueError("Unigram needs `counts` (or `num_classes` when restoring from a config).")
             counts = np.ones(num_classes)
-        counts = check_counts(counts)
+        counts = _check_counts(counts)
         if num_classes is not None and num_classes != counts.size:
             raise ValueError(f"`counts` has {counts.size} entries but `num_classes` is {num_classes}.")
         super().__init__(num_classes=counts.size, seed=seed, **kwargs)
         self.power = float(power)
-        log_q = unigram_log_probs(counts, self.power)
+        log_q = _unigram_log_probs(counts, self.power)
         probability, alias = build_alias_table(np.exp(log_q))
         self.log_q_table = self._constant_state("log_q", log_q.astype(np.float32), "float32")
         self.alias_probability = self._constant_state("alias_probability", probability, "float32")
