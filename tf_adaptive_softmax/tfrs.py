@@ -288,18 +288,19 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         return self._loss_and_metrics(
             labels,
             scores,
-            query_embeddings,
-            candidate_embeddings,
-            sample_weight,
-            candidate_ids,
-            compute_metrics,
-            compute_batch_metrics,
+            query_embeddings=query_embeddings,
+            candidate_embeddings=candidate_embeddings,
+            sample_weight=sample_weight,
+            candidate_ids=candidate_ids,
+            compute_metrics=compute_metrics,
+            compute_batch_metrics=compute_batch_metrics,
         )
 
     def _loss_and_metrics(
         self,
         labels,
         scores,
+        *,
         query_embeddings,
         candidate_embeddings,
         sample_weight,
