@@ -106,10 +106,6 @@ def nearest_centroid(points: tf.Tensor, centroids: tf.Tensor) -> tf.Tensor:
       points: [N, d].
       centroids: [K, d].
     """
-    return _nearest_in_chunks(points, centroids)
-
-
-def _nearest_in_chunks(points: tf.Tensor, centroids: tf.Tensor) -> tf.Tensor:
     half_norms = 0.5 * tf.reduce_sum(tf.square(centroids), axis=1)
 
     def assign(chunk):
@@ -162,7 +158,7 @@ def kmeans(
     num_points = tf.shape(points)[0]
 
     def step(iteration, centroids):
-        codes = _nearest_in_chunks(points, centroids)
+        codes = nearest_centroid(points, centroids)
         sums = tf.math.unsorted_segment_sum(points, codes, num_centroids)
         counts = tf.math.unsorted_segment_sum(tf.ones_like(codes, tf.float32), codes, num_centroids)
         reseed_ids = uniform_ints([num_centroids], num_points, sub_seed(seed, iteration))
@@ -178,7 +174,7 @@ def kmeans(
         # Iterations depend on each other anyway; running ahead would only hold more buffers.
         parallel_iterations=1,
     )
-    return centroids, _nearest_in_chunks(points, centroids)
+    return centroids, nearest_centroid(points, centroids)
 
 
 def product_split(dim: int) -> int:

@@ -62,7 +62,6 @@ def draw_from_cdf_rows(cdf: tf.Tensor, rows: Optional[tf.Tensor], u: tf.Tensor) 
     cdf[k] > u·total, so categories without mass are never returned.
     """
     size = cdf.shape[-1]
-    total = cdf[:, -1]
     if size is not None and size <= _SHORT_ROW:
         row_cdf = cdf if rows is None else tf.reshape(tf.gather(cdf, rows), [-1, size])
         values = u if rows is None else tf.reshape(u, [-1, 1])
@@ -77,6 +76,7 @@ def draw_from_cdf_rows(cdf: tf.Tensor, rows: Optional[tf.Tensor], u: tf.Tensor) 
         return found if rows is None else tf.reshape(found, tf.shape(rows))
     if rows is None:
         rows = tf.broadcast_to(tf.range(tf.shape(u)[0])[:, tf.newaxis], tf.shape(u))
+    total = cdf[:, -1]
     # Rounding of u·total can reach the end of a row; clamp to the last category with mass.
     last = tf.reduce_sum(tf.cast(cdf < total[:, tf.newaxis], tf.int32), axis=1)
     start = rows * size

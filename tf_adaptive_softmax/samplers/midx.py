@@ -242,9 +242,12 @@ class MIDX(Sampler):
 
     @staticmethod
     def _rows_from_log(log_rows):
-        """exp(rows − their max): unnormalized masses, stable at any scale; all-empty rows stay 0."""
+        """(exp(rows − their max), log of each row's sum): unnormalized masses over the last axis,
+        stable at any scale; an all-empty row stays 0 with log sum −inf."""
         top = tf.reduce_max(log_rows, axis=-1, keepdims=True)
-        return tf.exp(log_rows - tf.where(tf.math.is_finite(top), top, tf.zeros_like(top)))
+        top = tf.where(tf.math.is_finite(top), top, tf.zeros_like(top))
+        masses = tf.exp(log_rows - top)
+        return masses, top[..., 0] + tf.math.log(tf.reduce_sum(masses, axis=-1))
 
     def _class_log_weight(self, ids):
         if not self.weighted:
@@ -262,23 +265,29 @@ class MIDX(Sampler):
     def _sample(self, queries, num_samples, seed):
         k = self.num_codewords
         scores1, scores2 = self._codeword_scores(queries)
-        log_first, log_normalizer = self._first_marginal(scores1, scores2)
+        log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
+        # P(k2 | k1, z) ∝ exp(s²_k2) · W[k1, k2]. A CDF over K costs K² (a matmul with a triangle):
+        # with m >= K build every query's [K, K] table once (its row sums are then the first
+        # marginal, exactly); with fewer draws, only the drawn rows.
+        whole_table = not (isinstance(num_samples, int) and num_samples < k)
+        if whole_table:
+            table, log_rows = self._rows_from_log(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis])  # [B, K, K]
+            log_first = scores1 + log_rows
+            log_normalizer = tf.reduce_logsumexp(log_first, axis=1)
+        else:
+            log_first, log_normalizer = self._first_marginal(scores1, scores2)
         shape = tf.stack([tf.shape(queries)[0], num_samples])
         uniforms = uniform(tf.concat([[3 if self.weighted else 2], shape], 0), seed)
         first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
         first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
-        # P(k2 | k1, z) ∝ exp(s²_k2) · W[k1, k2]. A CDF over K costs K² (a matmul with a triangle):
-        # with m >= K build every query's [K, K] table once; with fewer draws, only the drawn rows.
-        log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
-        if isinstance(num_samples, int) and num_samples < k:
-            drawn_rows = self._rows_from_log(tf.gather(log_bucket, first) + scores2[:, tf.newaxis, :])  # [B, m, K]
-            drawn_cdf = tf.reshape(cumulative_over_last_axis(drawn_rows), [-1, k])
-            second = tf.reshape(draw_from_cdf_rows(drawn_cdf, None, tf.reshape(uniforms[1], [-1, 1])), shape)
-        else:
-            table = self._rows_from_log(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis])  # [B, K, K]
+        if whole_table:
             table_cdf = tf.reshape(cumulative_over_last_axis(table), [-1, k])  # [B·K, K]
             query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
             second = draw_from_cdf_rows(table_cdf, query_row * k + first, uniforms[1])
+        else:
+            drawn_rows, _ = self._rows_from_log(tf.gather(log_bucket, first) + scores2[:, tf.newaxis, :])  # [B, m, K]
+            drawn_cdf = tf.reshape(cumulative_over_last_axis(drawn_rows), [-1, k])
+            second = tf.reshape(draw_from_cdf_rows(drawn_cdf, None, tf.reshape(uniforms[1], [-1, 1])), shape)
         bucket = first * k + second
         start = tf.gather(self.bucket_offsets, bucket)
         end = tf.gather(self.bucket_offsets, bucket + 1)
