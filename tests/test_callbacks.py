@@ -17,11 +17,16 @@ class _CountingTarget:
         return True
 
 
-def _fit(callback, epochs=2, steps=5, jit_compile=False, sampler=None):
+def _fit(callback, epochs=2, steps=5, jit_compile=False, sampler=None, steps_per_execution=1):
     layer = AdaptiveSampledSoftmaxLoss(N, sampler or samplers.Uniform(N), num_samples=4, name="output")
     features = K.Input((D,))
     model = K.Model(features, K.layers.Dense(D)(features))
-    model.compile(optimizer="sgd", loss=SampledSoftmaxLoss(layer, model=model), jit_compile=jit_compile)
+    model.compile(
+        optimizer="sgd",
+        loss=SampledSoftmaxLoss(layer, model=model),
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
     rng = np.random.default_rng(0)
     x = rng.standard_normal((steps * 8, D)).astype(np.float32)
     y = rng.integers(0, N, steps * 8).astype(np.int32)
@@ -40,6 +45,25 @@ def test_epoch_refresh_can_be_disabled():
     target = _CountingTarget()
     _fit(lambda layer: CodebookRefresh(target, on_epoch_begin=False), epochs=2)
     assert target.calls == 0
+
+
+def test_batch_hooks_only_for_a_step_schedule():
+    # tf_keras' ParameterServerStrategy `fit` rejects callbacks that report batch hooks.
+    assert not CodebookRefresh(_CountingTarget())._implements_train_batch_hooks()
+    assert CodebookRefresh(_CountingTarget(), every_n_steps=3)._implements_train_batch_hooks()
+
+
+def test_steps_per_execution_that_skips_refreshes_warns():
+    target = _CountingTarget()
+    with pytest.warns(UserWarning, match="at most once every 8 steps"):
+        _fit(
+            lambda layer: CodebookRefresh(target, every_n_steps=5, on_epoch_begin=False),
+            steps=16,
+            epochs=1,
+            steps_per_execution=8,
+        )
+    # Execution boundaries at global steps 0 and 8: 2 refreshes where steps 0, 5, 10, 15 were asked.
+    assert target.calls == 2
 
 
 def test_bad_arguments():

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Optional
 
 import tensorflow as tf
@@ -31,9 +32,17 @@ class CodebookRefresh(K.callbacks.Callback):
     Step refreshes follow the optimizer's iteration counter (the global step, which checkpoints
     save): the sampler is refreshed before the train step whose global step is a multiple of
     `every_n_steps` (step 0 included), so a run restored from a checkpoint or `BackupAndRestore`
-    refreshes at the same steps as an uninterrupted one. With `steps_per_execution > 1` the
-    refresh happens at the first execution boundary at or after each multiple. A step refresh and
+    refreshes at the same steps as an uninterrupted one. With `steps_per_execution > 1` Keras
+    calls batch hooks only between executions: the refresh happens at the first execution
+    boundary at or after each multiple (a multiple of `steps_per_execution` refreshes exactly on
+    schedule); with `every_n_steps` below `steps_per_execution` it refreshes once per execution,
+    less often than asked, and the callback warns at the start of training. A step refresh and
     an epoch refresh due at the same global step run once.
+
+    Batch hooks are registered only when `every_n_steps` is set. Under
+    `ParameterServerStrategy` (tf_keras), which runs no batch-level callbacks, use the epoch
+    schedule (`every_n_steps=None`, the default): the refresh then runs on the coordinator
+    between epochs, reading the sharded class table shard by shard.
 
     Args:
       target: an `AdaptiveSampledSoftmaxLoss`, a `tfrs.AdaptiveRetrieval` (anything with
@@ -108,9 +117,37 @@ class CodebookRefresh(K.callbacks.Callback):
             self.refresh()
             self._refreshed_at = step
 
+    # tf_keras asks these before a ParameterServerStrategy `fit` (which rejects batch hooks).
+    def _implements_train_batch_hooks(self) -> bool:
+        return self.every_n_steps is not None
+
+    def _implements_test_batch_hooks(self) -> bool:
+        return False
+
+    def _implements_predict_batch_hooks(self) -> bool:
+        return False
+
     def on_train_begin(self, logs=None):
         self._slot = None
         self._refreshed_at = None
+        self._warn_if_executions_skip_refreshes()
+
+    def _warn_if_executions_skip_refreshes(self) -> None:
+        # Keras 3 keeps an int, tf_keras a variable under a private name.
+        steps_per_execution = getattr(self.model, "steps_per_execution", None)
+        if steps_per_execution is None:
+            steps_per_execution = getattr(self.model, "_steps_per_execution", None)
+        if steps_per_execution is None or self.every_n_steps is None:
+            return
+        executed = int(tf.convert_to_tensor(steps_per_execution).numpy())
+        if executed > self.every_n_steps:
+            warnings.warn(
+                f"CodebookRefresh(every_n_steps={self.every_n_steps}) with steps_per_execution={executed}: "
+                "Keras calls batch hooks only between executions, so the sampler is refreshed at most once "
+                f"every {executed} steps. Use every_n_steps >= steps_per_execution (a multiple of it refreshes "
+                "exactly on schedule).",
+                stacklevel=2,
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.refresh_on_epoch_begin:

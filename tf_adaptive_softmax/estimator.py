@@ -44,6 +44,7 @@ from typing import Callable, Optional
 import tensorflow as tf
 
 from tf_adaptive_softmax import _reduction, _validation
+from tf_adaptive_softmax._ops import tables
 
 __all__ = [
     "MASKED_LOGIT",
@@ -83,9 +84,12 @@ def full_logits(
       class_bias: optional [N] bias. Default None.
       logit_transform: optional elementwise map on the logits (e.g. `tf.abs`). Default None.
     """
-    logits = tf.matmul(query, class_embeddings, transpose_b=True)
+    # A sharded table is multiplied block by block (each [B, N_p] on its own), never concatenated.
+    blocks = [tf.matmul(query, block, transpose_b=True) for block in tables.shards(class_embeddings)]
+    logits = blocks[0] if len(blocks) == 1 else tf.concat(blocks, axis=1)
     if class_bias is not None:
-        logits += class_bias
+        bias = tables.shards(class_bias)
+        logits += bias[0] if len(bias) == 1 else tf.concat([tf.convert_to_tensor(b) for b in bias], axis=0)
     return _transform(logits, logit_transform)
 
 
@@ -106,13 +110,13 @@ def gathered_logits(
       class_bias: optional [N] bias. Default None.
       logit_transform: optional elementwise map on the logits. Default None.
     """
-    rows = tf.gather(class_embeddings, ids)  # its gradient is sparse (IndexedSlices)
+    rows = tables.lookup_rows(class_embeddings, ids)
     if ids.shape.rank == 1:
         logits = tf.matmul(query, rows, transpose_b=True)
     else:
         logits = tf.einsum("bd,bkd->bk", query, rows)
     if class_bias is not None:
-        logits += tf.gather(class_bias, ids)
+        logits += tables.lookup_rows(class_bias, ids)
     return _transform(logits, logit_transform)
 
 

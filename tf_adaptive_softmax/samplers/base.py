@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
-from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K
+from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K, Untracked
 from tf_adaptive_softmax._ops.random import per_replica, seed_pair, sub_seed, uniform_ints
 from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 
@@ -43,6 +43,12 @@ def _at_least_one_query(queries: tf.Tensor) -> tf.Tensor:
     an empty batch (the last shard of a dataset) must still trace and run."""
     missing = tf.maximum(1 - tf.shape(queries)[0], 0)
     return tf.concat([queries, tf.zeros(tf.stack([missing, tf.shape(queries)[1]]), queries.dtype)], 0)
+
+
+def _parameter_server_strategy():
+    """The active `ParameterServerStrategy` (which may partition new variables), else None."""
+    strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
+    return strategy if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy) else None
 
 
 class Sampler(K.layers.Layer):
@@ -62,6 +68,7 @@ class Sampler(K.layers.Layer):
         super().__init__(**kwargs)
         self.num_classes = _validation.check_positive_int(num_classes, "num_classes")
         self.seed = seed
+        self._placement = Untracked(anchor=None)
         initial = [0 if seed is None else int(seed) % (2**31 - 1), 0]
         self._seed_state = self.add_weight(
             name="seed_state",
@@ -74,6 +81,23 @@ class Sampler(K.layers.Layer):
         self.embedding_dim: Optional[int] = None
 
     # -- state -------------------------------------------------------------------------------
+    def add_weight(self, *args, **kwargs):
+        """Keras' `add_weight`, with every state variable whole on one parameter server.
+
+        A `ParameterServerStrategy` partitioner would split [2] seeds and [N] indices into shards
+        that the draw's gathers and the refresh's assigns cannot use. TensorFlow never partitions
+        a variable created beside another one, so the state is colocated with a scalar anchor
+        (scalars are never partitioned); the anchor is not a weight, so checkpoints and `.keras`
+        files keep the same variables under every strategy. Elsewhere this is `add_weight`.
+        """
+        strategy = _parameter_server_strategy()
+        if strategy is None:
+            return super().add_weight(*args, **kwargs)
+        if self._placement.anchor is None:
+            self._placement.anchor = tf.Variable(0, trainable=False, name=f"{self.name}_placement")
+        with strategy.extended.colocate_vars_with(self._placement.anchor):
+            return super().add_weight(*args, **kwargs)
+
     def build_state(self, embedding_dim: int) -> None:
         """Creates the d-dependent state variables. Called by the loss layer's `build`."""
         self.embedding_dim = int(embedding_dim)
