@@ -262,6 +262,35 @@ def test_refresh_through_a_candidate_tower_embeds_the_catalogue(capsys):
     np.testing.assert_allclose(sampler.snapshot_embeddings.numpy(), table * 2.0, rtol=1e-6)
 
 
+@pytestmark_legacy
+def test_refresh_with_an_index_embeds_the_catalogue_once():
+    table = np.random.default_rng(4).standard_normal((N, D)).astype(np.float32)
+    chunks_embedded = tf.Variable(0)
+
+    def tower(ids):
+        chunks_embedded.assign_add(1)
+        return tf.gather(table, ids)
+
+    sampler = samplers.MIDX(N, num_codewords=4, seed=0)
+    index = tfrs.layers.factorized_top_k.BruteForce(k=3)
+    task = AdaptiveRetrieval(
+        sampler,
+        num_samples=4,
+        candidate_embeddings=tower,
+        index=index,
+        catalogue_ids=np.arange(N, dtype=np.int32),
+        refresh_batch_size=16,
+    )
+    task.refresh_sampler()
+    task.refresh_sampler()
+    # 40 items in chunks of 16: 3 tower calls per refresh (the sampler and the index share them),
+    # after one call that reads the embedding width.
+    assert int(chunks_embedded.numpy()) == 1 + 2 * 3
+    assert bool(sampler.initialized.numpy())
+    _, top = index(tf.constant(table[:2]))
+    np.testing.assert_array_equal(top.numpy()[:, 0], np.argmax(table[:2] @ table.T, axis=1))
+
+
 def _midx_state(sampler):
     return {
         name: getattr(sampler, name).numpy()

@@ -54,13 +54,25 @@ class CompiledRefresh:
         self.read_weights = read_weights
         self.owner = sampler if owner is None else owner
         self._function = None
+        self._from_embeddings = None
 
-    def __call__(self, on_nonfinite: str = "raise") -> bool:
+    def __call__(self, on_nonfinite: str = "raise", class_embeddings: Optional[tf.Tensor] = None) -> bool:
         """Refreshes now. NaN/Inf in the inputs raise ("raise", default) or keep the previous
-        state with a warning ("keep"); returns whether the inputs were accepted."""
+        state with a warning ("keep"); returns whether the inputs were accepted.
+
+        `class_embeddings`, when given, replaces `read_weights` (no bias): for an owner that has
+        already computed them for another use (a retrieval index), so they are computed once.
+        """
         check_nonfinite_policy(on_nonfinite)
         if not self.sampler.adaptive:
             return True
+        if class_embeddings is not None:
+            if self._from_embeddings is None:
+                self._from_embeddings = tf.function(
+                    lambda embeddings, policy: self.sampler.refresh(embeddings, None, on_nonfinite=policy),
+                    autograph=False,
+                )
+            return warn_if_kept(self._from_embeddings(class_embeddings, on_nonfinite), self.owner)
         if self._function is None:
             self._function = self.sampler.compiled_refresh(self.read_weights)
         return warn_if_kept(self._function(on_nonfinite), self.owner)

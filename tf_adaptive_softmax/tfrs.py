@@ -210,8 +210,8 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         the sampler's refresh (MIDX's k-means) run as one graph function, traced at the first
         call and reused (`tf_adaptive_softmax.refresh.CompiledRefresh`). NaN/Inf embeddings raise
         (`on_nonfinite="raise"`, the default) or keep the previous sampler state and index with a
-        warning (`"keep"`, returns False). `index` is re-indexed only after an accepted refresh
-        (through a tower that embeds the catalogue a second time).
+        warning (`"keep"`, returns False). With an `index`, the catalogue is embedded once and
+        serves both; the index is re-indexed only after an accepted refresh.
         """
         check_nonfinite_policy(on_nonfinite)
         if self.sampler is None:
@@ -222,12 +222,14 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         if self._refresh is None:
             # Called inside the refresh's graph, the catalogue function becomes part of it.
             self._refresh = CompiledRefresh(self.sampler, lambda: (self._embed_catalogue(), None), owner=self)
-        if not self._refresh(on_nonfinite):  # a no-op for static samplers
+        if index is None:
+            return self._refresh(on_nonfinite)  # a no-op for static samplers
+        # The sampler and the index share one pass of the tower over the catalogue.
+        embeddings = self._embed_catalogue()
+        if not self._refresh(on_nonfinite, class_embeddings=embeddings):
             return False
-        if index is not None:
-            embeddings = self._embed_catalogue()
-            ids = self._catalogue_ids if self._catalogue_ids is not None else tf.range(tf.shape(embeddings)[0])
-            index.index(embeddings, ids)
+        ids = self._catalogue_ids if self._catalogue_ids is not None else tf.range(tf.shape(embeddings)[0])
+        index.index(embeddings, ids)
         return True
 
     def build(self, input_shape):
