@@ -39,7 +39,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from timing import RESULTS, machine
+from timing import RESULTS, machine, measured, memory_mb
 
 NAME = "num_codewords"
 PROSE_MARKER = "<!-- prose: kept across re-runs -->"
@@ -49,33 +49,63 @@ NUM_SAMPLES = 20
 
 
 # --------------------------------------------------------------------------------------------
-# Memory: the process's peak resident set (VmHWM), which Linux lets us reset (clear_refs = 5).
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+class TeacherKL:
+    """KL(p‖q) of a proposal q to the teacher's softmax p = softmax(x Wᵀ + b), averaged over probe
+    queries x ~ N(0, I); p and q are computed `CHUNK_CLASSES` classes at a time, so memory stays
+    O(queries x chunk) at any N. Also used by `refresh_scale.py --sections kl`."""
 
+    def __init__(self, weights, bias, num_queries: int = PROBE_QUERIES, seed: int = 12345):
+        import numpy as np
+        import tensorflow as tf
 
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
+        self.weights, self.bias = weights, bias
+        self.num_classes, dim = weights.shape
+        self.queries = tf.constant(np.random.default_rng(seed).standard_normal((num_queries, dim)).astype(np.float32))
+        self.starts = list(range(0, self.num_classes, CHUNK_CLASSES))
+        self._chunk_logits = tf.function(self._logits)
+        # log Z of the teacher's softmax for every probe query, chunk by chunk.
+        log_z = tf.fill([num_queries], -np.inf)
+        for start, stop in self._chunks():
+            logits = self._chunk_logits(start, stop)
+            log_z = tf.reduce_logsumexp(tf.stack([log_z, tf.reduce_logsumexp(logits, 1)]), 0)
+        self.log_z = log_z
 
+    def _logits(self, start, stop):
+        import tensorflow as tf
 
-def measured(fn):
-    """(result, wall seconds, peak RSS increase in MB over the RSS before the call, or None)."""
-    can_reset = _reset_peak()
-    before = _status_mb("VmRSS")
-    start = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
-    peak = _status_mb("VmHWM") - before if can_reset else None
-    return result, seconds, peak
+        return tf.matmul(self.queries, self.weights[start:stop], transpose_b=True) + self.bias[start:stop]
+
+    def _chunks(self):
+        import tensorflow as tf
+
+        for start in self.starts:
+            yield tf.constant(start), tf.constant(min(self.num_classes, start + CHUNK_CLASSES))
+
+    def __call__(self, sampler) -> tuple:
+        """(KL(p‖q) in nats, the teacher's entropy): q = `sampler`'s log_prob, or Uniform if None."""
+        import numpy as np
+        import tensorflow as tf
+
+        queries, log_z, n = self.queries, self.log_z, self.num_classes
+
+        @tf.function
+        def chunk_kl_terms(start, stop):
+            log_p = self._chunk_logits(start, stop) - log_z[:, tf.newaxis]
+            p = tf.exp(log_p)
+            if sampler is None:
+                log_q = tf.fill(tf.shape(log_p), -float(np.log(n)))
+            else:
+                ids = tf.broadcast_to(tf.range(start, stop)[tf.newaxis], tf.shape(log_p))
+                log_q = sampler.log_prob(queries, ids)
+            return tf.reduce_sum(p * log_p, 1), tf.reduce_sum(p * log_q, 1)
+
+        negative_entropy = np.zeros(queries.shape[0])
+        cross = np.zeros(queries.shape[0])
+        for start, stop in self._chunks():
+            a, b = chunk_kl_terms(start, stop)
+            negative_entropy += a.numpy()
+            cross += b.numpy()
+        return float(np.mean(negative_entropy - cross)), float(-np.mean(negative_entropy))
 
 
 # --------------------------------------------------------------------------------------------
@@ -90,18 +120,7 @@ def worker(spec: dict) -> dict:
     n, d, quantizer, k = spec["N"], spec["d"], spec["quantizer"], spec["K"]
     teacher = datasets.make_teacher(n, d, seed=0)
     weights, bias = tf.constant(teacher.class_embeddings), tf.constant(teacher.class_bias)
-    queries = tf.constant(np.random.default_rng(12345).standard_normal((PROBE_QUERIES, d)).astype(np.float32))
-    starts = list(range(0, n, CHUNK_CLASSES))
-
-    @tf.function
-    def chunk_logits(start, stop):
-        return tf.matmul(queries, weights[start:stop], transpose_b=True) + bias[start:stop]
-
-    # log Z of the teacher's softmax for every probe query, chunk by chunk.
-    log_z = tf.fill([PROBE_QUERIES], -np.inf)
-    for start in starts:
-        logits = chunk_logits(tf.constant(start), tf.constant(min(n, start + CHUNK_CLASSES)))
-        log_z = tf.reduce_logsumexp(tf.stack([log_z, tf.reduce_logsumexp(logits, 1)]), 0)
+    kl_to_teacher = TeacherKL(weights, bias)
 
     row = dict(spec)
     sampler = None
@@ -115,32 +134,15 @@ def worker(spec: dict) -> dict:
         row["nonempty_buckets"] = int((sizes > 0).sum())
         row["largest_bucket"] = int(sizes.max())
 
-    @tf.function
-    def chunk_kl_terms(start, stop):
-        log_p = chunk_logits(start, stop) - log_z[:, tf.newaxis]
-        p = tf.exp(log_p)
-        if sampler is None:
-            log_q = tf.fill(tf.shape(log_p), -float(np.log(n)))
-        else:
-            ids = tf.broadcast_to(tf.range(start, stop)[tf.newaxis], tf.shape(log_p))
-            log_q = sampler.log_prob(queries, ids)
-        return tf.reduce_sum(p * log_p, 1), tf.reduce_sum(p * log_q, 1)
-
-    negative_entropy = np.zeros(PROBE_QUERIES)
-    cross = np.zeros(PROBE_QUERIES)
     start_time = time.perf_counter()
-    for start in starts:
-        a, b = chunk_kl_terms(tf.constant(start), tf.constant(min(n, start + CHUNK_CLASSES)))
-        negative_entropy += a.numpy()
-        cross += b.numpy()
+    row["kl_p_q"], row["teacher_entropy"] = kl_to_teacher(sampler)
     row["kl_s"] = time.perf_counter() - start_time
-    row["kl_p_q"] = float(np.mean(negative_entropy - cross))
-    row["teacher_entropy"] = float(-np.mean(negative_entropy))
     if sampler is not None:
+        queries = kl_to_teacher.queries
         labels = tf.constant(np.random.default_rng(1).integers(0, n, (PROBE_QUERIES, 1)), tf.int32)
         draw = tf.function(lambda q: (sampler.sample(q, NUM_SAMPLES), sampler.log_prob(q, labels)))
         row["sample_ms"] = 1e3 * time_call(lambda: draw(queries)[0], repeats=9, warmup=2)["median_s"]
-    row["process_peak_mb"] = _status_mb("VmHWM")
+    row["process_peak_mb"] = memory_mb("VmHWM")
     return row
 
 

@@ -54,9 +54,9 @@ from tf_adaptive_softmax import datasets, estimator, experiments, samplers
 from tf_adaptive_softmax.experiments import pyplot
 
 try:  # `python benchmarks/run.py` puts this folder on the path; `import benchmarks.run` needs the package form
-    from timing import RESULTS, machine, time_call
+    from timing import RESULTS, machine, memory_mb, reset_peak_memory, time_call
 except ImportError:  # pragma: no cover
-    from benchmarks.timing import RESULTS, machine, time_call
+    from benchmarks.timing import RESULTS, machine, memory_mb, reset_peak_memory, time_call
 
 SPEED_METHODS = [
     "full",
@@ -72,29 +72,6 @@ SPEED_METHODS = [
 ]
 BIAS_SAMPLERS = ["tf_sampled", "uniform", "log_uniform", "unigram", "midx_pq", "midx_rvq", "quadratic_kernel"]
 LEARNING_RATE = 0.05
-
-
-# -- memory --------------------------------------------------------------------------------
-def _reset_peak_memory() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:  # not Linux: the peak is then the process's high-water mark
-        pass
-
-
-def _memory_mb(field: str = "VmHWM") -> float:
-    """Peak (VmHWM) or current (VmRSS) resident memory of this process, in MB."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource  # pylint: disable=import-outside-toplevel
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def variant(name: str):
@@ -185,8 +162,8 @@ def run_speed(args) -> List[dict]:
                 if method == "full" and n * args.batch * 4 * 3 > args.memory_budget_gb * 2**30:
                     rows.append({**config, "skipped": "the [B, N] logits exceed the memory budget"})
                     continue
-                _reset_peak_memory()
-                baseline = _memory_mb("VmRSS")
+                reset_peak_memory()
+                baseline = memory_mb("VmRSS")
                 start = time.perf_counter()
                 try:
                     step = make_train_step(method, n, d, args.batch, m, jit=mode == "xla")
@@ -201,7 +178,7 @@ def run_speed(args) -> List[dict]:
                     "median_ms": timing["median_s"] * 1e3,
                     "min_ms": timing["min_s"] * 1e3,
                     "max_ms": timing["max_s"] * 1e3,
-                    "peak_rss_mb": max(0.0, _memory_mb() - baseline),
+                    "peak_rss_mb": max(0.0, memory_mb() - baseline),
                     "setup_s": time.perf_counter() - start,
                 }
                 rows.append(row)

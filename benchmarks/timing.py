@@ -1,4 +1,4 @@
-"""Shared helpers for the benchmarks: timing with spread, machine description, result files."""
+"""Shared helpers for the benchmarks: timing with spread, peak memory, machine description, result files."""
 
 from __future__ import annotations
 
@@ -8,13 +8,51 @@ import pathlib
 import platform
 import statistics
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
     return f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU"
+
+
+# -- memory: the process's peak resident set (Linux VmHWM), which Linux lets us reset --------
+def reset_peak_memory() -> bool:
+    """Resets VmHWM to the current resident size (clear_refs = 5); False where that is not
+    possible (not Linux), and VmHWM is then the process's high-water mark."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_mb(field: str = "VmHWM") -> float:
+    """Peak (VmHWM) or current (VmRSS) resident memory of this process, in MB."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # pylint: disable=import-outside-toplevel
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measured(fn: Callable[[], object]) -> Tuple[object, float, Optional[float]]:
+    """(fn(), wall seconds, peak RSS increase in MB over the RSS before the call, or None where
+    the peak cannot be reset)."""
+    can_reset = reset_peak_memory()
+    before = memory_mb("VmRSS")
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    peak = memory_mb("VmHWM") - before if can_reset else None
+    return result, seconds, peak
 
 
 def time_call(fn: Callable[[], object], repeats: int = 7, warmup: int = 2) -> Dict[str, float]:

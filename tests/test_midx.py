@@ -6,7 +6,7 @@ from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, quantization, samplers
 from tf_adaptive_softmax._keras import K
 from tf_adaptive_softmax._ops.discrete import search_buckets, segmented_cumsum
-from tf_adaptive_softmax.samplers.midx import default_num_codewords
+from tf_adaptive_softmax.samplers.midx import _cumulative_within_buckets, default_num_codewords
 
 N, D = 203, 6  # N prime: a multiple of nothing
 
@@ -356,3 +356,58 @@ def test_log_prob_stays_exact_when_codeword_scores_span_hundreds_of_nats(quantiz
     finite = reference > -80  # the classes that carry the mass
     np.testing.assert_allclose(log_prob[finite], reference[finite], atol=0.05)
     np.testing.assert_allclose(np.logaddexp.reduce(log_prob, axis=1), 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("quantizer,residual", VARIANTS)
+def test_refresh_on_a_kmeans_sample_keeps_exact_codes_and_the_law(monkeypatch, quantizer, residual):
+    # 40 of 600 classes train the codebooks (several chunks of the assignment pass too); every
+    # class still gets the nearest codewords of the codebooks it returns, and draws follow log q.
+    monkeypatch.setattr(quantization, "_CHUNK_ELEMENTS", 4 * 50)
+    n = 600
+    embeddings = _embeddings(n, seed=3)
+    sampler = _midx(quantizer, residual, n=n, kmeans_sample_size=40)
+    sampler.refresh(embeddings)
+    sampler.refresh(embeddings)  # and warm-started
+    c1, c2 = (c.numpy().astype(np.float64) for c in sampler.codebooks)
+    codes = sampler.codes.numpy()
+    if quantizer == "pq":
+        first, second = embeddings[:, :3], embeddings[:, 3:]
+    else:
+        first, second = embeddings, embeddings - c1[codes[:, 0]]
+
+    def nearest(points, centroids):
+        return ((points[:, np.newaxis] - centroids[np.newaxis]) ** 2).sum(axis=2).argmin(axis=1)
+
+    np.testing.assert_array_equal(codes[:, 0], nearest(first, c1))
+    np.testing.assert_array_equal(codes[:, 1], nearest(second, c2))
+    queries = np.random.default_rng(3).standard_normal((2, D)).astype(np.float32)
+    log_prob = sampler.log_prob(queries, np.tile(np.arange(n), (2, 1))).numpy()
+    np.testing.assert_allclose(log_prob, _numpy_log_q(sampler, queries), atol=2e-4)
+    ids, log_q = sampler.sample(queries, num_samples=30000, seed=2)
+    np.testing.assert_allclose(log_q.numpy(), np.take_along_axis(log_prob, ids.numpy(), 1), atol=1e-4)
+    for row in range(2):
+        counts = np.bincount(ids[row].numpy(), minlength=n)
+        assert chi_square_pvalue(counts, np.exp(log_prob[row]), counts.sum()) > CHI_SQUARE_ALPHA
+
+
+def test_kmeans_sample_size_is_checked_and_kept_in_the_config():
+    sampler = samplers.MIDX(1_000, num_codewords=8, kmeans_sample_size=100, seed=0)
+    assert sampler.get_config()["kmeans_sample_size"] == 100
+    assert samplers.MIDX.from_config(sampler.get_config()).kmeans_sample_size == 100
+    assert samplers.MIDX(1_000, num_codewords=8).get_config()["kmeans_sample_size"] is None
+    with pytest.raises(ValueError, match="kmeans_sample_size"):
+        samplers.MIDX(1_000, num_codewords=8, kmeans_sample_size=7)
+    with pytest.raises(ValueError, match="kmeans_sample_size"):
+        samplers.MIDX(1_000, num_codewords=8, kmeans_sample_size=0)
+
+
+def test_cumulative_weights_restart_in_every_bucket():
+    rng = np.random.default_rng(0)
+    buckets = np.sort(rng.integers(0, 9, 1000)).astype(np.int32)
+    buckets[600:900] = 4  # one bucket longer than half the array: every doubling step matters
+    buckets = np.sort(buckets)
+    weights = rng.random(1000).astype(np.float32)
+    expected = np.concatenate([np.cumsum(weights[buckets == b], dtype=np.float64) for b in np.unique(buckets)])
+    got = _cumulative_within_buckets(tf.constant(weights), tf.constant(buckets))
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    np.testing.assert_array_equal(got.numpy(), segmented_cumsum(weights, buckets).numpy())  # the same sums

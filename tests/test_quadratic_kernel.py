@@ -116,3 +116,26 @@ def test_refresh_inside_fit_with_absolute_softmax():
     layer.refresh_sampler()
     np.testing.assert_allclose(sampler.snapshot_embeddings.numpy()[:n], layer.class_embeddings.numpy(), rtol=1e-6)
     assert np.isfinite(model.evaluate(x, y, verbose=0))
+
+
+@pytest.mark.parametrize("n,leaf_size", [(203, 8), (96, 8), (5, 8)])
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+def test_refresh_writes_chunked_group_moments_and_the_snapshot(monkeypatch, n, leaf_size, mode):
+    # 3 groups per chunk: 203 = 25 full leaves (9 chunks, the last shifted back) + a tail of 3;
+    # 96 = 12 full leaves and no tail; 5 is a lone partial leaf.
+    monkeypatch.setattr(quadratic_kernel, "_MOMENT_CHUNK_ELEMENTS", 3 * (leaf_size * D + D * D))
+    sampler = samplers.QuadraticKernel(n, leaf_size=leaf_size, seed=0)
+    refresh = sampler.refresh if mode == "eager" else tf.function(sampler.refresh, jit_compile=mode == "xla")
+    rows, cols = np.triu_indices(D)
+    for seed in (0, 1):  # the second refresh overwrites every entry of the first
+        embeddings = np.random.default_rng(seed).standard_normal((n, D)).astype(np.float32)
+        refresh(tf.constant(embeddings))
+        groups = -(-n // leaf_size)
+        padded = np.zeros((groups * leaf_size, D), np.float32)
+        padded[:n] = embeddings
+        blocks = padded.reshape(groups, leaf_size, D).astype(np.float64)
+        expected = np.einsum("gld,gle->gde", blocks, blocks)[:, rows, cols]  # Σ w wᵀ per group
+        np.testing.assert_allclose(sampler.group_second_moments.numpy(), expected, rtol=1e-5, atol=1e-5)
+        full = embeddings.astype(np.float64).T @ embeddings.astype(np.float64)
+        np.testing.assert_allclose(sampler.second_moment.numpy(), full, rtol=1e-5, atol=1e-4)
+        np.testing.assert_array_equal(sampler.snapshot_embeddings.numpy(), padded)

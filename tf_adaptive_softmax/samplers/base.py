@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K, Untracked
+from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax._ops.random import per_replica, seed_pair, sub_seed, uniform_ints
 from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 
@@ -61,6 +62,9 @@ class Sampler(K.layers.Layer):
 
     #: True for samplers whose distribution depends on the model (refresh changes it).
     adaptive: bool = False
+    #: True for samplers whose `_refresh` reads a `ShardedVariable` table shard by shard (parameter
+    #: servers); others receive the table as one tensor.
+    reads_sharded_tables: bool = False
 
     def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -200,7 +204,12 @@ class Sampler(K.layers.Layer):
           A scalar bool tensor: True when the inputs were accepted.
         """
         check_nonfinite_policy(on_nonfinite)
-        class_embeddings = tf.convert_to_tensor(class_embeddings)
+        # A sharded float32 table stays in its shards for samplers that read it row block by row
+        # block; anything else becomes one tensor.
+        in_shards = self.reads_sharded_tables and tables.is_sharded(class_embeddings)
+        in_shards = in_shards and class_embeddings.dtype == tf.float32
+        if not in_shards:
+            class_embeddings = tf.convert_to_tensor(class_embeddings)
         shape = class_embeddings.shape
         if self.embedding_dim is None and shape.rank == 2 and shape[-1] is not None:
             self.build_state(int(shape[-1]))
@@ -212,8 +221,8 @@ class Sampler(K.layers.Layer):
             class_bias = tf.cast(class_bias, tf.float32)
         if not self.adaptive:
             return tf.constant(True)
-        embeddings = tf.cast(class_embeddings, tf.float32)
-        finite = tf.reduce_all(tf.math.is_finite(embeddings))
+        embeddings = class_embeddings if in_shards else tf.cast(class_embeddings, tf.float32)
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(block)) for block in tables.shards(embeddings)])
         if class_bias is not None:
             finite = finite & tf.reduce_all(tf.math.is_finite(class_bias))
 
