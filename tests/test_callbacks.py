@@ -66,6 +66,78 @@ def test_steps_per_execution_that_skips_refreshes_warns():
     assert target.calls == 2
 
 
+class _CountingSnapshot(samplers.Softmax):
+    """A snapshot softmax that counts its refreshes in a variable (so compiled steps count too)."""
+
+    def __init__(self, num_classes, **kwargs):
+        super().__init__(num_classes, live=False, **kwargs)
+        self.refreshes = tf.Variable(0, trainable=False)
+
+    def _refresh(self, class_embeddings, class_bias):
+        super()._refresh(class_embeddings, class_bias)
+        self.refreshes.assign_add(1)
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_in_step_refresh_keeps_its_schedule_under_steps_per_execution(jit_compile):
+    # Keras calls batch hooks only between executions; the layer's own schedule runs inside the
+    # train function: steps 0, 10, ..., 120 of 128, with 32 steps per execution.
+    sampler = _CountingSnapshot(N)
+    layer = AdaptiveSampledSoftmaxLoss(N, sampler, num_samples=4, refresh_every_n_steps=10)
+    features = K.Input((D,))
+    model = K.Model(features, K.layers.Dense(D)(features))
+    model.compile(
+        optimizer="sgd", loss=SampledSoftmaxLoss(layer, model=model), steps_per_execution=32, jit_compile=jit_compile
+    )
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((128 * 2, D)).astype(np.float32)
+    y = rng.integers(0, N, 128 * 2).astype(np.int32)
+    model.fit(x, y, batch_size=2, epochs=1, verbose=0)
+    assert int(sampler.refreshes.numpy()) == 13
+    assert int(np.asarray(layer._training_steps)) == 128
+    assert int(np.asarray(model.optimizer.iterations)) == 128
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_in_step_refresh_reads_the_weights_the_step_starts_from(jit_compile):
+    # In a custom loop: every second step refreshes before it draws, from the W it starts with
+    # (the optimizer's update of that step comes after the loss).
+    sampler = samplers.Softmax(N, live=False)
+    layer = AdaptiveSampledSoftmaxLoss(N, sampler, num_samples=4, refresh_every_n_steps=2)
+    layer.build_for_dim(D)
+    optimizer = K.optimizers.SGD(0.5)
+    rng = np.random.default_rng(1)
+    query = tf.constant(rng.standard_normal((8, D)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, N, 8).astype(np.int32))
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(layer((query, labels), training=True))
+        optimizer.apply_gradients(zip(tape.gradient(loss, layer.trainable_variables), layer.trainable_variables))
+
+    expected = np.zeros((N, D), np.float32)
+    for step in range(5):
+        before = np.asarray(layer.class_embeddings).copy()
+        if step % 2 == 0:
+            expected = before
+        train_step()
+        assert not np.array_equal(np.asarray(layer.class_embeddings), before)  # W moved
+        np.testing.assert_array_equal(sampler.snapshot_embeddings.numpy(), expected)
+
+
+def test_in_step_refresh_is_off_by_default_and_round_trips_its_config():
+    plain = AdaptiveSampledSoftmaxLoss(N, samplers.MIDX(N, num_codewords=4), num_samples=4)
+    plain.build_for_dim(D)
+    assert plain.get_config()["refresh_every_n_steps"] is None
+    assert "training_steps" not in [weight.name.split("/")[-1].split(":")[0] for weight in plain.weights]
+    scheduled = AdaptiveSampledSoftmaxLoss(N, samplers.MIDX(N, num_codewords=4), refresh_every_n_steps=7)
+    restored = AdaptiveSampledSoftmaxLoss.from_config(scheduled.get_config())
+    assert restored.refresh_every_n_steps == 7
+    with pytest.raises(ValueError, match="refresh_every_n_steps"):
+        AdaptiveSampledSoftmaxLoss(N, samplers.MIDX(N, num_codewords=4), refresh_every_n_steps=0)
+
+
 def test_bad_arguments():
     with pytest.raises(TypeError, match="target"):
         CodebookRefresh(object())

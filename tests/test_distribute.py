@@ -29,6 +29,16 @@ SCRIPT = textwrap.dedent("""
     for variable in sampler.weights:
         values = [np.asarray(v) for v in strategy.experimental_local_results(variable)]
         assert all(np.array_equal(values[0], v) for v in values[1:]), variable.name
+    # An in-step schedule cannot update mirrored state inside a conditional: refused, clearly.
+    with strategy.scope():
+        scheduled = tfas.AdaptiveSampledSoftmaxLoss(N, tfas.samplers.MIDX(N, num_codewords=4), refresh_every_n_steps=2)
+        model = K.Model(features, K.layers.Dense(D)(features))
+        model.compile(optimizer="sgd", loss=tfas.SampledSoftmaxLoss(scheduled, model=model))
+    try:
+        model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+        raise AssertionError("fit should refuse refresh_every_n_steps under MirroredStrategy")
+    except ValueError as error:
+        assert "refresh_every_n_steps" in str(error) and "CodebookRefresh" in str(error), error
     print("MIRRORED_LAYER_OK")
 """)
 

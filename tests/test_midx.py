@@ -5,6 +5,7 @@ from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in
 
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, quantization, samplers
 from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax._ops.discrete import search_buckets, segmented_cumsum
 from tf_adaptive_softmax.samplers.midx import _cumulative_within_buckets, default_num_codewords
 
@@ -356,6 +357,51 @@ def test_log_prob_stays_exact_when_codeword_scores_span_hundreds_of_nats(quantiz
     finite = reference > -80  # the classes that carry the mass
     np.testing.assert_allclose(log_prob[finite], reference[finite], atol=0.05)
     np.testing.assert_allclose(np.logaddexp.reduce(log_prob, axis=1), 0.0, atol=1e-3)
+
+
+def _operations_with_nested(graph) -> list:
+    """The graph's operations and those of every function it calls (loop bodies included)."""
+    operations = list(graph.get_operations())
+    for function in graph._functions.values():
+        if getattr(function, "graph", None) is not None:
+            operations += _operations_with_nested(function.graph)
+    return operations
+
+
+@pytest.mark.parametrize("quantizer", ["pq", "rvq"])
+def test_refresh_reads_a_table_variable_a_block_of_rows_at_a_time(monkeypatch, quantizer):
+    # Once training has read W sparsely, TensorFlow copies W whole at every dense read, so the
+    # refresh must read a variable with gathers of blocks of rows only, and build the same state
+    # as from the table as one tensor.
+    monkeypatch.setattr(quantization, "_CHUNK_ELEMENTS", 4 * 50)  # assignment chunks of 50 rows
+    monkeypatch.setattr(tables, "_BLOCK_ELEMENTS", D * 100)  # finiteness blocks of 100 rows
+    n = 600
+    embeddings = _embeddings(n, seed=4)
+    table = tf.Variable(embeddings)
+    from_variable = _midx(quantizer, "unigram", n=n, kmeans_sample_size=40)
+    from_tensor = _midx(quantizer, "unigram", n=n, kmeans_sample_size=40)
+    refresh = from_variable.compiled_refresh(lambda: (table, None))
+    for _ in range(2):  # first and warm-started
+        assert bool(refresh("raise"))
+        from_tensor.refresh(tf.constant(embeddings))
+    for mine, reference in zip(from_variable.variables, from_tensor.variables):
+        np.testing.assert_array_equal(mine.numpy(), reference.numpy())
+
+    def reads_of_the_whole_table(function):
+        operations = _operations_with_nested(function.get_concrete_function("raise").graph)
+        reads = [op for op in operations if op.type in ("ReadVariableOp", "ResourceGather")]
+        assert reads  # the scan sees the loop bodies' reads
+        return [op.name for op in reads if op.outputs[0].shape.as_list() == [n, D]]
+
+    assert reads_of_the_whole_table(refresh) == []
+    # Control: a sampler that takes the table as one tensor shows the dense read.
+    kernel = samplers.QuadraticKernel(n, seed=0)
+    assert reads_of_the_whole_table(kernel.compiled_refresh(lambda: (table, None)))
+    # NaN in one block of the variable is still refused before anything changes.
+    table[250, 1].assign(np.nan)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):
+        refresh("raise")
+    np.testing.assert_array_equal(from_variable.codes.numpy(), from_tensor.codes.numpy())
 
 
 @pytest.mark.parametrize("quantizer,residual", VARIANTS)

@@ -47,9 +47,10 @@ LAYER_SCRIPT = CLUSTER + textwrap.dedent("""
     teacher = datasets.make_teacher(N, D, seed=0)
     (x, y), (x_test, y_test) = datasets.train_test_split(teacher, 2048, 512)
 
-    def build(seed=0):
-        sampler = tfas.samplers.MIDX(N, num_codewords=4, seed=seed)
-        output = tfas.AdaptiveSampledSoftmaxLoss(N, sampler, num_samples=8)
+    def build(seed=0, **layer_options):
+        # k-means trains on 64 sampled rows, as it would on 1024·K of 10^8 (all rows when N is small).
+        sampler = tfas.samplers.MIDX(N, num_codewords=4, kmeans_sample_size=64, seed=seed)
+        output = tfas.AdaptiveSampledSoftmaxLoss(N, sampler, num_samples=8, **layer_options)
         features = K.Input((D,))
         query = K.layers.Dense(D, kernel_initializer=K.initializers.GlorotUniform(seed))(features)
         model = K.Model(features, query)
@@ -77,6 +78,27 @@ LAYER_SCRIPT = CLUSTER + textwrap.dedent("""
         # The scan does find the table when something concatenates its shards.
         assert tensors_with_all_rows(lambda: tf.convert_to_tensor(output.class_embeddings))
 
+    # The refresh reads the sharded table on the servers (k-means on sampled rows, then each
+    # shard assigned where it lives): no [N, d] tensor in its graph either.
+    def table_sized(function):
+        graph = function.get_concrete_function("raise").graph
+        return [op.name for op in graph.get_operations() for t in op.outputs if t.shape.rank == 2 and t.shape[0] == N]
+    twin = tfas.samplers.MIDX(N, num_codewords=4, kmeans_sample_size=64, seed=0)
+    twin.build_state(D)
+    twin.set_weights(sampler.get_weights())
+    assert output.refresh_sampler()
+    assert table_sized(output._refresh._function) == []
+    # ... and builds exactly the state one process builds from the whole table.
+    twin.refresh(tf.convert_to_tensor(output.class_embeddings), tf.convert_to_tensor(output.class_bias))
+    for sharded_state, whole_state in zip(sampler.weights, twin.weights):
+        np.testing.assert_array_equal(sharded_state.numpy(), whole_state.numpy(), err_msg=sharded_state.name)
+    assert sampler.bucket_sizes.numpy().sum() == N
+    # A sampler that needs the table whole (a snapshot) gets it as one tensor, and the scan sees it.
+    with strategy.scope():
+        snapshot = tfas.samplers.Softmax(N, live=False)
+    snapshot_refresh = snapshot.compiled_refresh(lambda: (output.class_embeddings, None))
+    assert table_sized(snapshot_refresh)
+
     refresh = tfas.CodebookRefresh(output)  # the epoch schedule: no batch hooks
     train = lambda context: tf.data.Dataset.from_tensor_slices((x, y)).shuffle(2048, seed=0).repeat().batch(64)
     history = model.fit(K.utils.experimental.DatasetCreator(train), epochs=4, steps_per_epoch=16, verbose=0,
@@ -89,8 +111,20 @@ LAYER_SCRIPT = CLUSTER + textwrap.dedent("""
     test_loss = model.evaluate(K.utils.experimental.DatasetCreator(test), steps=8, verbose=0)
     assert np.isfinite(test_loss) and test_loss < np.log(N), test_loss
 
+    # A step schedule runs inside the workers' steps (no batch callbacks under this strategy):
+    # a fresh sampler is refreshed on the servers at the layer's training steps 0, 5, ...
+    with strategy.scope():
+        scheduled_model, scheduled, scheduled_sampler = build(seed=1, refresh_every_n_steps=5)
+    assert not bool(scheduled_sampler.initialized.numpy())
+    history = scheduled_model.fit(K.utils.experimental.DatasetCreator(train), epochs=1, steps_per_epoch=10, verbose=0)
+    assert np.isfinite(history.history["loss"][-1])
+    assert int(scheduled._training_steps.numpy()) == 10
+    assert bool(scheduled_sampler.initialized.numpy()) and scheduled_sampler.bucket_sizes.numpy().sum() == N
+
     # With the same weights and draws, the sharded loss and gradients equal one process's.
-    single = tfas.AdaptiveSampledSoftmaxLoss(N, tfas.samplers.MIDX(N, num_codewords=4, seed=0), num_samples=8)
+    single = tfas.AdaptiveSampledSoftmaxLoss(
+        N, tfas.samplers.MIDX(N, num_codewords=4, kmeans_sample_size=64, seed=0), num_samples=8
+    )
     single.build_for_dim(D)
     single.class_embeddings.assign(tf.convert_to_tensor(output.class_embeddings))
     single.class_bias.assign(tf.convert_to_tensor(output.class_bias))

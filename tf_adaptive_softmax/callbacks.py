@@ -36,13 +36,15 @@ class CodebookRefresh(K.callbacks.Callback):
     calls batch hooks only between executions: the refresh happens at the first execution
     boundary at or after each multiple (a multiple of `steps_per_execution` refreshes exactly on
     schedule); with `every_n_steps` below `steps_per_execution` it refreshes once per execution,
-    less often than asked, and the callback warns at the start of training. A step refresh and
-    an epoch refresh due at the same global step run once.
+    less often than asked, and the callback warns at the start of training; the loss layer's
+    `refresh_every_n_steps` keeps an exact step schedule inside the train function instead. A
+    step refresh and an epoch refresh due at the same global step run once.
 
     Batch hooks are registered only when `every_n_steps` is set. Under
     `ParameterServerStrategy` (tf_keras), which runs no batch-level callbacks, use the epoch
     schedule (`every_n_steps=None`, the default): the refresh then runs on the coordinator
-    between epochs, reading the sharded class table shard by shard.
+    between epochs, reading the sharded class table shard by shard; for a step schedule there,
+    use the layer's `refresh_every_n_steps`.
 
     Args:
       target: an `AdaptiveSampledSoftmaxLoss`, a `tfrs.AdaptiveRetrieval` (anything with
@@ -145,7 +147,8 @@ class CodebookRefresh(K.callbacks.Callback):
                 f"CodebookRefresh(every_n_steps={self.every_n_steps}) with steps_per_execution={executed}: "
                 "Keras calls batch hooks only between executions, so the sampler is refreshed at most once "
                 f"every {executed} steps. Use every_n_steps >= steps_per_execution (a multiple of it refreshes "
-                "exactly on schedule).",
+                "exactly on schedule), or AdaptiveSampledSoftmaxLoss(refresh_every_n_steps=...), which refreshes "
+                "inside the train function.",
                 stacklevel=2,
             )
 

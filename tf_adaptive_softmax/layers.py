@@ -7,7 +7,15 @@ from typing import Optional
 import tensorflow as tf
 
 from tf_adaptive_softmax import _reduction, _validation, estimator
-from tf_adaptive_softmax._keras import K, Untracked, deserialize, raw_variable, register_serializable, serialize
+from tf_adaptive_softmax._keras import (
+    ONLY_FIRST_REPLICA,
+    K,
+    Untracked,
+    deserialize,
+    raw_variable,
+    register_serializable,
+    serialize,
+)
 from tf_adaptive_softmax.refresh import CompiledRefresh
 from tf_adaptive_softmax.samplers.base import Sampler
 
@@ -55,6 +63,18 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         Much cheaper per step (one [B, d] x [d, m] matmul, m gradient rows), less adapted to
         each query: use it with a larger `num_samples`.
       embeddings_initializer: initializer of W when the layer owns it.
+      refresh_every_n_steps: refresh an adaptive sampler inside the training step, on the
+        layer's training calls 0, n, 2n, ... (counted by a non-trainable `training_steps` weight,
+        checkpointed with the model), before that step draws. Default None: refreshes come from
+        `CodebookRefresh` or `refresh_sampler()`. Use it where batch callbacks cannot keep a step
+        schedule: `steps_per_execution > 1` (Keras calls batch hooks only between executions,
+        the usual setting on TPUs), `ParameterServerStrategy` (no batch callbacks at all), and
+        custom loops. It runs in one process or on parameter servers, in graph mode and under
+        XLA; multi-replica strategies (`MirroredStrategy`, `MultiWorkerMirroredStrategy`) are
+        refused, since TensorFlow cannot update their variables inside a conditional: use
+        `CodebookRefresh` there. NaN/Inf in W or b keep the previous state (a compiled step
+        cannot raise); the loss itself then shows them. A step that refreshes costs one refresh
+        (`benchmarks/refresh_scale.py`).
 
     Example:
         >>> import tensorflow as tf
@@ -84,6 +104,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         absolute_softmax: bool = False,
         shared_negatives: bool = False,
         embeddings_initializer="uniform",
+        refresh_every_n_steps: Optional[int] = None,
         **kwargs,
     ):
         # The softmax and log q are computed in float32 even under mixed precision.
@@ -108,6 +129,12 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         self.absolute_softmax = bool(absolute_softmax)
         self.shared_negatives = bool(shared_negatives)
         self.embeddings_initializer = K.initializers.get(embeddings_initializer)
+        self.refresh_every_n_steps = (
+            None
+            if refresh_every_n_steps is None
+            else _validation.check_positive_int(refresh_every_n_steps, "refresh_every_n_steps")
+        )
+        self._training_steps = None
         if tied_embedding is not None and not hasattr(tied_embedding, "build"):
             raise TypeError("`tied_embedding` must be an Embedding layer (it provides the class table).")
         self._tied = Untracked(layer=tied_embedding, embeddings=None)
@@ -155,6 +182,16 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         if self.sampler is not None:
             self.sampler.bind(self.class_embeddings, self.bias)
             self.sampler.build_state(dim)
+        if self.refresh_every_n_steps is not None and self.sampler is not None and self.sampler.adaptive:
+            # Only with an in-step schedule: layers saved without one keep their variable list.
+            self._training_steps = self.add_weight(
+                name="training_steps",
+                shape=(),
+                dtype="int64",
+                initializer="zeros",
+                trainable=False,
+                aggregation=ONLY_FIRST_REPLICA,
+            )
         self.built = True
 
     @property
@@ -202,12 +239,13 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         labels = _validation.checked_ids(labels, self.num_classes)
         weights, bias = self._weights()
         if training and self.sampler is not None:
-            if self.shared_negatives:
-                sampled_ids, sampled_log_q = self.sampler.sample_shared(query, self.num_samples)
-                log_prob = self.sampler.mixture_log_prob
-            else:
-                sampled_ids, sampled_log_q = self.sampler.sample(query, self.num_samples)
-                log_prob = self.sampler.log_prob
+            with tf.control_dependencies(self._refresh_if_due()):
+                if self.shared_negatives:
+                    sampled_ids, sampled_log_q = self.sampler.sample_shared(query, self.num_samples)
+                    log_prob = self.sampler.mixture_log_prob
+                else:
+                    sampled_ids, sampled_log_q = self.sampler.sample(query, self.num_samples)
+                    log_prob = self.sampler.log_prob
             true_log_q = log_prob(query, labels) if self.correct_positive else None
             loss = estimator.sampled_softmax_loss(
                 query,
@@ -263,6 +301,30 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         return scores, ids
 
     # -- sampler state -----------------------------------------------------------------------
+    def _refresh_if_due(self) -> list:
+        """With `refresh_every_n_steps`: refreshes the sampler when this training call's index is
+        a multiple of it, then counts the call; returns the ops the step's draws must follow."""
+        if self._training_steps is None:
+            return []
+        strategy = tf.distribute.get_strategy()
+        parameter_servers = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+        if strategy.num_replicas_in_sync > 1 and not parameter_servers:
+            raise ValueError(
+                f"`refresh_every_n_steps` cannot run under {type(strategy).__name__} with "
+                f"{strategy.num_replicas_in_sync} replicas: TensorFlow does not update mirrored variables "
+                "inside a conditional. Use `CodebookRefresh(every_n_steps=...)` instead."
+            )
+        counter = raw_variable(self._training_steps)
+        due = tf.equal(tf.math.floormod(counter.read_value(), self.refresh_every_n_steps), 0)
+        accepted = tf.cond(
+            due,
+            lambda: tf.convert_to_tensor(self.sampler.refresh(*self._weights(), on_nonfinite="keep")),
+            lambda: tf.constant(True),
+        )
+        with tf.control_dependencies([accepted]):
+            counted = counter.assign_add(1, read_value=False)
+        return [accepted] if counted is None else [accepted, counted]
+
     def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
         """Rebuilds the sampler's adaptive state from the current W and b (one compiled graph
         function, built at the first call; `tf_adaptive_softmax.refresh`).
@@ -292,6 +354,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 "absolute_softmax": self.absolute_softmax,
                 "shared_negatives": self.shared_negatives,
                 "embeddings_initializer": K.initializers.serialize(self.embeddings_initializer),
+                "refresh_every_n_steps": self.refresh_every_n_steps,
             }
         )
         return config

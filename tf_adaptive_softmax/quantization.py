@@ -141,7 +141,8 @@ def nearest_centroid(points: tf.Tensor, centroids: tf.Tensor, view: Optional[Poi
     """int32 [N]: index of the nearest centroid (squared L2) for each point, chunked over N.
 
     Args:
-      points: [N, d].
+      points: [N, d]: a tensor, or a variable (sharded or not), read with gathers of one chunk
+        of rows at a time (`_ops.tables.row_block`), so never copied whole.
       centroids: [K, d'] (d' = d without a view).
       view: optional `view(rows [R, d], row_ids [R]) -> [R, d']`, what is compared with the
         centroids (a column half, a residual). It is applied to one chunk of rows at a time, so
@@ -149,6 +150,8 @@ def nearest_centroid(points: tf.Tensor, centroids: tf.Tensor, view: Optional[Poi
     """
     if tables.is_sharded(points):
         return _nearest_centroid_by_shard(points, centroids, view)
+    if not tables.is_table_variable(points):
+        points = tf.convert_to_tensor(points)
     half_norms = 0.5 * tf.reduce_sum(tf.square(centroids), axis=1)
 
     def assign(chunk, row_ids):
@@ -158,17 +161,17 @@ def nearest_centroid(points: tf.Tensor, centroids: tf.Tensor, view: Optional[Poi
         scores = half_norms - tf.matmul(chunk, centroids, transpose_b=True)
         return tf.argmin(scores, axis=1, output_type=tf.int32)
 
-    num_points, dim = points.shape
+    num_points = points.shape[0]
     rows = max(1, _CHUNK_ELEMENTS // max(1, centroids.shape[0]))
     if num_points is None or num_points <= rows:
-        return assign(points, tf.range(tf.shape(points)[0]))
+        return assign(tf.convert_to_tensor(points), tf.range(tf.shape(points)[0]))
     num_chunks = -(-num_points // rows)
 
     def step(index, codes):
         # Chunks are read in place (no padded copy of the points); the last one is shifted back
         # to end at row N, overlapping its neighbour, so every chunk has the same static shape.
         start = tf.minimum(index * rows, num_points - rows)
-        chunk = tf.slice(points, tf.stack([start, 0]), [rows, dim])
+        chunk = tables.row_block(points, start, rows)
         return index + 1, codes.write(index, assign(chunk, start + tf.range(rows)))
 
     _, codes = tf.while_loop(
@@ -190,7 +193,7 @@ def _nearest_centroid_by_shard(points, centroids: tf.Tensor, view: Optional[Poin
     for block in tables.shards(points):
         shifted = None if view is None else (lambda rows, row_ids, start=offset: view(rows, row_ids + start))
         with tf.device(block.device):
-            codes.append(nearest_centroid(tf.convert_to_tensor(block), centroids, shifted))
+            codes.append(nearest_centroid(block, centroids, shifted))
         offset += int(block.shape[0])
     return tf.concat(codes, axis=0)
 

@@ -62,9 +62,10 @@ class Sampler(K.layers.Layer):
 
     #: True for samplers whose distribution depends on the model (refresh changes it).
     adaptive: bool = False
-    #: True for samplers whose `_refresh` reads a `ShardedVariable` table shard by shard (parameter
-    #: servers); others receive the table as one tensor.
-    reads_sharded_tables: bool = False
+    #: True for samplers whose `_refresh` reads the class table through `_ops.tables` a block of
+    #: rows at a time: a float32 variable or `ShardedVariable` reaches them as is (no dense copy,
+    #: which a variable read sparsely in training would make whole); others receive one tensor.
+    reads_table_in_blocks: bool = False
 
     def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -204,11 +205,11 @@ class Sampler(K.layers.Layer):
           A scalar bool tensor: True when the inputs were accepted.
         """
         check_nonfinite_policy(on_nonfinite)
-        # A sharded float32 table stays in its shards for samplers that read it row block by row
-        # block; anything else becomes one tensor.
-        in_shards = self.reads_sharded_tables and tables.is_sharded(class_embeddings)
-        in_shards = in_shards and class_embeddings.dtype == tf.float32
-        if not in_shards:
+        # A float32 variable (sharded or not) stays a variable for samplers that read it a block
+        # of rows at a time; anything else becomes one tensor.
+        in_blocks = self.reads_table_in_blocks and tables.is_table_variable(class_embeddings)
+        in_blocks = in_blocks and class_embeddings.dtype == tf.float32
+        if not in_blocks:
             class_embeddings = tf.convert_to_tensor(class_embeddings)
         shape = class_embeddings.shape
         if self.embedding_dim is None and shape.rank == 2 and shape[-1] is not None:
@@ -221,8 +222,8 @@ class Sampler(K.layers.Layer):
             class_bias = tf.cast(class_bias, tf.float32)
         if not self.adaptive:
             return tf.constant(True)
-        embeddings = class_embeddings if in_shards else tf.cast(class_embeddings, tf.float32)
-        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(block)) for block in tables.shards(embeddings)])
+        embeddings = class_embeddings if in_blocks else tf.cast(class_embeddings, tf.float32)
+        finite = tables.all_finite(embeddings)
         if class_bias is not None:
             finite = finite & tf.reduce_all(tf.math.is_finite(class_bias))
 

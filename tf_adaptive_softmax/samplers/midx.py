@@ -146,7 +146,7 @@ class MIDX(Sampler):
     """
 
     adaptive = True
-    reads_sharded_tables = True
+    reads_table_in_blocks = True
 
     def __init__(
         self,
