@@ -16,7 +16,8 @@ the three ways a refresh is called:
 * `function`: `sampler.refresh(table)` inside the user's own `tf.function`;
 * `layer_after_step`: `layer` once W has been read sparsely, as every training step does (the
   sampled rows' lookup, the optimizer's row updates). TensorFlow then keeps the variable in
-  copy-on-read mode, and the refresh's dense read of W copies the whole table.
+  copy-on-read mode, where a dense read of W copies the whole table: MIDX reads it with gathers
+  of row blocks and avoids the copy; QuadraticKernel, whose snapshot needs the table whole, pays it.
 
 The first call (tracing, and k-means++ seeding for MIDX) and a second, warm-started one are timed;
 peak memory is the rise of the process's peak resident set (Linux VmHWM, reset just before the
@@ -325,6 +326,14 @@ def write(payload: dict) -> None:
     print(f"wrote {RESULTS / (NAME + '.md')} and {NAME}.json")
 
 
+def _row_key(row: dict) -> tuple:
+    return (row["N"], row["d"], row["K"], row["sampler"], row["mode"])
+
+
+def _row_order(row: dict) -> tuple:
+    return (row["N"], SAMPLERS.index(row["sampler"]), MODES.index(row["mode"]))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sections", default="refresh,kl")
@@ -360,11 +369,10 @@ def main(argv=None) -> None:
     def log(message):
         print(f"[{(time.perf_counter() - begin) / 60:5.1f} min] {message}", flush=True)
 
-    payload.update(
-        machine=machine(),
-        command="python benchmarks/refresh_scale.py" + "".join(f" {shlex.quote(a)}" for a in (argv or [])),
-        conditions=args.conditions,
-    )
+    command = "python benchmarks/refresh_scale.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
+    # A run of a subset replaces only its own rows: the table keeps every configuration's latest.
+    payload.update(machine=machine(), conditions=args.conditions)
+    payload["command"] = command if "command" not in payload else f"{payload['command']}`, then `{command}"
     if "refresh" in sections:
         rows = []
         for n in (int(v) for v in args.sizes.split(",")):
@@ -383,7 +391,9 @@ def main(argv=None) -> None:
                             f"+{_fmt(row.get('live_warm_peak_mb'), '.0f')} MB; process +"
                             f"{_fmt(row['first_peak_mb'], '.0f')} / +{_fmt(row['warm_peak_mb'], '.0f')} MB"
                         )
-        payload["refresh_rows"] = rows
+        measured_keys = {_row_key(row) for row in rows}
+        kept = [row for row in payload.get("refresh_rows", []) if _row_key(row) not in measured_keys]
+        payload["refresh_rows"] = sorted(kept + rows, key=_row_order)
     if "kl" in sections:
         rows = []
         per_centroid = [v if v == "full" else int(v) for v in args.kl_points_per_centroid.split(",")]

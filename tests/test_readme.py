@@ -27,6 +27,7 @@ MODULES = [
     "tf_adaptive_softmax.samplers.unigram",
     "tf_adaptive_softmax.samplers.softmax",
     "tf_adaptive_softmax.refresh",
+    "tf_adaptive_softmax._ops.tables",
     "tf_adaptive_softmax.experiments",
 ]
 

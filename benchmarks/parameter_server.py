@@ -1,0 +1,159 @@
+"""Parameter-server step time against one process (tf_keras; each configuration in a fresh process).
+
+A model whose output layer holds N = 10^6 classes (d = 64) trains with `fit` for a few epochs of
+`--steps` steps, B = 256, m = 128, in one process and on an in-process cluster on localhost (2
+workers, 2 parameter servers, the class table and bias sharded by `FixedShardsPartitioner(2)`).
+Methods: the full softmax (every step reads the whole table from the servers and sends a dense
+[N, d] gradient back), Uniform and MIDX per query (B·m rows read), MIDX shared (m rows). The last
+epoch's seconds per step are reported, with the bytes of class rows a step reads.
+
+All processes of the cluster share this machine's cores, so the ratios show the cost of the RPC
+round trips and of the table traffic, not the speed-up of more machines.
+
+    TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py            # full table
+    TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py --quick    # N = 10^5, fewer steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import timing
+
+METHODS = ("full", "uniform", "midx", "midx_shared")
+MODES = ("single", "parameter_server")
+
+
+def _one_configuration(args) -> dict:
+    import numpy as np
+    import portpicker
+    import tensorflow as tf
+
+    import tf_adaptive_softmax as tfas
+
+    K = tf.keras
+    n, d, batch, m = args.num_classes, args.dim, args.batch, args.num_samples
+
+    if args.mode == "parameter_server":
+        spec = tf.train.ClusterSpec(
+            {
+                "worker": [f"localhost:{portpicker.pick_unused_port()}" for _ in range(2)],
+                "ps": [f"localhost:{portpicker.pick_unused_port()}" for _ in range(2)],
+            }
+        )
+        config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=3)
+        for index in range(2):
+            tf.distribute.Server(spec, job_name="worker", task_index=index, config=config, protocol="grpc")
+            tf.distribute.Server(spec, job_name="ps", task_index=index, protocol="grpc")
+        strategy = tf.distribute.ParameterServerStrategy(
+            tf.distribute.cluster_resolver.SimpleClusterResolver(spec, rpc_layer="grpc"),
+            variable_partitioner=tf.distribute.experimental.partitioners.FixedShardsPartitioner(2),
+        )
+    else:
+        strategy = tf.distribute.get_strategy()
+
+    with strategy.scope():
+        sampler = {
+            "full": None,
+            "uniform": tfas.samplers.Uniform(n, seed=0),
+            "midx": tfas.samplers.MIDX(n, seed=0),
+            "midx_shared": tfas.samplers.MIDX(n, seed=0),
+        }[args.method]
+        output = tfas.AdaptiveSampledSoftmaxLoss(
+            n, sampler, num_samples=m, shared_negatives=args.method == "midx_shared"
+        )
+        features = K.Input((d,))
+        model = K.Model(features, K.layers.Dense(d)(features))
+        model.compile(optimizer=K.optimizers.Adagrad(0.1), loss=tfas.SampledSoftmaxLoss(output, model=model))
+        output.build_for_dim(d)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch * 8, d)).astype("float32")
+    y = rng.integers(0, n, batch * 8).astype("int32")
+    dataset = lambda context=None: tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch)  # noqa: E731
+    data = dataset() if args.mode == "single" else K.utils.experimental.DatasetCreator(dataset)
+
+    epoch_seconds = []
+
+    class EpochTimer(K.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_seconds.append(time.perf_counter() - self.start)
+
+    # The sampler is refreshed once before training (an epoch refresh would add k-means to the step).
+    output.refresh_sampler()
+    model.fit(data, epochs=args.epochs, steps_per_epoch=args.steps, verbose=0, callbacks=[EpochTimer()])
+    rows = {"full": n, "uniform": batch * m, "midx": batch * m, "midx_shared": m}[args.method]
+    return {
+        "mode": args.mode,
+        "method": args.method,
+        "step_ms": 1000 * epoch_seconds[-1] / args.steps,
+        "rows_read_per_step": rows,
+        "megabytes_read_per_step": rows * d * 4 / 2**20,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-classes", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--num-samples", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="N = 10^5, 8 steps, 2 epochs")
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.num_classes, args.steps, args.epochs = 100_000, 8, 2
+    if args.mode:  # a child process: one configuration
+        print("RESULT " + json.dumps(_one_configuration(args)))
+        return
+
+    rows = []
+    for method in METHODS:
+        for mode in MODES:
+            command = [sys.executable, __file__, "--mode", mode, "--method", method]
+            for flag in ("num_classes", "dim", "batch", "num_samples", "steps", "epochs"):
+                command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+            lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+            row = json.loads(lines[0][7:]) if lines else {"mode": mode, "method": method, "error": result.stderr[-500:]}
+            print(row, flush=True)
+            rows.append(row)
+    single = {row["method"]: row.get("step_ms") for row in rows if row["mode"] == "single"}
+    lines = [
+        f"Parameter servers vs one process: N = {args.num_classes:,}, d = {args.dim}, B = {args.batch}, "
+        f"m = {args.num_samples}; {timing.machine()}; in-process cluster (2 workers, 2 PS) on the same cores.",
+        "",
+        "| method | MB of class rows read per step | one process ms/step | parameter servers ms/step | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["mode"] != "parameter_server" or "step_ms" not in row or single.get(row["method"]) is None:
+            continue
+        lines.append(
+            f"| {row['method']} | {row['megabytes_read_per_step']:.2f} | {single[row['method']]:.1f} | "
+            f"{row['step_ms']:.1f} | {row['step_ms'] / single[row['method']]:.2f}x |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    name = "parameter_server_quick" if args.quick else "parameter_server"
+    timing.RESULTS.mkdir(exist_ok=True)
+    (timing.RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
+    (timing.RESULTS / f"{name}.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
