@@ -83,3 +83,31 @@ def _seed():
 
 keras3_only = pytest.mark.skipif(not IS_KERAS_3, reason="Keras 3 only")
 legacy_only = pytest.mark.skipif(IS_KERAS_3, reason="tf_keras only")
+
+
+def tensorflow_executed_operations(graph) -> list:
+    """The operations TensorFlow's executor runs for `graph`: its own and those of the functions,
+    loop bodies and branches it calls, but not the inside of XLA-compiled functions (XLA reads
+    variables in place, with no copy-on-read)."""
+    library = {}
+
+    def collect(inner):
+        for name, function in inner._functions.items():
+            library[name] = function
+            if getattr(function, "graph", None) is not None:
+                collect(function.graph)
+
+    collect(graph)
+
+    def walk(inner):
+        for op in inner.get_operations():
+            yield op
+            if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile"):
+                continue
+            for attr in ("f", "body", "cond", "then_branch", "else_branch"):
+                if attr in op.node_def.attr:
+                    function = library.get(op.get_attr(attr).name)
+                    if function is not None and getattr(function, "graph", None) is not None:
+                        yield from walk(function.graph)
+
+    return list(walk(graph))

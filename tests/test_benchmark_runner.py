@@ -89,3 +89,78 @@ def test_variant_suffixes_parse_and_misspellings_fail_fast():
     assert runner.variant("midx_rvq+eq3+shared") == ("midx_rvq", False, True)
     with pytest.raises(ValueError, match="suffix"):
         runner.parse_args(["--bias-samplers", "uniform+shraed"])
+
+
+@pytest.mark.slow
+def test_tiny_staleness_run_reports_quality_kl_and_refresh_cost(tmp_path):
+    from benchmarks import staleness
+
+    # A stand-in for the PTB subset, small enough for 8 steps an epoch (--seq-len 5, batch 32): the
+    # step schedules then refresh at epoch starts only, and only uniform and epoch-only MIDX run.
+    data = tmp_path / "data"
+    data.mkdir()
+    lines = (" ".join(f"w{(i * 7 + j * j) % 150}" for j in range(8)) for i in range(150))
+    (data / "ptb_subset.train.txt").write_text("\n".join(lines))
+    payload = staleness.main(
+        [
+            "--out-dir",
+            str(tmp_path),
+            "--tag",
+            "tiny",
+            "--samplers",
+            "midx_rvq",
+            "--schedules",
+            "10,1000,epoch",
+            "--num-classes",
+            "300",
+            "--dim",
+            "8",
+            "--train-examples",
+            "3000",
+            "--test-examples",
+            "300",
+            "--batch-size",
+            "64",
+            "--epochs",
+            "1",
+            "--kl-points",
+            "3",
+            "--probe-size",
+            "16",
+            "--data-dir",
+            str(data),
+            "--ptb-epochs",
+            "1",
+            "--ptb-args",
+            "--dim 8 --seq-len 5",
+        ]
+    )
+    teacher = payload["teacher"]
+    rows = {(r["sampler"], r["schedule"]): r for r in teacher["rows"]}
+    assert list(rows) == [
+        ("uniform", "epoch only"),
+        ("midx_rvq", "every 10 steps"),
+        ("midx_rvq", "every 1,000 steps"),
+        ("midx_rvq", "epoch only"),
+    ]
+    assert teacher["total_steps"] == 47 and len(teacher["kl_steps"]) == 3
+    # 1,000 steps outlast the run: the epoch-only schedule, reported as such and not trained again.
+    assert rows[("midx_rvq", "every 1,000 steps")]["same_as"] == "epoch only"
+    every_10, epoch = rows[("midx_rvq", "every 10 steps")], rows[("midx_rvq", "epoch only")]
+    assert every_10["refresh_count"] == 5 and epoch["refresh_count"] == 1  # steps 0, 10, ..., 40
+    for row in (every_10, epoch, rows[("uniform", "epoch only")]):
+        assert [p["step"] for p in row["kl_points"]] == teacher["kl_steps"]
+        assert row["kl_mean"] >= 0 and 0 <= row["refresh_share"] < 1 and row["training_seconds"] > 0
+    ptb = {(r["sampler"], r["schedule"]): r for r in payload["ptb"]["rows"]}
+    assert list(ptb) == [
+        ("uniform", "epoch only"),
+        ("midx_rvq", "every 10 steps"),
+        ("midx_rvq", "every 1,000 steps"),
+        ("midx_rvq", "epoch only"),
+    ]
+    epoch = ptb[("midx_rvq", "epoch only")]
+    assert epoch["training_steps"] == 8 and epoch["refresh_count"] == 1 and epoch["test_perplexity"] > 1
+    assert ptb[("midx_rvq", "every 10 steps")]["same_as"] == "epoch only"
+    report = (tmp_path / "staleness_tiny.md").read_text()
+    assert "CPU cores" in report and "| midx_rvq | every 10 steps | 5 |" in report and "Sparsest schedule" in report
+    assert json.loads((tmp_path / "staleness_tiny.json").read_text())["teacher"]["rows"]

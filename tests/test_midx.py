@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in
+from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in, tensorflow_executed_operations
 
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, quantization, samplers
 from tf_adaptive_softmax._keras import K
@@ -359,15 +359,6 @@ def test_log_prob_stays_exact_when_codeword_scores_span_hundreds_of_nats(quantiz
     np.testing.assert_allclose(np.logaddexp.reduce(log_prob, axis=1), 0.0, atol=1e-3)
 
 
-def _operations_with_nested(graph) -> list:
-    """The graph's operations and those of every function it calls (loop bodies included)."""
-    operations = list(graph.get_operations())
-    for function in graph._functions.values():
-        if getattr(function, "graph", None) is not None:
-            operations += _operations_with_nested(function.graph)
-    return operations
-
-
 @pytest.mark.parametrize("quantizer", ["pq", "rvq"])
 def test_refresh_reads_a_table_variable_a_block_of_rows_at_a_time(monkeypatch, quantizer):
     # Once training has read W sparsely, TensorFlow copies W whole at every dense read, so the
@@ -388,15 +379,15 @@ def test_refresh_reads_a_table_variable_a_block_of_rows_at_a_time(monkeypatch, q
         np.testing.assert_array_equal(mine.numpy(), reference.numpy())
 
     def reads_of_the_whole_table(function):
-        operations = _operations_with_nested(function.get_concrete_function("raise").graph)
+        operations = tensorflow_executed_operations(function.get_concrete_function("raise").graph)
         reads = [op for op in operations if op.type in ("ReadVariableOp", "ResourceGather")]
         assert reads  # the scan sees the loop bodies' reads
         return [op.name for op in reads if op.outputs[0].shape.as_list() == [n, D]]
 
     assert reads_of_the_whole_table(refresh) == []
     # Control: a sampler that takes the table as one tensor shows the dense read.
-    kernel = samplers.QuadraticKernel(n, seed=0)
-    assert reads_of_the_whole_table(kernel.compiled_refresh(lambda: (table, None)))
+    snapshot = samplers.Softmax(n, live=False)
+    assert reads_of_the_whole_table(snapshot.compiled_refresh(lambda: (table, None)))
     # NaN in one block of the variable is still refused before anything changes.
     table[250, 1].assign(np.nan)
     with pytest.raises(tf.errors.InvalidArgumentError, match="NaN or Inf"):

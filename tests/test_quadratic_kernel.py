@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in
+from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in, tensorflow_executed_operations
 
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, samplers
 from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax.samplers import quadratic_kernel
 
 D = 5
@@ -116,6 +117,34 @@ def test_refresh_inside_fit_with_absolute_softmax():
     layer.refresh_sampler()
     np.testing.assert_allclose(sampler.snapshot_embeddings.numpy()[:n], layer.class_embeddings.numpy(), rtol=1e-6)
     assert np.isfinite(model.evaluate(x, y, verbose=0))
+
+
+def test_refresh_of_a_table_variable_reads_it_only_inside_xla(monkeypatch):
+    # Once training has read W sparsely, a dense read by TensorFlow copies the whole variable: it
+    # goes into the XLA writers as is (XLA reads it in place) and the finiteness check gathers
+    # blocks of rows. The state equals the one built from the table as a tensor.
+    monkeypatch.setattr(tables, "_BLOCK_ELEMENTS", D * 50)
+    n = 203
+    embeddings = np.random.default_rng(2).standard_normal((n, D)).astype(np.float32)
+    table = tf.Variable(embeddings)
+    sampler = samplers.QuadraticKernel(n, leaf_size=8, seed=0)
+    reference = samplers.QuadraticKernel(n, leaf_size=8, seed=0)
+    refresh = sampler.compiled_refresh(lambda: (table, None))
+    assert bool(refresh("raise"))
+    reference.refresh(tf.constant(embeddings))
+    for mine, expected in zip(sampler.variables, reference.variables):
+        np.testing.assert_allclose(mine.numpy(), expected.numpy(), rtol=1e-6, err_msg=mine.name)
+
+    def whole_table_reads(function):
+        operations = tensorflow_executed_operations(function.get_concrete_function("raise").graph)
+        reads = [op for op in operations if op.type in ("ReadVariableOp", "ResourceGather")]
+        return [op.name for op in reads if op.outputs[0].shape.as_list() == [n, D]], operations
+
+    reads, operations = whole_table_reads(refresh)
+    assert reads == []
+    assert any("_XlaMustCompile" in op.node_def.attr for op in operations)  # the writers were seen
+    # Control: a snapshot sampler that takes one tensor shows TensorFlow's dense read.
+    assert whole_table_reads(samplers.Softmax(n, live=False).compiled_refresh(lambda: (table, None)))[0]
 
 
 @pytest.mark.parametrize("n,leaf_size", [(203, 8), (96, 8), (5, 8)])

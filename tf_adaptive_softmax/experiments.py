@@ -9,7 +9,7 @@ Example:
     >>> sampler = experiments.make_sampler("midx_rvq", 300)
     >>> result = experiments.train_and_evaluate(train, test, 300, sampler, num_samples=5, epochs=1, verbose=0)
     >>> sorted(result)[:3]
-    ['accuracy_at_1', 'curve', 'refresh_share']
+    ['accuracy_at_1', 'curve', 'refresh_count']
 """
 
 from __future__ import annotations
@@ -254,9 +254,10 @@ def train_and_evaluate(
     seed: int = 0,
     correct_positive: bool = True,
     shared_negatives: bool = False,
-    refresh_every: int = 100,
+    refresh_every: Optional[int] = 100,
     tf_sampled: bool = False,
     evaluations_per_epoch: int = 1,
+    callbacks: Optional[Callable[[K.Model, AdaptiveSampledSoftmaxLoss], Sequence[K.callbacks.Callback]]] = None,
 ) -> dict:
     """Trains one teacher-task student; returns its exact test metrics, seconds per epoch and curve.
 
@@ -271,9 +272,13 @@ def train_and_evaluate(
       verbose: Keras `fit` verbosity (default 0).
       seed: Keras' global seed (default 0).
       correct_positive, shared_negatives: the loss layer's options (defaults True, False).
-      refresh_every: `CodebookRefresh` every n steps (default 100; epochs refresh too).
+      refresh_every: `CodebookRefresh` every n steps (default 100; epochs refresh too; None:
+        at epoch starts only).
       tf_sampled: train with `tf.nn.sampled_softmax_loss` instead (`sampler` must be None).
       evaluations_per_epoch: points of the time-to-quality curve per epoch (default 1).
+      callbacks: a function (query model, output layer) -> extra Keras callbacks for `fit`, run
+        after the curve and the refresh (e.g. diagnostics on a probe batch: the model and layer
+        exist only in here). Their time counts as training time. Default None.
     """
     (x_train, y_train), (x_test, y_test) = train, test
     K.utils.set_random_seed(seed)
@@ -301,7 +306,7 @@ def train_and_evaluate(
         epochs=epochs,
         verbose=verbose,
         shuffle=True,
-        callbacks=[curve, refresh],
+        callbacks=[curve, refresh, *(callbacks(model, output) if callbacks else [])],
     )
     final = curve.points[-1]
     return {
@@ -311,6 +316,8 @@ def train_and_evaluate(
         "seconds_per_epoch": statistics.median(curve.epoch_seconds[1:] or curve.epoch_seconds),
         "training_seconds": curve.training_seconds,
         "refresh_share": refresh.refresh_seconds / max(curve.training_seconds, 1e-9),
+        "refresh_count": refresh.refresh_count,
+        "refresh_seconds": refresh.refresh_seconds,
         "train_losses": [float(v) for v in history.history["loss"]],
         "curve": [list(point) for point in curve.points],
     }

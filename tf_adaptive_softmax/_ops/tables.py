@@ -86,7 +86,8 @@ def _all_finite(table) -> tf.Tensor:
     num_rows = table.shape[0] if table.shape.rank else None
     rows = max(1, _BLOCK_ELEMENTS // max(1, table.shape[1:].num_elements() or 1)) if num_rows else 0
     if num_rows is None or num_rows <= rows:
-        whole = tf.gather(table, tf.range(tf.shape(table)[0])) if isinstance(table, tf.Variable) else table
+        num_rows = tf.shape(table)[0] if num_rows is None else num_rows  # static: no read for a shape
+        whole = tf.gather(table, tf.range(num_rows)) if isinstance(table, tf.Variable) else table
         return tf.reduce_all(tf.math.is_finite(whole))
     num_blocks = -(-num_rows // rows)
 

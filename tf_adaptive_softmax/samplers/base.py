@@ -62,9 +62,10 @@ class Sampler(K.layers.Layer):
 
     #: True for samplers whose distribution depends on the model (refresh changes it).
     adaptive: bool = False
-    #: True for samplers whose `_refresh` reads the class table through `_ops.tables` a block of
-    #: rows at a time: a float32 variable or `ShardedVariable` reaches them as is (no dense copy,
-    #: which a variable read sparsely in training would make whole); others receive one tensor.
+    #: True for samplers whose `_refresh` reads the class table a block of rows at a time (through
+    #: `_ops.tables`, or inside XLA): a float32 variable or `ShardedVariable` reaches them as is,
+    #: never densely read by TensorFlow, which copies a variable whole once training has read it
+    #: sparsely (copy-on-read); others receive one tensor.
     reads_table_in_blocks: bool = False
 
     def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs):

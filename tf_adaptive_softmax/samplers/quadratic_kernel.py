@@ -32,6 +32,7 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import Untracked, raw_variable, register_serializable
+from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax._ops.discrete import draw_from_cdf_rows
 from tf_adaptive_softmax._ops.random import sub_seed, uniform
 from tf_adaptive_softmax.samplers.base import Sampler, _at_least_one_query
@@ -165,6 +166,7 @@ class QuadraticKernel(Sampler):
     """
 
     adaptive = True
+    reads_table_in_blocks = True
 
     def __init__(
         self,
@@ -340,7 +342,13 @@ class QuadraticKernel(Sampler):
     def _refresh(self, class_embeddings, class_bias) -> None:
         """Snapshots W and recomputes every group's Σ w wᵀ (O(N·d²) flops), chunk by chunk over
         groups, both written in place: beyond the state, memory holds one chunk of groups."""
-        class_embeddings = tf.ensure_shape(class_embeddings, [self.num_classes, self.embedding_dim])
+        if tables.is_sharded(class_embeddings) or isinstance(class_embeddings, tf.distribute.DistributedValues):
+            # The snapshot needs the table whole: shards are gathered, replicas read once.
+            class_embeddings = tf.convert_to_tensor(class_embeddings)
+        if not isinstance(class_embeddings, tf.Variable):
+            class_embeddings = tf.ensure_shape(class_embeddings, [self.num_classes, self.embedding_dim])
+        # A variable goes into the XLA writers as is: XLA reads it in place, where a TensorFlow
+        # dense read would copy it whole once training has read it sparsely (copy-on-read).
         for device, write in self._replica_writers():
             with tf.device(device):
                 packed_total = write(class_embeddings)
