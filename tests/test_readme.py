@@ -1,4 +1,4 @@
-"""The README's Python blocks are the documented API: they must run as written."""
+"""The Python blocks of the README and the docs are the documented API: they must run as written."""
 
 import doctest
 import importlib
@@ -10,7 +10,11 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-BLOCKS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+# The README's blocks and those of the docs pages it links to.
+DOCUMENTS = ["README.md", "docs/scaling.md"]
+BLOCKS = [
+    block for document in DOCUMENTS for block in re.findall(r"```python\n(.*?)```", (ROOT / document).read_text(), re.S)
+]
 MODULES = [
     "tf_adaptive_softmax.estimator",
     "tf_adaptive_softmax.layers",
