@@ -166,6 +166,28 @@ def test_keras_file_round_trip_keeps_weights_and_sampler_state(tmp_path):
     np.testing.assert_allclose(restored.predict([x, y], verbose=0), model.predict([x, y], verbose=0), rtol=1e-6)
 
 
+def test_keras_file_round_trip_keeps_the_in_step_refresh_schedule(tmp_path):
+    # The schedule's step counter is a layer weight: saved, restored, and counting on from there.
+    sampler = samplers.MIDX(N, num_codewords=4, seed=5)
+    layer = AdaptiveSampledSoftmaxLoss(N, sampler, num_samples=10, add_to_model_loss=True, refresh_every_n_steps=3)
+    model = _functional_model(layer)
+    model.compile(optimizer="adam")
+    x, y = _data(64)
+    model.fit([x, y], batch_size=16, epochs=1, verbose=0)  # 4 steps: refreshes at 0 and 3
+    assert int(np.asarray(layer._training_steps)) == 4 and bool(sampler.initialized.numpy())
+    path = str(tmp_path / "scheduled.keras")
+    model.save(path)
+    restored = K.models.load_model(path)
+    restored_layer = next(layer for layer in restored.layers if isinstance(layer, AdaptiveSampledSoftmaxLoss))
+    assert restored_layer.refresh_every_n_steps == 3
+    assert int(np.asarray(restored_layer._training_steps)) == 4
+    for original, loaded in zip(layer.sampler.weights, restored_layer.sampler.weights):
+        np.testing.assert_array_equal(np.asarray(original), np.asarray(loaded))
+    restored.compile(optimizer="adam")
+    restored.fit([x, y], batch_size=16, epochs=1, verbose=0)
+    assert int(np.asarray(restored_layer._training_steps)) == 8
+
+
 def _serving_module(layer, query_layer):
     class Serving(tf.Module):
         def __init__(self):
