@@ -142,11 +142,12 @@ def make_train_step(
             return tf.nn.sampled_softmax_loss(
                 weights, bias, tf.cast(labels[:, tf.newaxis], tf.int64), query, num_samples, num_classes
             )
-        draw, log_prob = (
-            (sampler.sample_shared, sampler.mixture_log_prob) if shared else (sampler.sample, sampler.log_prob)
-        )
-        ids, log_q = draw(query, num_samples)
-        true_log_q = log_prob(query, labels[:, tf.newaxis])  # the positive, corrected by default
+        # As the loss layer does: the positive is corrected by default, its log q comes with the draw.
+        if shared:
+            ids, log_q = sampler.sample_shared(query, num_samples)
+            true_log_q = sampler.mixture_log_prob(query, labels[:, tf.newaxis])
+        else:
+            ids, log_q, true_log_q = sampler.sample_with_log_prob(query, num_samples, labels[:, tf.newaxis])
         return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias, true_log_q=true_log_q)
 
     @tf.function(jit_compile=jit)

@@ -92,6 +92,26 @@ def test_shapes_dtypes_and_seeds(name):
     assert not np.array_equal(first.numpy(), second.numpy())
 
 
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("num_samples", [3, 64])  # MIDX: below and above K (its two draw paths)
+def test_sample_with_log_prob_is_sample_and_log_prob_in_one_call(name, num_samples):
+    sampler = FACTORIES[name]()
+    queries = _queries(5)
+    positives = np.random.default_rng(6).integers(0, NUM_CLASSES, (5, 2)).astype(np.int32)
+    ids, log_q, positives_log_q = sampler.sample_with_log_prob(queries, num_samples, positives, seed=4)
+    expected_ids, expected_log_q = sampler.sample(queries, num_samples, seed=4)
+    np.testing.assert_array_equal(ids.numpy(), expected_ids.numpy())
+    np.testing.assert_allclose(log_q.numpy(), expected_log_q.numpy(), rtol=1e-6, atol=1e-6)
+    assert positives_log_q.shape == (5, 2)
+    np.testing.assert_allclose(
+        positives_log_q.numpy(), sampler.log_prob(queries, positives).numpy(), rtol=1e-5, atol=1e-5
+    )
+    # [B] ids read as one per row; out-of-range ids are refused, naming the argument.
+    assert sampler.sample_with_log_prob(queries, 2, positives[:, 0], seed=4)[2].shape == (5, 1)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="ids"):
+        sampler.sample_with_log_prob(queries, 2, np.full((5, 1), NUM_CLASSES, np.int32), seed=4)
+
+
 def test_own_seed_stream_is_reproducible():
     a, b = samplers.Uniform(1000, seed=9), samplers.Uniform(1000, seed=9)
     for _ in range(2):

@@ -33,11 +33,13 @@ def test_sampler_ops_compile_without_forbidden_ops(name):
     # One draw per query (a unit axis once sent XLA:CPU's simplifier into a minutes-long loop).
     (single, _), _ = _compiled(lambda q: sampler.sample(q, 1), queries)
     assert single.shape == (4, 1)
+    (_, _, ids_log_q), joint_graph = _compiled(lambda q, i: sampler.sample_with_log_prob(q, 8, i), queries, ids)
     log_prob, log_prob_graph = _compiled(sampler.log_prob, queries, ids)
+    np.testing.assert_allclose(ids_log_q.numpy(), log_prob.numpy(), atol=1e-5)
     np.testing.assert_allclose(log_prob.numpy(), sampler.log_prob(queries, ids).numpy(), atol=1e-5)
     embeddings = tf.ones((NUM_CLASSES, 4))
     _, refresh_graph = _compiled(lambda e: sampler.refresh(e), embeddings)
-    for graph_def in (sample_graph, log_prob_graph, refresh_graph):
+    for graph_def in (sample_graph, joint_graph, log_prob_graph, refresh_graph):
         assert not forbidden_in(graph_def)
     widths = _categorical_widths(lambda q: sampler.sample(q, 8), queries)
     if name != "softmax":  # only the documented O(N) oracle may draw a categorical over N

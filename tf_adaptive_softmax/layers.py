@@ -240,13 +240,17 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         weights, bias = self._weights()
         if training and self.sampler is not None:
             with tf.control_dependencies(self._refresh_if_due()):
+                true_log_q = None
                 if self.shared_negatives:
                     sampled_ids, sampled_log_q = self.sampler.sample_shared(query, self.num_samples)
-                    log_prob = self.sampler.mixture_log_prob
+                    if self.correct_positive:
+                        true_log_q = self.sampler.mixture_log_prob(query, labels)
+                elif self.correct_positive:  # one pass gives the draws and the positives' log q
+                    sampled_ids, sampled_log_q, true_log_q = self.sampler.sample_with_log_prob(
+                        query, self.num_samples, labels
+                    )
                 else:
                     sampled_ids, sampled_log_q = self.sampler.sample(query, self.num_samples)
-                    log_prob = self.sampler.log_prob
-            true_log_q = log_prob(query, labels) if self.correct_positive else None
             loss = estimator.sampled_softmax_loss(
                 query,
                 labels,

@@ -158,6 +158,32 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
+    def sample_with_log_prob(self, queries, num_samples: int, ids, seed=None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """`sample(queries, num_samples, seed)` and `log_prob(queries, ids)` in one call.
+
+        The draws are those `sample` makes from the same seed. Samplers that share work between
+        the two override `_sample_with_log_prob`: MIDX scores the codewords and computes each
+        query's normalizer once (the positives' log q is what the estimator's default
+        `correct_positive=True` needs at every step). Equal to the two calls up to float rounding.
+
+        Args:
+          queries: [B, d].
+          num_samples: m, draws per query.
+          ids: [B, k] (or [B]) class ids whose log q is wanted, e.g. the positives.
+          seed: optional int32 [2] seed (default: the sampler's stream, as `sample`).
+
+        Returns:
+          (ids [B, m] int32, log_q [B, m], log q of `ids` [B, k]).
+        """
+        num_samples = _validation.check_num_samples(num_samples)
+        queries = _validation.as_queries(queries, width=self.embedding_dim)
+        ids = _validation.checked_ids(_validation.as_label_matrix(ids, name="ids"), self.num_classes, name="ids")
+        seed = self._next_seed() if seed is None else seed_pair(seed)
+        sampled, log_q, ids_log_q = self._sample_with_log_prob(queries, num_samples, per_replica(seed), ids)
+        sampled = tf.ensure_shape(sampled, [queries.shape[0], num_samples])
+        log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
+        return tf.stop_gradient(sampled), tf.stop_gradient(log_q), tf.stop_gradient(ids_log_q)
+
     def sample_shared(self, queries, num_samples: int, seed=None) -> Tuple[tf.Tensor, tf.Tensor]:
         """Draws `num_samples` ids shared by the whole batch (TF's `sampled_softmax_loss` layout).
 
@@ -250,6 +276,11 @@ class Sampler(K.layers.Layer):
 
     def _sample(self, queries, num_samples, seed):
         raise NotImplementedError
+
+    def _sample_with_log_prob(self, queries, num_samples, seed, ids):
+        """Draws and the log q of `ids`; override to share work between the two."""
+        sampled, log_q = self._sample(queries, num_samples, seed)
+        return sampled, log_q, self._log_prob(queries, ids)
 
     def _log_prob(self, queries, ids):
         raise NotImplementedError

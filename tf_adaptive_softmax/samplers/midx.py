@@ -302,6 +302,16 @@ class MIDX(Sampler):
         )
 
     def _sample(self, queries, num_samples, seed):
+        ids, log_q, _ = self._draw(queries, num_samples, seed)
+        return ids, log_q
+
+    def _sample_with_log_prob(self, queries, num_samples, seed, ids):
+        # The draw's codeword scores and normalizer serve the given ids too: no second pass.
+        sampled, log_q, (scores1, scores2, log_normalizer) = self._draw(queries, num_samples, seed)
+        return sampled, log_q, self._log_q_of(scores1, scores2, log_normalizer, ids)
+
+    def _draw(self, queries, num_samples, seed):
+        """(ids [B, m], log q [B, m], (codeword scores s¹, s² [B, K], log normalizer [B]))."""
         k = self.num_codewords
         scores1, scores2 = self._codeword_scores(queries)
         log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
@@ -341,11 +351,15 @@ class MIDX(Sampler):
         else:
             position = start + uniform_ints(tf.shape(bucket), end - start, sub_seed(seed, 3))
         ids = tf.gather(self.sorted_ids, position)
-        return ids, self._log_q(scores1, scores2, log_normalizer, first, second, ids)
+        log_q = self._log_q(scores1, scores2, log_normalizer, first, second, ids)
+        return ids, log_q, (scores1, scores2, log_normalizer)
 
     def _log_prob(self, queries, ids):
         scores1, scores2 = self._codeword_scores(queries)
         _, log_normalizer = self._first_marginal(scores1, scores2)
+        return self._log_q_of(scores1, scores2, log_normalizer, ids)
+
+    def _log_q_of(self, scores1, scores2, log_normalizer, ids):
         bucket = tf.gather(self.class_bucket, ids)
         first, second = bucket // self.num_codewords, bucket % self.num_codewords
         return self._log_q(scores1, scores2, log_normalizer, first, second, ids)
