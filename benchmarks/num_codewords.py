@@ -32,17 +32,16 @@ import json
 import os
 import pathlib
 import shlex
-import subprocess
 import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
 
+import timing
 from timing import RESULTS, machine, measured, memory_mb
 
 NAME = "num_codewords"
-PROSE_MARKER = "<!-- prose: kept across re-runs -->"
 CHUNK_CLASSES = 1 << 15
 PROBE_QUERIES = 256
 NUM_SAMPLES = 20
@@ -147,16 +146,7 @@ def worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**spec, "skipped": f"over the {timeout:.0f} s limit per configuration"}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {**spec, "skipped": f"failed (exit {done.returncode}): {tail[0][:200]}"}
+    return timing.run_worker(__file__, spec, timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,8 +224,7 @@ def training_sweep(n, args, ks, quantizers, log) -> list:
 
 
 # --------------------------------------------------------------------------------------------
-def _fmt(value, spec):
-    return "—" if value is None else format(value, spec)
+_fmt = timing.optional
 
 
 def kl_tables(rows) -> str:
@@ -312,11 +301,6 @@ def write(name, args, command, kl_rows, train_rows, seconds, machine_line=None) 
     out_dir = pathlib.Path(getattr(args, "out_dir", None) or RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = out_dir / f"{name}.md"
-    prose = ""
-    if md_path.exists():
-        old = md_path.read_text()
-        if PROSE_MARKER in old:
-            prose = old[old.index(PROSE_MARKER) :]
     payload = {
         "machine": machine_line,
         "command": command,
@@ -359,7 +343,7 @@ def write(name, args, command, kl_rows, train_rows, seconds, machine_line=None) 
         "",
         rule_table([1_000, 10_000, 100_000, 1_000_000, 10_000_000]),
     ]
-    md_path.write_text("\n".join(text) + "\n\n" + (prose or PROSE_MARKER + "\n"))
+    timing.write_markdown_keeping_prose(md_path, "\n".join(text))
     print(f"wrote {md_path} and {name}.json")
 
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
@@ -112,24 +110,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="N = 10^5, 8 steps, 2 epochs")
-    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
-    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:  # a child process: one configuration
+        print("RESULT " + json.dumps(_one_configuration(argparse.Namespace(**json.loads(args.worker)))))
+        return
     if args.quick:
         args.num_classes, args.steps, args.epochs = 100_000, 8, 2
-    if args.mode:  # a child process: one configuration
-        print("RESULT " + json.dumps(_one_configuration(args)))
-        return
 
+    sizes = {flag: getattr(args, flag) for flag in ("num_classes", "dim", "batch", "num_samples", "steps", "epochs")}
     rows = []
     for method in METHODS:
         for mode in MODES:
-            command = [sys.executable, __file__, "--mode", mode, "--method", method]
-            for flag in ("num_classes", "dim", "batch", "num_samples", "steps", "epochs"):
-                command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
-            result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
-            lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-            row = json.loads(lines[0][7:]) if lines else {"mode": mode, "method": method, "error": result.stderr[-500:]}
+            row = timing.run_worker(__file__, {"mode": mode, "method": method, **sizes}, timeout=1800)
             print(row, flush=True)
             rows.append(row)
     single = {row["method"]: row.get("step_ms") for row in rows if row["mode"] == "single"}

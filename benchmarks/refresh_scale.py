@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
@@ -50,6 +49,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(__file__))
 
 from timing import RESULTS, machine, measured, memory_mb
+from timing import optional as _fmt
+from timing import run_worker as timing_run_worker
 
 NAME = "refresh_scale"
 SAMPLERS = ["midx_pq_uniform", "midx_pq_unigram", "midx_rvq_uniform", "midx_rvq_unigram", "quadratic_kernel"]
@@ -179,22 +180,8 @@ def kl_worker(spec: dict) -> list:
 
 # --------------------------------------------------------------------------------------------
 def run_worker(spec: dict, timeout: float, allocator: str = "pooling"):
-    """Runs one configuration in a fresh process; a dict (or list) of results, or a skip note."""
-    command = [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(spec)]
-    env = {**os.environ, **ALLOCATORS[allocator]}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {**spec, "skipped": f"over the {timeout:.0f} s limit per configuration"}
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT ") :])
-    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-    return {**spec, "skipped": f"failed (exit {done.returncode}): {tail[0][:200]}"}
-
-
-def _fmt(value, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
+    """Runs one configuration in a fresh process with the given allocator (`timing.run_worker`)."""
+    return timing_run_worker(__file__, spec, timeout, env={**os.environ, **ALLOCATORS[allocator]})
 
 
 def measure_refresh(spec: dict, timeout: float, live_memory: bool) -> dict:

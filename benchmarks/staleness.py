@@ -59,12 +59,13 @@ from tf_adaptive_softmax import datasets, experiments
 from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
 
 try:  # `python benchmarks/staleness.py` puts this folder on the path; an import needs the package form
-    from timing import RESULTS, machine
+    from timing import RESULTS, machine, write_markdown_keeping_prose
+    from timing import optional as _fmt
 except ImportError:  # pragma: no cover
-    from benchmarks.timing import RESULTS, machine
+    from benchmarks.timing import RESULTS, machine, write_markdown_keeping_prose
+    from benchmarks.timing import optional as _fmt
 
 NAME = "staleness"
-PROSE_MARKER = "<!-- prose: kept across re-runs -->"
 ADAPTIVE_SAMPLERS = "midx_rvq,quadratic_kernel"
 SCHEDULES = "10,100,1000,epoch"
 # The example's --refresh-every is a step count: one larger than any run leaves only the step-0
@@ -266,10 +267,6 @@ def ptb_section(args, log: Callable[[str], None]) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
-def _fmt(value, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
 def _resolved(rows: List[dict]) -> List[dict]:
     """Rows with the "same as epoch only" ones carrying the epoch-only row's numbers."""
     epoch = {r["sampler"]: r for r in rows if r["every_n_steps"] is None and "skipped" not in r}
@@ -386,13 +383,8 @@ def render(payload: dict) -> str:
 def write(name: str, payload: dict, out_dir: pathlib.Path) -> pathlib.Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     md_path = out_dir / f"{name}.md"
-    prose = ""
-    if md_path.exists():
-        old = md_path.read_text()
-        if PROSE_MARKER in old:
-            prose = old[old.index(PROSE_MARKER) :]
     (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    md_path.write_text(render(payload) + "\n\n" + (prose or PROSE_MARKER + "\n"))
+    write_markdown_keeping_prose(md_path, render(payload))
     print(f"wrote {md_path} and {name}.json")
     return md_path
 

@@ -7,10 +7,14 @@ import os
 import pathlib
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+#: Prose written below this line of a results .md survives re-runs of its benchmark.
+PROSE_MARKER = "<!-- prose: kept across re-runs -->"
 
 
 def machine() -> str:
@@ -78,3 +82,34 @@ def write_results(name: str, rows: List[dict], table: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     (RESULTS / f"{name}.md").write_text(f"Machine: {machine()}\n\n{table}\n")
     print(f"\n{table}\n\nwrote {RESULTS / (name + '.md')}")
+
+
+def optional(value, spec: str) -> str:
+    """`value` formatted with `spec`, or an em dash where it was not measured (None)."""
+    return "—" if value is None else format(value, spec)
+
+
+def run_worker(script: str, spec: dict, timeout: float, env: Optional[Dict[str, str]] = None) -> dict:
+    """Runs `script --worker <spec as JSON>` in a fresh process and returns the dict it printed on
+    a `RESULT <json>` line (a list for some workers), or `spec` with a `skipped` reason."""
+    command = [sys.executable, os.path.abspath(script), "--worker", json.dumps(spec)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**spec, "skipped": f"over the {timeout:.0f} s limit per configuration"}
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT ") :])
+    tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+    return {**spec, "skipped": f"failed (exit {done.returncode}): {tail[0][:200]}"}
+
+
+def write_markdown_keeping_prose(md_path: pathlib.Path, markdown: str) -> None:
+    """Writes `markdown`, then the prose that followed `PROSE_MARKER` in the previous file (or
+    the marker alone), so hand-written notes survive a re-run."""
+    prose = ""
+    if md_path.exists():
+        old = md_path.read_text()
+        if PROSE_MARKER in old:
+            prose = old[old.index(PROSE_MARKER) :]
+    md_path.write_text(markdown + "\n\n" + (prose or PROSE_MARKER + "\n"))
