@@ -3,8 +3,9 @@
 MIDX (k-means, `midx_rvq`) and QuadraticKernel (`quadratic_kernel`) build their proposal q from a
 snapshot of the class embeddings; between two refreshes the model moves on and q goes stale. This
 script trains the same model with the proposal refreshed every 10, 100 and 1,000 steps and only at
-epoch starts (`CodebookRefresh(every_n_steps=None)`), plus Uniform (nothing to refresh) as the
-reference, and reports quality against refresh cost:
+epoch starts (`CodebookRefresh(every_n_steps=None)`), beside what users have today, trained the same way
+with nothing to refresh (the full softmax, `tf.nn.sampled_softmax_loss` with `--tf-samples` shared
+negatives, Uniform), and reports quality against refresh cost:
 
     TFAS_DATA_DIR=/path/to/data python benchmarks/staleness.py   # teacher + PTB (about 15 min on 2 quiet cores)
     python benchmarks/staleness.py --quick    # teacher N = 5,000, 1 epoch, every 10 steps / epoch (< 1 min)
@@ -71,6 +72,10 @@ SCHEDULES = "10,100,1000,epoch"
 # The example's --refresh-every is a step count: one larger than any run leaves only the step-0
 # refresh, which the first epoch's refresh already makes, i.e. the epoch-only schedule.
 EPOCH_ONLY_STEPS = 2**31 - 1
+
+#: What users have today, trained the same way with nothing to refresh: the full softmax, TF's
+#: sampled softmax (log-uniform, shared, as users call it) and Uniform.
+REFERENCES = ("full", "tf_sampled", "uniform")
 
 Schedule = Optional[int]  # refresh every n steps (and at epoch starts); None: at epoch starts only
 
@@ -150,7 +155,8 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
         "bayes_floor": teacher.cross_entropy(*test),
         "rows": [],
     }
-    runs = [("uniform", None)] + [(name, every) for name in args.sampler_list for every in args.schedule_list]
+    runs = [(name, None) for name in REFERENCES]
+    runs += [(name, every) for name in args.sampler_list for every in args.schedule_list]
     for index, (name, every) in enumerate(runs, 1):
         row = {"sampler": name, "schedule": schedule_label(every), "every_n_steps": every}
         if every is not None and every >= total_steps:
@@ -163,22 +169,25 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
             probes.append(SteppedProposalDiagnostics(output, query_model, *probe, repeats=1, steps=kl_steps))
             return probes
 
+        tf_sampled = name == "tf_sampled"
         result = experiments.train_and_evaluate(
             train,
             test,
             n,
-            experiments.make_sampler(name, n, counts),
-            args.num_samples,
+            None if tf_sampled else experiments.make_sampler(name, n, counts),
+            args.tf_samples if tf_sampled else args.num_samples,
             args.epochs,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
             seed=args.seed,
             refresh_every=every,
-            callbacks=with_probe,
+            tf_sampled=tf_sampled,
+            # KL(p‖q) needs a proposal to read: the full softmax and TF's sampler have none here.
+            callbacks=None if name in ("full", "tf_sampled") else with_probe,
         )
-        diagnostics = probes[0]
-        training_seconds = result["training_seconds"] - diagnostics.seconds
-        kl = [point["kl_p_q"] for point in diagnostics.points]
+        probe_seconds = probes[0].seconds if probes else 0.0
+        training_seconds = result["training_seconds"] - probe_seconds
+        kl = [point["kl_p_q"] for point in probes[0].points] if probes else []
         row.update(
             test_cross_entropy=result["test_cross_entropy"],
             accuracy_at_1=result["accuracy_at_1"],
@@ -187,8 +196,8 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
             training_seconds=training_seconds,
             refresh_share=result["refresh_seconds"] / max(training_seconds, 1e-9),
             kl_mean=float(np.mean(kl)) if kl else None,
-            kl_points=diagnostics.points,
-            probe_seconds=diagnostics.seconds,
+            kl_points=probes[0].points if probes else [],
+            probe_seconds=probe_seconds,
         )
         section["rows"].append(row)
         log(
@@ -232,7 +241,7 @@ def ptb_section(args, log: Callable[[str], None]) -> dict:
     common = ["--data", str(data), "--num-samples", str(args.num_samples), "--epochs", str(args.ptb_epochs)]
     common += ["--seed", str(args.seed), *shlex.split(args.ptb_args)]
     section: dict = {"data": str(data), "epochs": args.ptb_epochs, "example_args": args.ptb_args, "rows": []}
-    runs = [("uniform", [None])] + [(name, args.schedule_list) for name in args.sampler_list]
+    runs = [(name, [None]) for name in REFERENCES] + [(name, args.schedule_list) for name in args.sampler_list]
     count = sum(len(schedules) for _, schedules in runs)
     index = 0
     for name, schedules in runs:
@@ -248,6 +257,8 @@ def ptb_section(args, log: Callable[[str], None]) -> dict:
                 log(f"ptb [{index}/{count}] {name}, {row['schedule']}: = epoch only ({steps} steps)")
                 continue
             argv = common + ["--sampler", name, "--refresh-every", str(every or EPOCH_ONLY_STEPS)]
+            if name == "tf_sampled":
+                argv += ["--num-samples", str(args.tf_samples)]  # the last flag wins
             start = time.perf_counter()
             row.update(run_language_model(argv, scratch, args.timeout))
             row["wall_seconds"] = time.perf_counter() - start
@@ -277,7 +288,7 @@ def advice(rows: List[dict], tolerance: float) -> List[str]:
     """Per adaptive sampler: the sparsest schedule whose test cross-entropy is within `tolerance`
     (relative) of its most frequent schedule's."""
     lines = []
-    usable = [r for r in _resolved(rows) if "test_cross_entropy" in r and r["sampler"] != "uniform"]
+    usable = [r for r in _resolved(rows) if "test_cross_entropy" in r and r["sampler"] not in REFERENCES]
     for name in dict.fromkeys(r["sampler"] for r in usable):
         own = [r for r in usable if r["sampler"] == name]
         own.sort(key=lambda r: math.inf if r["every_n_steps"] is None else r["every_n_steps"])
@@ -304,7 +315,7 @@ def teacher_table(section: dict) -> str:
             )
             continue
         lines.append(
-            f"| {r['sampler']} | {'—' if r['sampler'] == 'uniform' else r['schedule']} | {r['refresh_count']} | "
+            f"| {r['sampler']} | {'—' if r['sampler'] in REFERENCES else r['schedule']} | {r['refresh_count']} | "
             f"{r['refresh_seconds']:.2f} | {r['training_seconds']:.1f} | {r['refresh_share']:.1%} | "
             f"{_fmt(r['kl_mean'], '.3f')} | {r['test_cross_entropy']:.4f} | {r['accuracy_at_1']:.3f} |"
         )
@@ -318,7 +329,7 @@ def ptb_table(section: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in section["rows"]:
-        schedule = "—" if r["sampler"] == "uniform" else r["schedule"]
+        schedule = "—" if r["sampler"] in REFERENCES else r["schedule"]
         if "same_as" in r:
             lines.append(f"| {r['sampler']} | {schedule} | = {r['same_as']} (n ≥ the run's steps) | | | | | |")
         elif "skipped" in r:
@@ -398,6 +409,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--samplers", default=ADAPTIVE_SAMPLERS, help="adaptive samplers (experiments.SAMPLERS)")
     parser.add_argument("--schedules", default=SCHEDULES, help="refresh every n steps; 'epoch': epoch starts only")
     parser.add_argument("--num-samples", type=int, default=20, help="m per query")
+    parser.add_argument(
+        "--tf-samples", type=int, default=512, help="m of tf.nn.sampled_softmax_loss (shared by the batch, as the demo)"
+    )
     parser.add_argument("--num-classes", type=int, default=100_000, help="teacher N")
     parser.add_argument("--dim", type=int, default=32, help="teacher d")
     parser.add_argument("--train-examples", type=int, default=200_000)

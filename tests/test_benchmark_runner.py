@@ -2,6 +2,7 @@
 benchmarks, not tests) and its summaries compute what they claim."""
 
 import json
+import math
 
 import pytest
 
@@ -96,7 +97,7 @@ def test_tiny_staleness_run_reports_quality_kl_and_refresh_cost(tmp_path):
     from benchmarks import staleness
 
     # A stand-in for the PTB subset, small enough for 8 steps an epoch (--seq-len 5, batch 32): the
-    # step schedules then refresh at epoch starts only, and only uniform and epoch-only MIDX run.
+    # step schedules then refresh at epoch starts only, and only the references and epoch-only MIDX run.
     data = tmp_path / "data"
     data.mkdir()
     lines = (" ".join(f"w{(i * 7 + j * j) % 150}" for j in range(8)) for i in range(150))
@@ -133,11 +134,15 @@ def test_tiny_staleness_run_reports_quality_kl_and_refresh_cost(tmp_path):
             "1",
             "--ptb-args",
             "--dim 8 --seq-len 5",
+            "--tf-samples",
+            "32",
         ]
     )
     teacher = payload["teacher"]
     rows = {(r["sampler"], r["schedule"]): r for r in teacher["rows"]}
     assert list(rows) == [
+        ("full", "epoch only"),
+        ("tf_sampled", "epoch only"),
         ("uniform", "epoch only"),
         ("midx_rvq", "every 10 steps"),
         ("midx_rvq", "every 1,000 steps"),
@@ -151,8 +156,15 @@ def test_tiny_staleness_run_reports_quality_kl_and_refresh_cost(tmp_path):
     for row in (every_10, epoch, rows[("uniform", "epoch only")]):
         assert [p["step"] for p in row["kl_points"]] == teacher["kl_steps"]
         assert row["kl_mean"] >= 0 and 0 <= row["refresh_share"] < 1 and row["training_seconds"] > 0
+    # What users have today: trained the same way, with no proposal to measure KL against.
+    for name in ("full", "tf_sampled"):
+        reference = rows[(name, "epoch only")]
+        assert reference["kl_points"] == [] and reference["kl_mean"] is None
+        assert math.isfinite(reference["test_cross_entropy"]) and reference["training_seconds"] > 0
     ptb = {(r["sampler"], r["schedule"]): r for r in payload["ptb"]["rows"]}
     assert list(ptb) == [
+        ("full", "epoch only"),
+        ("tf_sampled", "epoch only"),
         ("uniform", "epoch only"),
         ("midx_rvq", "every 10 steps"),
         ("midx_rvq", "every 1,000 steps"),
