@@ -93,6 +93,12 @@ def _speed_sampler(method: str, num_classes: int) -> Optional[samplers.Sampler]:
         "uniform": lambda: samplers.Uniform(num_classes, seed=0),
         "midx_pq": lambda: samplers.MIDX(num_classes, num_codewords=64, quantizer="pq", seed=0),
         "midx_rvq": lambda: samplers.MIDX(num_classes, num_codewords=64, quantizer="rvq", seed=0),
+        "midx_pq_learned": lambda: samplers.MIDX(
+            num_classes, num_codewords=64, quantizer="pq", learn_codebooks=True, seed=0
+        ),
+        "midx_rvq_learned": lambda: samplers.MIDX(
+            num_classes, num_codewords=64, quantizer="rvq", learn_codebooks=True, seed=0
+        ),
         "quadratic_kernel": lambda: samplers.QuadraticKernel(num_classes, seed=0),
     }.get(method, lambda: None)()
 
@@ -148,13 +154,23 @@ def make_train_step(
             true_log_q = sampler.mixture_log_prob(query, labels[:, tf.newaxis])
         else:
             ids, log_q, true_log_q = sampler.sample_with_log_prob(query, num_samples, labels[:, tf.newaxis])
-        return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias, true_log_q=true_log_q)
+        if not sampler.has_auxiliary_loss:
+            return estimator.sampled_softmax_loss(query, labels, ids, log_q, weights, bias, true_log_q=true_log_q)
+        # Learned codebooks: the loss layer's work, the sampler's own loss included.
+        positives = labels[:, tf.newaxis]
+        logits = estimator.sampled_softmax_logits(query, positives, ids, log_q, weights, bias, true_log_q=true_log_q)
+        if shared:
+            ids = tf.broadcast_to(ids, [batch, num_samples])
+        auxiliary = sampler.auxiliary_loss(query, tf.concat([positives, ids], 1), logits, tf.gather(weights, positives))
+        return estimator.multi_positive_cross_entropy(logits, 1) + auxiliary
+
+    trained = [weights, bias, query] + ([] if sampler is None else list(sampler.trainable_weights))
 
     @tf.function(jit_compile=jit)
     def step():
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(loss_fn())
-        for variable, gradient in zip((weights, bias, query), tape.gradient(loss, [weights, bias, query])):
+        for variable, gradient in zip(trained, tape.gradient(loss, trained)):
             _sgd(variable, gradient)
         return loss
 

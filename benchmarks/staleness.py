@@ -137,7 +137,7 @@ class SteppedProposalDiagnostics(ProposalDiagnostics):
 # Task 1: the synthetic teacher, in process.
 def teacher_section(args, log: Callable[[str], None]) -> dict:
     n = args.num_classes
-    teacher = datasets.make_teacher(n, args.dim, seed=0, frequency_sorted_ids=False)
+    teacher = datasets.make_teacher(n, args.dim, num_clusters=args.num_clusters, seed=0, frequency_sorted_ids=False)
     train, test = datasets.train_test_split(teacher, args.train_examples, args.test_examples)
     counts = np.bincount(train[1], minlength=n).astype(np.float64)
     probe = (test[0][: args.probe_size], test[1][: args.probe_size])
@@ -152,10 +152,12 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "kl_steps": kl_steps,
+        "num_clusters": args.num_clusters,
+        "num_codewords": args.num_codewords,
         "bayes_floor": teacher.cross_entropy(*test),
         "rows": [],
     }
-    runs = [(name, None) for name in REFERENCES]
+    runs = [(name, None) for name in args.reference_list]
     runs += [(name, every) for name in args.sampler_list for every in args.schedule_list]
     for index, (name, every) in enumerate(runs, 1):
         row = {"sampler": name, "schedule": schedule_label(every), "every_n_steps": every}
@@ -174,7 +176,7 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
             train,
             test,
             n,
-            None if tf_sampled else experiments.make_sampler(name, n, counts),
+            None if tf_sampled else experiments.make_sampler(name, n, counts, args.num_codewords),
             args.tf_samples if tf_sampled else args.num_samples,
             args.epochs,
             batch_size=args.batch_size,
@@ -241,7 +243,7 @@ def ptb_section(args, log: Callable[[str], None]) -> dict:
     common = ["--data", str(data), "--num-samples", str(args.num_samples), "--epochs", str(args.ptb_epochs)]
     common += ["--seed", str(args.seed), *shlex.split(args.ptb_args)]
     section: dict = {"data": str(data), "epochs": args.ptb_epochs, "example_args": args.ptb_args, "rows": []}
-    runs = [(name, [None]) for name in REFERENCES] + [(name, args.schedule_list) for name in args.sampler_list]
+    runs = [(name, [None]) for name in args.reference_list] + [(name, args.schedule_list) for name in args.sampler_list]
     count = sum(len(schedules) for _, schedules in runs)
     index = 0
     for name, schedules in runs:
@@ -355,7 +357,10 @@ def render(payload: dict) -> str:
     if teacher:
         text += [
             "",
-            f"## Teacher N = {teacher['N']:,}, d = {teacher['d']} (ids in no particular order)",
+            f"## Teacher N = {teacher['N']:,}, d = {teacher['d']}"
+            + (f", {teacher['num_clusters']:,} class clusters" if teacher.get("num_clusters") else "")
+            + (f", MIDX K = {teacher['num_codewords']}" if teacher.get("num_codewords") else "")
+            + " (ids in no particular order)",
             "",
             f"{teacher['train_examples']:,} train / {teacher['test_examples']:,} test examples, {args.epochs} "
             f"epoch(s) of {teacher['steps_per_epoch']:,} steps (batch {args.batch_size}, Adam {args.learning_rate:g}), "
@@ -412,6 +417,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--tf-samples", type=int, default=512, help="m of tf.nn.sampled_softmax_loss (shared by the batch, as the demo)"
     )
+    parser.add_argument("--references", default=",".join(REFERENCES), help="reference rows ('' for none)")
+    parser.add_argument("--num-codewords", type=int, default=None, help="MIDX K (default: its N-based default)")
+    parser.add_argument("--num-clusters", type=int, default=None, help="teacher class clusters (default ~sqrt(N))")
     parser.add_argument("--num-classes", type=int, default=100_000, help="teacher N")
     parser.add_argument("--dim", type=int, default=32, help="teacher d")
     parser.add_argument("--train-examples", type=int, default=200_000)
@@ -442,6 +450,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             if getattr(args, key) == getattr(defaults, key):
                 setattr(args, key, value)
     args.sampler_list = [s for s in args.samplers.split(",") if s]
+    args.reference_list = [s for s in args.references.split(",") if s]
     args.schedule_list = parse_schedules(args.schedules)
     unknown = sorted(set(args.sampler_list) - set(experiments.SAMPLERS))
     if unknown:
@@ -465,7 +474,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"[{(time.perf_counter() - begin) / 60:5.1f} min] {message}", flush=True)
 
     payload: dict = {"machine": machine(), "command": command}
-    stored_args = {k: v for k, v in vars(args).items() if k not in ("sampler_list", "schedule_list")}
+    stored_args = {k: v for k, v in vars(args).items() if k not in ("sampler_list", "schedule_list", "reference_list")}
     if "teacher" in sections:
         payload["teacher"] = teacher_section(args, log)
     if "ptb" in sections:

@@ -28,7 +28,10 @@ correction from item frequency (what users have today), and `AdaptiveRetrieval` 
 catalogue negatives drawn by MIDX (adaptive, refreshed by `CodebookRefresh` in one compiled graph
 function) or Uniform, per user or shared by the batch (`shared_negatives=True`), on top of the
 logQ-corrected in-batch columns; the positive keeps TFRS's in-batch correction
-(`correct_positive=True`, the default; `--no-correct-positive` leaves it uncorrected).
+(`correct_positive=True`, the default; `--no-correct-positive` leaves it uncorrected). Two rows
+use Khrylchenko et al.'s corrected logQ (`logq_correction="corrected"`, in-batch alone and with
+MIDX), one MIDX with learned codebooks (`learn_codebooks=True`). `--only TEXT` runs only the
+configurations whose name contains TEXT.
 
 What it shows (benchmarks/results/tfrs_two_tower_*.md): the logQ correction is what matters most
 for in-batch negatives (MovieLens Recall@10 0.075 -> 0.125; synthetic 0.065 -> 0.090). On MovieLens
@@ -157,12 +160,13 @@ def evaluate(score_users, num_items, test, history, k=10):
 
 
 def make_sampler(name, num_items, args):
-    if name == "midx":
-        return samplers.MIDX(num_items, num_codewords=args.num_codewords, seed=args.seed)
+    if name in ("midx", "midx_learned"):
+        learned = name == "midx_learned"  # codewords trained by the KL loss between refreshes
+        return samplers.MIDX(num_items, num_codewords=args.num_codewords, learn_codebooks=learned, seed=args.seed)
     return samplers.Uniform(num_items, seed=args.seed)
 
 
-def run(name, data, args, sampler=None, log_q=False, shared=False):
+def run(name, data, args, sampler=None, log_q=False, shared=False, logq_correction="standard"):
     train, test, history, num_users, num_items = data
     tf.keras.utils.set_random_seed(args.seed)
     probability = None
@@ -170,18 +174,19 @@ def run(name, data, args, sampler=None, log_q=False, shared=False):
         counts = np.bincount(train[1], minlength=num_items).astype(np.float64)
         probability = ((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
     model = TwoTower(num_users, num_items, args.dim, probability)
-    if sampler is None:
+    if sampler is None and logq_correction == "standard":
         model.task = tfrs.tasks.Retrieval()
         callbacks = []
     else:
         model.task = AdaptiveRetrieval(
-            make_sampler(sampler, num_items, args),
+            None if sampler is None else make_sampler(sampler, num_items, args),
             num_samples=args.num_samples,
             candidate_embeddings=model.items,
             shared_negatives=shared,
             correct_positive=args.correct_positive,
+            logq_correction=logq_correction,
         )
-        callbacks = [CodebookRefresh(model.task, every_n_steps=args.refresh_every)]
+        callbacks = [] if sampler is None else [CodebookRefresh(model.task, every_n_steps=args.refresh_every)]
     optimizer = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}[args.optimizer]
     model.compile(optimizer=optimizer(args.learning_rate))
     data = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train[0]), seed=args.seed).batch(args.batch_size)
@@ -204,7 +209,13 @@ def reference(name, score_users, data):
 CONFIGURATIONS = [
     ("Retrieval, in-batch", {}),
     ("Retrieval, in-batch + logQ", {"log_q": True}),
+    ("AdaptiveRetrieval, in-batch + corrected logQ", {"log_q": True, "logq_correction": "corrected"}),
     ("AdaptiveRetrieval, in-batch + logQ + MIDX", {"log_q": True, "sampler": "midx"}),
+    (
+        "AdaptiveRetrieval, in-batch + corrected logQ + MIDX",
+        {"log_q": True, "sampler": "midx", "logq_correction": "corrected"},
+    ),
+    ("AdaptiveRetrieval, in-batch + logQ + MIDX learned", {"log_q": True, "sampler": "midx_learned"}),
     ("AdaptiveRetrieval, in-batch + logQ + Uniform", {"log_q": True, "sampler": "uniform"}),
     ("AdaptiveRetrieval, in-batch + logQ + MIDX, shared", {"log_q": True, "sampler": "midx", "shared": True}),
     ("AdaptiveRetrieval, in-batch + logQ + Uniform, shared", {"log_q": True, "sampler": "uniform", "shared": True}),
@@ -261,6 +272,7 @@ def main(argv=None):
         "--quick", action="store_true", help="MovieLens: 2 epochs; synthetic: 1 epoch, 20,000 items, 5,000 users"
     )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the rows here")
+    parser.add_argument("--only", default=None, help="run only the configurations whose name contains this text")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
     catalogue = args.catalogue or ("movielens" if args.data.exists() else "synthetic")
@@ -305,7 +317,8 @@ def main(argv=None):
     ]
     if teacher is not None:
         rows.append(reference("Teacher scores (ceiling)", teacher.scores, data))
-    rows += [run(name, data, args, **options) for name, options in CONFIGURATIONS]
+    chosen = [(name, options) for name, options in CONFIGURATIONS if not args.only or args.only in name]
+    rows += [run(name, data, args, **options) for name, options in chosen]
 
     print("\n| task | Recall@10 | NDCG@10 | s / epoch |\n|---|---:|---:|---:|")
     for row in rows:

@@ -18,6 +18,7 @@ N, D, BATCH, STEPS = 40, 8, 8, 12
 SAMPLERS = {
     "uniform": lambda: samplers.Uniform(N, seed=5),
     "midx": lambda: samplers.MIDX(N, num_codewords=4, seed=5),
+    "midx_learned": lambda: samplers.MIDX(N, num_codewords=4, learn_codebooks=True, seed=5),
     "quadratic_kernel": lambda: samplers.QuadraticKernel(N, seed=5),
 }
 

@@ -14,6 +14,7 @@ N, D = 30, 4
 
 ADAPTIVE = {
     "midx": lambda: samplers.MIDX(N, num_codewords=3, include_bias=True, seed=1),
+    "midx_learned": lambda: samplers.MIDX(N, num_codewords=3, learn_codebooks=True, seed=1),
     "quadratic_kernel": lambda: samplers.QuadraticKernel(N, leaf_size=5, seed=1),
     "softmax_snapshot": lambda: samplers.Softmax(N, live=False, seed=1),
 }

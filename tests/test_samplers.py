@@ -32,6 +32,16 @@ def _midx(quantizer, residual):
     return sampler
 
 
+def _midx_learned():
+    """A learned-codebook MIDX between refreshes: codewords moved by training, codes not re-assigned."""
+    sampler = samplers.MIDX(NUM_CLASSES, num_codewords=3, quantizer="pq", learn_codebooks=True, seed=3)
+    sampler.refresh(np.random.default_rng(1).standard_normal((NUM_CLASSES, 4)).astype(np.float32))
+    rng = np.random.default_rng(6)
+    for codebook in (sampler.codebook1, sampler.codebook2):
+        codebook.assign_add(0.5 * rng.standard_normal(codebook.shape).astype(np.float32))
+    return sampler
+
+
 def _kernel(leaf_size=None):
     sampler = samplers.QuadraticKernel(NUM_CLASSES, alpha=100.0, leaf_size=leaf_size, seed=3)
     sampler.refresh(np.random.default_rng(1).standard_normal((NUM_CLASSES, 4)).astype(np.float32) * 0.3)
@@ -43,6 +53,7 @@ FACTORIES = {
     "quadratic_kernel_leaf5": lambda: _kernel(leaf_size=5),
     "midx_pq_uniform": lambda: _midx("pq", "uniform"),
     "midx_rvq_unigram": lambda: _midx("rvq", "unigram"),
+    "midx_learned": _midx_learned,
     "uniform": lambda: samplers.Uniform(NUM_CLASSES, seed=3),
     "log_uniform": lambda: samplers.LogUniform(NUM_CLASSES, seed=3),
     "unigram": lambda: samplers.Unigram(_counts(), power=0.75, seed=3),

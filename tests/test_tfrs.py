@@ -479,8 +479,9 @@ def test_two_tower_example_runs_on_an_interactions_file(tmp_path):
         cwd=root,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    # The popularity reference, then six trained rows.
-    assert result.stdout.count("Recall@10=") == 7 and "| AdaptiveRetrieval, in-batch + logQ + MIDX |" in result.stdout
+    # The popularity reference, then nine trained rows (corrected logQ and learned codebooks among them).
+    assert result.stdout.count("Recall@10=") == 10 and "| AdaptiveRetrieval, in-batch + logQ + MIDX |" in result.stdout
+    assert "| AdaptiveRetrieval, in-batch + logQ + MIDX learned |" in result.stdout
 
 
 def _two_tower_example(monkeypatch):
@@ -541,7 +542,8 @@ def test_two_tower_example_runs_on_a_synthetic_catalogue(tmp_path):
     assert report["num_items"] == 300 and report["catalogue"] == "synthetic"
     names = [row["name"] for row in report["rows"]]
     assert names[:2] == ["Popularity (reference)", "Teacher scores (ceiling)"]
-    assert "AdaptiveRetrieval, in-batch + logQ + MIDX, shared" in names and len(names) == 8
+    assert "AdaptiveRetrieval, in-batch + logQ + MIDX, shared" in names and len(names) == 11
+    assert "AdaptiveRetrieval, in-batch + corrected logQ" in names
     assert all(0.0 <= row["recall_at_10"] <= 1.0 for row in report["rows"])
     # The teacher ranks its own draws far better than popularity does.
     assert report["rows"][1]["recall_at_10"] > report["rows"][0]["recall_at_10"]

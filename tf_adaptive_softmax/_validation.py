@@ -21,6 +21,12 @@ def check_positive_int(value, name: str) -> int:
     return int(value)
 
 
+def check_nonnegative_float(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}.")
+    return float(value)
+
+
 def check_num_samples(num_samples, num_classes: int | None = None) -> int:
     """`num_samples` is a static Python int: it fixes tensor shapes (XLA needs them static)."""
     if tf.is_tensor(num_samples):

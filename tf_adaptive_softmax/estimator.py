@@ -25,6 +25,21 @@ the non-positive classes the expected gradient w.r.t. the logits equals the full
 p - y exactly (tested with the `Softmax` oracle); keep `correct_positive=False` for such bias
 studies.
 
+The corrected logQ (Khrylchenko et al., "Correcting the LogQ Correction", RecSys 2025,
+arXiv:2507.09331), `logq_correction="corrected"`: the positive is always in the softmax's
+denominator (it is not a Monte Carlo draw), so the negatives estimate only the rest of the
+partition function, Z₋y = Σ_{i≠y} exp(o_i), and the loss becomes
+
+    loss = sg(1 − P̂(y)) · (log Σ_j exp(o'_j) − o_y),     P̂(y) = sigmoid(o_y − log Σ_j exp(o'_j))
+
+over the corrected negatives o'_j (accidental hits masked, which is required: Z₋y excludes the
+positive), with the positive raw and outside the log-sum; sg is stop-gradient and 1 − P̂(y) the
+model's estimated probability of getting the example wrong. Σ_j exp(o'_j) = Σ_j exp(o_j) / (m·q_j)
+over the unmasked draws is an unbiased estimate of Z₋y (the paper writes the same estimate with
+q_j / (1 − q_y) and the number of unmasked draws). Its gradient is (1 − P̂(y)) times that of
+log Z₋y − o_y: the same direction as eq. 3's with the positive uncorrected, scaled down on examples
+the model already gets right.
+
 Example:
     >>> import tensorflow as tf
     >>> from tf_adaptive_softmax import estimator
@@ -47,14 +62,19 @@ from tf_adaptive_softmax import _reduction, _validation
 from tf_adaptive_softmax._ops import tables
 
 __all__ = [
+    "LOGQ_CORRECTIONS",
     "MASKED_LOGIT",
     "MIN_LOG_Q",
     "accidental_hit_mask",
+    "check_logq_correction",
     "corrected_logits",
+    "corrected_logq_cross_entropy",
     "full_logits",
     "full_softmax_loss",
     "gathered_logits",
     "multi_positive_cross_entropy",
+    "sampled_cross_entropy",
+    "sampled_softmax_logits",
     "sampled_softmax_loss",
 ]
 
@@ -186,6 +206,78 @@ def multi_positive_cross_entropy(logits: tf.Tensor, num_true: int) -> tf.Tensor:
     return -tf.reduce_mean(log_probs[:, :num_true], axis=-1)
 
 
+#: The loss forms `logq_correction` selects: TF's / TFRS's logQ ("standard") or Khrylchenko et al.'s.
+LOGQ_CORRECTIONS = ("standard", "corrected")
+
+
+def check_logq_correction(logq_correction: str, remove_accidental_hits: bool = True) -> str:
+    """`logq_correction`, or a ValueError naming the accepted values (and the hit masking that
+    the corrected form needs)."""
+    if logq_correction not in LOGQ_CORRECTIONS:
+        raise ValueError(f"`logq_correction` must be one of {LOGQ_CORRECTIONS}; got {logq_correction!r}.")
+    if logq_correction == "corrected" and not remove_accidental_hits:
+        raise ValueError(
+            "`logq_correction='corrected'` estimates the partition function without the positive, so "
+            "accidental hits must be removed (`remove_accidental_hits=True`)."
+        )
+    return logq_correction
+
+
+def corrected_logq_cross_entropy(logits: tf.Tensor, num_true: int, log_negative_draws: float = 0.0) -> tf.Tensor:
+    """[B]: Khrylchenko et al.'s corrected-logQ loss (module docstring), averaged over positives.
+
+    Args:
+      logits: [B, num_true + m]: the positives' raw logits first, then the negatives corrected by
+        -log(m·q) with accidental hits masked (`sampled_softmax_logits(..., correct_positive=False)`).
+      num_true: how many leading columns are positives.
+      log_negative_draws: log of how many independent estimates of Z₋y the negative columns sum
+        (1 for one proposal; mixed in-batch and catalogue negatives are two). Default 0.0.
+    """
+    positives, negatives = logits[:, :num_true], logits[:, num_true:]
+    log_rest = tf.reduce_logsumexp(negatives, axis=-1, keepdims=True)
+    miss_probability = tf.stop_gradient(1.0 - tf.sigmoid(positives - (log_rest - log_negative_draws)))
+    return tf.reduce_mean(miss_probability * (log_rest - positives), axis=-1)
+
+
+def sampled_softmax_logits(
+    query,
+    labels,
+    sampled_ids,
+    sampled_log_q,
+    class_embeddings,
+    class_bias=None,
+    *,
+    true_log_q=None,
+    correct_positive: bool = True,
+    remove_accidental_hits: bool = True,
+    logit_transform: _LogitTransform = None,
+) -> tf.Tensor:
+    """[B, num_true + m] corrected logits, positives first: what `sampled_softmax_loss` takes the
+    cross-entropy of (and the target a learned proposal fits, `Sampler.auxiliary_loss`).
+
+    Args: as `sampled_softmax_loss` (without `sample_weight`).
+    """
+    query = _validation.as_queries(query, "query")
+    labels = _validation.as_label_matrix(labels)
+    sampled_ids = _validation.as_ids(sampled_ids, "sampled_ids")
+    true_logits = gathered_logits(query, labels, class_embeddings, class_bias, logit_transform)
+    if sampled_ids.shape.rank not in (1, 2):
+        raise ValueError(
+            "`sampled_ids` must have shape [batch, num_samples] (per query) or [num_samples] "
+            f"(shared by the batch); got shape {sampled_ids.shape}."
+        )
+    sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
+    hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
+    return corrected_logits(
+        true_logits,
+        sampled_logits,
+        sampled_log_q,
+        true_log_q=true_log_q,
+        correct_positive=correct_positive,
+        hit_mask=hit_mask,
+    )
+
+
 def sampled_softmax_loss(
     query,
     labels,
@@ -199,6 +291,7 @@ def sampled_softmax_loss(
     remove_accidental_hits: bool = True,
     sample_weight=None,
     logit_transform: _LogitTransform = None,
+    logq_correction: str = "standard",
 ) -> tf.Tensor:
     """Per-example sampled-softmax loss [B].
 
@@ -218,27 +311,34 @@ def sampled_softmax_loss(
       sample_weight: optional [B] weights multiplied into the per-example loss. Default None.
       logit_transform: optional elementwise map on raw logits (e.g. `tf.abs`, absolute softmax).
         Default None.
+      logq_correction: "standard" (default: the cross-entropy over positives and negatives) or
+        "corrected" (Khrylchenko et al. 2025, see the module docstring: the positive raw and out
+        of the log-sum, the loss weighted by the estimated miss probability; `correct_positive`
+        and `true_log_q` are then not used, and accidental hits must be removed).
     """
-    query = _validation.as_queries(query, "query")
-    labels = _validation.as_label_matrix(labels)
-    sampled_ids = _validation.as_ids(sampled_ids, "sampled_ids")
-    true_logits = gathered_logits(query, labels, class_embeddings, class_bias, logit_transform)
-    if sampled_ids.shape.rank not in (1, 2):
-        raise ValueError(
-            "`sampled_ids` must have shape [batch, num_samples] (per query) or [num_samples] "
-            f"(shared by the batch); got shape {sampled_ids.shape}."
-        )
-    sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
-    hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
-    logits = corrected_logits(
-        true_logits,
-        sampled_logits,
+    corrected = check_logq_correction(logq_correction, remove_accidental_hits) == "corrected"
+    logits = sampled_softmax_logits(
+        query,
+        labels,
+        sampled_ids,
         sampled_log_q,
-        true_log_q=true_log_q,
-        correct_positive=correct_positive,
-        hit_mask=hit_mask,
+        class_embeddings,
+        class_bias,
+        true_log_q=None if corrected else true_log_q,
+        correct_positive=correct_positive and not corrected,
+        remove_accidental_hits=remove_accidental_hits,
+        logit_transform=logit_transform,
     )
-    return _reduction.weighted(multi_positive_cross_entropy(logits, labels.shape[-1]), sample_weight)
+    num_true = _validation.as_label_matrix(labels).shape[-1]
+    return _reduction.weighted(sampled_cross_entropy(logits, num_true, logq_correction), sample_weight)
+
+
+def sampled_cross_entropy(logits: tf.Tensor, num_true: int, logq_correction: str = "standard") -> tf.Tensor:
+    """[B]: the loss `logq_correction` names over corrected logits [B, num_true + m]
+    (`multi_positive_cross_entropy` or `corrected_logq_cross_entropy`)."""
+    if check_logq_correction(logq_correction) == "corrected":
+        return corrected_logq_cross_entropy(logits, num_true)
+    return multi_positive_cross_entropy(logits, num_true)
 
 
 def full_softmax_loss(

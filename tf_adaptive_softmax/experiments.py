@@ -71,25 +71,37 @@ SAMPLERS: Dict[str, _SamplerFactory] = {
     "unigram": lambda n, counts: samplers.Unigram(counts + 1.0, power=0.75, seed=1),
     "midx_pq": lambda n, counts: samplers.MIDX(n, quantizer="pq", include_bias=True, seed=1),
     "midx_rvq": lambda n, counts: samplers.MIDX(n, quantizer="rvq", include_bias=True, seed=1),
+    "midx_pq_learned": lambda n, counts: samplers.MIDX(
+        n, quantizer="pq", include_bias=True, learn_codebooks=True, seed=1
+    ),
+    "midx_rvq_learned": lambda n, counts: samplers.MIDX(
+        n, quantizer="rvq", include_bias=True, learn_codebooks=True, seed=1
+    ),
     "quadratic_kernel": lambda n, counts: samplers.QuadraticKernel(n, alpha=100.0, seed=1),
     "softmax": lambda n, counts: samplers.Softmax(n, seed=1),
 }
 
 
-def make_sampler(name: str, num_classes: int, counts: Optional[np.ndarray] = None) -> Optional[samplers.Sampler]:
+def make_sampler(
+    name: str, num_classes: int, counts: Optional[np.ndarray] = None, num_codewords: Optional[int] = None
+) -> Optional[samplers.Sampler]:
     """The sampler registered as `name` (None for "full", the full softmax).
 
     Args:
       name: a key of `SAMPLERS`, or "full".
       num_classes: N.
       counts: per-class training counts (used by "unigram"; default: all ones).
+      num_codewords: K for the MIDX entries (default: their N-based default); ignored by others.
     """
     if name == "full":
         return None
     if name not in SAMPLERS:
         raise ValueError(f"Unknown sampler {name!r}; choose from {['full'] + sorted(SAMPLERS)}.")
     counts = np.ones(num_classes) if counts is None else np.asarray(counts, np.float64)
-    return SAMPLERS[name](num_classes, counts)
+    sampler = SAMPLERS[name](num_classes, counts)
+    if num_codewords is not None and isinstance(sampler, samplers.MIDX):
+        sampler = samplers.MIDX.from_config({**sampler.get_config(), "num_codewords": num_codewords})
+    return sampler
 
 
 class EpochTimer(K.callbacks.Callback):

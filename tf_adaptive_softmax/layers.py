@@ -16,6 +16,7 @@ from tf_adaptive_softmax._keras import (
     register_serializable,
     serialize,
 )
+from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax.refresh import CompiledRefresh
 from tf_adaptive_softmax.samplers.base import Sampler
 
@@ -75,6 +76,11 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         `CodebookRefresh` there. NaN/Inf in W or b keep the previous state (a compiled step
         cannot raise); the loss itself then shows them. A step that refreshes costs one refresh
         (`benchmarks/refresh_scale.py`).
+      logq_correction: "standard" (default: the cross-entropy over the corrected positive and
+        negatives) or "corrected" (Khrylchenko et al. 2025: the positive raw and out of the
+        negatives' log-sum, each example weighted by its estimated miss probability; see
+        `tf_adaptive_softmax.estimator`; `correct_positive` is then not used, and
+        `remove_accidental_hits` must stay True).
 
     Example:
         >>> import tensorflow as tf
@@ -105,6 +111,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         shared_negatives: bool = False,
         embeddings_initializer="uniform",
         refresh_every_n_steps: Optional[int] = None,
+        logq_correction: str = "standard",
         **kwargs,
     ):
         # The softmax and log q are computed in float32 even under mixed precision.
@@ -128,6 +135,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         self.add_to_model_loss = bool(add_to_model_loss)
         self.absolute_softmax = bool(absolute_softmax)
         self.shared_negatives = bool(shared_negatives)
+        self.logq_correction = estimator.check_logq_correction(logq_correction, self.remove_accidental_hits)
         self.embeddings_initializer = K.initializers.get(embeddings_initializer)
         self.refresh_every_n_steps = (
             None
@@ -239,19 +247,21 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         labels = _validation.checked_ids(labels, self.num_classes)
         weights, bias = self._weights()
         if training and self.sampler is not None:
+            # The corrected logQ keeps the positive raw: it needs no log q of the positive.
+            correct_positive = self.correct_positive and self.logq_correction == "standard"
             with tf.control_dependencies(self._refresh_if_due()):
                 true_log_q = None
                 if self.shared_negatives:
                     sampled_ids, sampled_log_q = self.sampler.sample_shared(query, self.num_samples)
-                    if self.correct_positive:
+                    if correct_positive:
                         true_log_q = self.sampler.mixture_log_prob(query, labels)
-                elif self.correct_positive:  # one pass gives the draws and the positives' log q
+                elif correct_positive:  # one pass gives the draws and the positives' log q
                     sampled_ids, sampled_log_q, true_log_q = self.sampler.sample_with_log_prob(
                         query, self.num_samples, labels
                     )
                 else:
                     sampled_ids, sampled_log_q = self.sampler.sample(query, self.num_samples)
-            loss = estimator.sampled_softmax_loss(
+            logits = estimator.sampled_softmax_logits(
                 query,
                 labels,
                 sampled_ids,
@@ -259,13 +269,25 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 weights,
                 bias,
                 true_log_q=true_log_q,
-                correct_positive=self.correct_positive,
+                correct_positive=correct_positive,
                 remove_accidental_hits=self.remove_accidental_hits,
                 logit_transform=self._logit_transform(),
             )
+            loss = estimator.sampled_cross_entropy(logits, labels.shape[-1], self.logq_correction)
+            if self.sampler.has_auxiliary_loss:
+                loss += self._sampler_loss(query, labels, sampled_ids, logits, weights)
         else:
             loss = estimator.full_softmax_loss(query, labels, weights, bias, logit_transform=self._logit_transform())
         return _reduction.weighted(_validation.poison_invalid_rows(loss, valid), sample_weight)
+
+    def _sampler_loss(self, query, labels, sampled_ids, logits, weights) -> tf.Tensor:
+        """The sampler's own training loss [B] (MIDX's learned codebooks), fitted to this step's
+        corrected logits over the positives and draws; its gradient reaches only the sampler."""
+        if sampled_ids.shape.rank == 1:  # shared by the batch
+            sampled_ids = tf.broadcast_to(sampled_ids, tf.stack([tf.shape(labels)[0], sampled_ids.shape[0]]))
+        candidates = tf.concat([labels, sampled_ids], axis=1)
+        positive_embeddings = tables.lookup_rows(weights, labels)
+        return self.sampler.auxiliary_loss(query, candidates, logits, positive_embeddings)
 
     def _per_position_loss(self, query, labels, sample_weight, training):
         labels = tf.convert_to_tensor(labels)
@@ -359,6 +381,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 "shared_negatives": self.shared_negatives,
                 "embeddings_initializer": K.initializers.serialize(self.embeddings_initializer),
                 "refresh_every_n_steps": self.refresh_every_n_steps,
+                "logq_correction": self.logq_correction,
             }
         )
         return config

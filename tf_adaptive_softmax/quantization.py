@@ -332,6 +332,7 @@ def two_codebook_quantize(
     seed: tf.Tensor,
     warm_start=True,
     sample_size: Optional[int] = None,
+    train=True,
 ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Product ("pq") or residual ("rvq") quantization with two codebooks of K codewords.
 
@@ -353,6 +354,8 @@ def two_codebook_quantize(
         k-means++ seeds. Default True.
       sample_size: points each codebook's k-means trains on (`kmeans`). Default None:
         `default_sample_size(K)`.
+      train: a bool (tensor): run k-means (default True); False keeps the given codebooks and
+        only assigns every class to them (codebooks learned by gradient, `MIDX(learn_codebooks=True)`).
 
     Returns:
       (codebook1, codebook2, codes1 [N], codes2 [N]).
@@ -363,9 +366,16 @@ def two_codebook_quantize(
         codebook = tf.convert_to_tensor(codebook)
         size = _resolved_sample_size(sample_size, codebook.shape[0])
         kmeans_seed = sub_seed(seed, index)
-        sample = _training_sample(embeddings, size, sub_seed(kmeans_seed, _SAMPLE_STREAM), view)
-        initial = _warm_or_random_start(sample, codebook, warm_start, sub_seed(seed, 10 + index))
-        centroids = _lloyd(sample, initial, iterations, kmeans_seed)
+
+        def trained():
+            sample = _training_sample(embeddings, size, sub_seed(kmeans_seed, _SAMPLE_STREAM), view)
+            initial = _warm_or_random_start(sample, codebook, warm_start, sub_seed(seed, 10 + index))
+            return _lloyd(sample, initial, iterations, kmeans_seed)
+
+        if isinstance(train, bool):
+            centroids = trained() if train else codebook
+        else:
+            centroids = tf.cond(tf.convert_to_tensor(train, tf.bool), trained, lambda: codebook)
         return centroids, nearest_centroid(embeddings, centroids, view)
 
     if quantizer == "pq":
@@ -389,8 +399,8 @@ def reconstruct(codebook1, codebook2, codes1, codes2, quantizer: str) -> tf.Tens
 
     Args:
       codebook1, codebook2: [K, d1] and [K, d2].
-      codes1, codes2: [N] int32 codeword of each class in each codebook.
+      codes1, codes2: [N] (or any shape) int32 codeword of each class in each codebook.
       quantizer: "pq" or "rvq".
     """
     first, second = tf.gather(codebook1, codes1), tf.gather(codebook2, codes2)
-    return tf.concat([first, second], axis=1) if quantizer == "pq" else first + second
+    return tf.concat([first, second], axis=-1) if quantizer == "pq" else first + second

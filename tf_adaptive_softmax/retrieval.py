@@ -47,10 +47,14 @@ from tf_adaptive_softmax import _reduction, _validation, estimator
 
 __all__ = [
     "catalogue_scores",
+    "check_logq_correction_inputs",
+    "corrected_logq_loss",
     "gather_across_replicas",
     "in_batch_scores",
     "mixed_negatives_loss",
     "mixed_negatives_scores",
+    "mixed_negatives_scores_with_ids",
+    "sampler_loss",
 ]
 
 # TFRS's masking value, so masked in-batch columns match tfrs.tasks.Retrieval exactly.
@@ -146,6 +150,13 @@ def catalogue_scores(
       shared_negatives: draw one set of m negatives for the whole batch from the batch mixture
         q̄ = mean_b q(· | h_b) (the tower embeds m ids instead of B·m). Default False.
     """
+    return _catalogue_draws(
+        query_embeddings, positive_ids, sampler, num_samples, embed_ids, temperature, shared_negatives
+    )[0]
+
+
+def _catalogue_draws(query_embeddings, positive_ids, sampler, num_samples, embed_ids, temperature, shared_negatives):
+    """(`catalogue_scores`' scores [B, m], the drawn ids [B, m] or [m] when shared)."""
     if positive_ids is None:
         raise ValueError(
             "`candidate_ids` (the positive candidates' catalogue ids) are required with catalogue "
@@ -163,12 +174,13 @@ def catalogue_scores(
     if temperature is not None:
         logits = logits / temperature
     # The estimator's correction with no positive block: the positives sit in the in-batch columns.
-    return estimator.corrected_logits(
+    scores = estimator.corrected_logits(
         tf.zeros([num_queries, 0]),
         logits,
         sampled_log_q,
         hit_mask=estimator.accidental_hit_mask(positives, sampled_ids),
     )
+    return scores, sampled_ids
 
 
 def mixed_negatives_scores(
@@ -212,6 +224,45 @@ def mixed_negatives_scores(
       correct_positive: the positive keeps TFRS's in-batch correction (default True), or is left
         uncorrected (False: the diagonal's -log p is added back).
     """
+    scores, labels, _ = mixed_negatives_scores_with_ids(
+        query_embeddings,
+        candidate_embeddings,
+        candidate_ids,
+        sampler=sampler,
+        num_samples=num_samples,
+        embed_ids=embed_ids,
+        candidate_sampling_probability=candidate_sampling_probability,
+        temperature=temperature,
+        remove_accidental_hits=remove_accidental_hits,
+        score_mask=score_mask,
+        cross_replica_candidates=cross_replica_candidates,
+        shared_negatives=shared_negatives,
+        correct_positive=correct_positive,
+    )
+    return scores, labels
+
+
+def mixed_negatives_scores_with_ids(
+    query_embeddings,
+    candidate_embeddings,
+    candidate_ids,
+    *,
+    sampler=None,
+    num_samples: int = 64,
+    embed_ids: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
+    candidate_sampling_probability=None,
+    temperature: Optional[float] = None,
+    remove_accidental_hits: bool = False,
+    score_mask=None,
+    cross_replica_candidates: bool = False,
+    shared_negatives: bool = False,
+    correct_positive: bool = True,
+) -> Tuple[tf.Tensor, tf.Tensor, Optional[tf.Tensor]]:
+    """`mixed_negatives_scores`' (scores, labels) and the catalogue id of every column, int32
+    [B, C + m] (None without a sampler): what `sampler_loss` fits a learned proposal to.
+
+    Args: as `mixed_negatives_scores` (every one keyword-only after `candidate_ids`).
+    """
     positive_ids = candidate_ids
     if cross_replica_candidates:
         if score_mask is not None:
@@ -251,18 +302,49 @@ def mixed_negatives_scores(
         if embed_ids is None:
             raise ValueError("`embed_ids` (ids -> candidate embeddings) is required with a sampler.")
         _validation.check_num_samples(num_samples)
-        sampled = catalogue_scores(
-            query_embeddings,
-            positive_ids,
-            sampler,
-            num_samples,
-            embed_ids,
-            temperature=temperature,
-            shared_negatives=shared_negatives,
+        sampled, sampled_ids = _catalogue_draws(
+            query_embeddings, positive_ids, sampler, num_samples, embed_ids, temperature, shared_negatives
         )
         scores = tf.concat([scores, tf.cast(sampled, scores.dtype)], axis=1)
+        num_queries = tf.shape(scores)[:1]
+        in_batch_ids = _validation.as_ids(tf.reshape(candidate_ids, [-1]), "candidate_ids")
+        if sampled_ids.shape.rank == 1:
+            sampled_ids = tf.broadcast_to(sampled_ids, tf.concat([num_queries, tf.shape(sampled_ids)], 0))
+        column_ids = tf.concat(
+            [tf.broadcast_to(in_batch_ids, tf.concat([num_queries, tf.shape(in_batch_ids)], 0)), sampled_ids], 1
+        )
+    else:
+        column_ids = None
     labels = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1], dtype=scores.dtype)
-    return scores, labels
+    return scores, labels, column_ids
+
+
+def sampler_loss(sampler, query_embeddings, scores, column_ids, positive_embeddings=None) -> tf.Tensor:
+    """The sampler's own training loss [B] (`Sampler.auxiliary_loss`; zeros for samplers without
+    one), fitted to the model's mixed-negatives scores: query i's positive is its column i, then
+    every other column (the positive's own column masked, so it counts once).
+
+    Args:
+      sampler: the catalogue proposal.
+      query_embeddings: [B, d] queries.
+      scores: [B, C + m] mixed-negatives scores (`mixed_negatives_scores`).
+      column_ids: [B, C + m] the catalogue id of every column.
+      positive_embeddings: optional [B, d] positive candidates' embeddings (the reconstruction
+        term of learned codebooks).
+    """
+    if not sampler.has_auxiliary_loss:
+        return tf.zeros(tf.shape(query_embeddings)[:1])
+    scores = tf.cast(scores, tf.float32)
+    diagonal = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1], dtype=tf.bool)
+    positive_scores = tf.reduce_sum(tf.where(diagonal, scores, tf.zeros_like(scores)), axis=1, keepdims=True)
+    positive_ids = tf.reduce_sum(tf.where(diagonal, column_ids, tf.zeros_like(column_ids)), axis=1, keepdims=True)
+    others = tf.where(diagonal, tf.cast(estimator.MASKED_LOGIT, scores.dtype), scores)
+    return sampler.auxiliary_loss(
+        tf.cast(query_embeddings, tf.float32),
+        tf.concat([positive_ids, column_ids], axis=1),
+        tf.concat([positive_scores, others], axis=1),
+        positive_embeddings,
+    )
 
 
 def mixed_negatives_loss(
@@ -281,6 +363,7 @@ def mixed_negatives_loss(
     cross_replica_candidates: bool = False,
     shared_negatives: bool = False,
     correct_positive: bool = True,
+    logq_correction: str = "standard",
 ) -> tf.Tensor:
     """Softmax cross-entropy over the mixed-negatives scores (`mixed_negatives_scores`).
 
@@ -291,9 +374,14 @@ def mixed_negatives_loss(
         (sampler None, m = 64, correct_positive True by default).
       sample_weight: optional [B] weights of the per-query losses. Default None.
       reduction: "sum" over the batch (default, TFRS's), "mean", or "none" for per-query losses [B].
+      logq_correction: "standard" (default: the softmax cross-entropy, TFRS's logQ) or "corrected"
+        (Khrylchenko et al. 2025, `corrected_logq_loss`): needs `candidate_sampling_probability`
+        and `candidate_ids`; accidental hits are then always removed and `correct_positive` is not
+        used.
     """
     _reduction.reduction_name(reduction)  # a clear error before any work
-    scores, labels = mixed_negatives_scores(
+    corrected = check_logq_correction_inputs(logq_correction, candidate_sampling_probability)
+    scores, labels, column_ids = mixed_negatives_scores_with_ids(
         query_embeddings,
         candidate_embeddings,
         candidate_ids,
@@ -302,10 +390,56 @@ def mixed_negatives_loss(
         embed_ids=embed_ids,
         candidate_sampling_probability=candidate_sampling_probability,
         temperature=temperature,
-        remove_accidental_hits=remove_accidental_hits,
+        remove_accidental_hits=remove_accidental_hits or corrected,
         cross_replica_candidates=cross_replica_candidates,
+        score_mask=None,
         shared_negatives=shared_negatives,
-        correct_positive=correct_positive,
+        correct_positive=correct_positive and not corrected,
     )
-    per_query = tf.nn.softmax_cross_entropy_with_logits(labels, scores)
+    if corrected:
+        per_query = corrected_logq_loss(scores, catalogue_negatives=sampler is not None)
+    else:
+        per_query = tf.nn.softmax_cross_entropy_with_logits(labels, scores)
+    if column_ids is not None and sampler.has_auxiliary_loss:
+        positives = tf.convert_to_tensor(candidate_embeddings)[: tf.shape(scores)[0]]
+        per_query += sampler_loss(sampler, query_embeddings, scores, column_ids, positives)
     return _reduction.reduce(per_query, reduction, sample_weight)
+
+
+def check_logq_correction_inputs(logq_correction: str, candidate_sampling_probability) -> bool:
+    """Whether `logq_correction` is "corrected" (a ValueError for unknown names, or when the
+    in-batch probabilities it needs are missing)."""
+    corrected = estimator.check_logq_correction(logq_correction) == "corrected"
+    if corrected and candidate_sampling_probability is None:
+        raise ValueError(
+            "`logq_correction='corrected'` needs `candidate_sampling_probability` (the in-batch "
+            "proposal's probabilities): it corrects the in-batch negatives by them."
+        )
+    return corrected
+
+
+def corrected_logq_loss(scores, catalogue_negatives: bool = False) -> tf.Tensor:
+    """[B]: Khrylchenko et al.'s corrected logQ (`estimator.corrected_logq_cross_entropy`) over
+    mixed-negatives scores whose positive column (the diagonal) is uncorrected.
+
+    The other columns estimate the partition function without the positive. In-batch columns
+    subtract log p (TFRS's correction; log(C·p) when catalogue negatives join them), so their
+    exp-sum counts Z₋y about C times (once); catalogue columns subtract log(m·q), one more estimate:
+    the miss probability divides by that count.
+
+    Args:
+      scores: [B, C + m] from `mixed_negatives_scores(..., correct_positive=False,
+        remove_accidental_hits=True)` with `candidate_sampling_probability`.
+      catalogue_negatives: whether the last columns are catalogue draws (the scores were built
+        with a sampler). Default False.
+    """
+    scores = tf.cast(scores, tf.float32)
+    num_queries, num_columns = tf.shape(scores)[0], tf.shape(scores)[1]
+    diagonal = tf.eye(num_queries, num_columns, dtype=tf.bool)
+    positive = tf.reduce_sum(tf.where(diagonal, scores, tf.zeros_like(scores)), axis=1, keepdims=True)
+    negatives = tf.where(diagonal, tf.cast(estimator.MASKED_LOGIT, scores.dtype), scores)
+    if catalogue_negatives:
+        estimates = tf.math.log(2.0)
+    else:
+        estimates = tf.math.log(tf.cast(num_columns, tf.float32))
+    return estimator.corrected_logq_cross_entropy(tf.concat([positive, negatives], 1), 1, estimates)

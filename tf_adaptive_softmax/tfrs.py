@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from tf_adaptive_softmax import _validation
+from tf_adaptive_softmax import _reduction, _validation, estimator
 from tf_adaptive_softmax import retrieval as mixed_negatives
 from tf_adaptive_softmax._keras import IS_KERAS_3, K, Untracked, raw_variable
 
@@ -46,6 +46,13 @@ from tf_adaptive_softmax.refresh import CompiledRefresh
 from tf_adaptive_softmax.samplers.base import Sampler
 
 __all__ = ["AdaptiveRetrieval"]
+
+
+def _validation_logq(logq_correction: str, num_hard_negatives) -> str:
+    logq_correction = estimator.check_logq_correction(logq_correction)
+    if logq_correction == "corrected" and num_hard_negatives is not None:
+        raise ValueError("`logq_correction='corrected'` cannot be combined with `num_hard_negatives`.")
+    return logq_correction
 
 
 class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
@@ -73,6 +80,14 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         the TF / TFRS convention, the positive corrected by its own proposal); False leaves its
         score uncorrected (Blanc & Rendle's eq. 3). No effect without
         `candidate_sampling_probability`.
+      logq_correction: "standard" (default: `Retrieval`'s loss over the corrected scores) or
+        "corrected" (Khrylchenko et al., "Correcting the LogQ Correction", RecSys 2025: the positive
+        scored raw and left out of the negatives' log-sum, each query's loss weighted by its
+        estimated miss probability; `retrieval.corrected_logq_loss`). Training only (evaluation
+        reports `Retrieval`'s in-batch loss); needs `candidate_sampling_probability` and
+        `candidate_ids` in training, removes accidental hits there, ignores `correct_positive`,
+        and cannot be combined with `num_hard_negatives`. The per-query losses are reduced as
+        `loss` reduces (summed by default) with the sample weights.
       loss, metrics, batch_metrics, loss_metrics, temperature, num_hard_negatives,
       remove_accidental_hits, name: as for `tfrs.tasks.Retrieval` (loss defaults to its
         sum-reduced categorical cross-entropy).
@@ -106,9 +121,11 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         shared_negatives: bool = False,
         *,
         correct_positive: bool = True,
+        logq_correction: str = "standard",
         name: Optional[str] = None,
     ):
         super().__init__(name=name)
+        self.logq_correction = _validation_logq(logq_correction, num_hard_negatives)
         if sampler is not None:
             if not isinstance(sampler, Sampler):
                 raise TypeError(f"`sampler` must be a tf_adaptive_softmax Sampler or None; got {sampler!r}.")
@@ -257,6 +274,9 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         evaluation scores the in-batch candidates exactly as `Retrieval` does.
         """
         use_sampler = self.sampler is not None and bool(training)
+        corrected = self.logq_correction == "corrected" and bool(training)
+        if corrected:
+            mixed_negatives.check_logq_correction_inputs(self.logq_correction, candidate_sampling_probability)
         if query_embeddings.shape.rank == 3:
             if use_sampler:
                 raise ValueError("Multi-head (3-D) query embeddings are not supported with catalogue negatives.")
@@ -270,7 +290,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
                 compute_batch_metrics=compute_batch_metrics,
                 score_mask=score_mask,
             )
-        scores, labels = mixed_negatives.mixed_negatives_scores(
+        scores, labels, column_ids = mixed_negatives.mixed_negatives_scores_with_ids(
             query_embeddings,
             candidate_embeddings,
             candidate_ids,
@@ -279,17 +299,26 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             embed_ids=self._embed_ids,
             candidate_sampling_probability=candidate_sampling_probability,
             temperature=self._temperature,
-            remove_accidental_hits=self._remove_accidental_hits,
+            remove_accidental_hits=self._remove_accidental_hits or corrected,
             score_mask=score_mask,
             cross_replica_candidates=self._cross_replica_candidates,
             shared_negatives=self.shared_negatives,
-            correct_positive=self.correct_positive,
+            correct_positive=self.correct_positive and not corrected,
         )
+        sampler_loss = None
+        if use_sampler and self.sampler.has_auxiliary_loss:
+            positives = tf.convert_to_tensor(candidate_embeddings)[: tf.shape(query_embeddings)[0]]
+            sampler_loss = mixed_negatives.sampler_loss(self.sampler, query_embeddings, scores, column_ids, positives)
         if self._num_hard_negatives is not None:
             scores, labels = tfrs.layers.loss.HardNegativeMining(self._num_hard_negatives)(scores, labels)
+        per_query_loss = None
+        if corrected:
+            per_query_loss = mixed_negatives.corrected_logq_loss(scores, catalogue_negatives=use_sampler)
         return self._loss_and_metrics(
             labels,
             scores,
+            sampler_loss=sampler_loss,
+            per_query_loss=per_query_loss,
             query_embeddings=query_embeddings,
             candidate_embeddings=candidate_embeddings,
             sample_weight=sample_weight,
@@ -309,9 +338,18 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         candidate_ids,
         compute_metrics,
         compute_batch_metrics,
+        sampler_loss=None,
+        per_query_loss=None,
     ):
         task = self.retrieval
-        loss = task._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)  # pylint: disable=protected-access
+        # Our per-query terms are reduced as the task's loss reduces (TFRS's default: a sum).
+        reduction = getattr(task._loss, "reduction", "sum")  # pylint: disable=protected-access
+        if per_query_loss is None:
+            loss = task._loss(y_true=labels, y_pred=scores, sample_weight=sample_weight)  # pylint: disable=protected-access
+        else:
+            loss = _reduction.reduce(per_query_loss, reduction, sample_weight)
+        if sampler_loss is not None:
+            loss += _reduction.reduce(sampler_loss, reduction, sample_weight)
         update_ops = [metric.update_state(loss) for metric in task._loss_metrics]  # pylint: disable=protected-access
         num_queries = tf.shape(query_embeddings)[0]
         if compute_metrics and query_embeddings.shape.rank == 2:

@@ -67,6 +67,9 @@ class Sampler(K.layers.Layer):
     #: never densely read by TensorFlow, which copies a variable whole once training has read it
     #: sparsely (copy-on-read); others receive one tensor.
     reads_table_in_blocks: bool = False
+    #: True for samplers with trainable state that `auxiliary_loss` trains (MIDX's learned
+    #: codebooks). Owners (the loss layer, `AdaptiveRetrieval`) add that loss in training.
+    has_auxiliary_loss: bool = False
 
     def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs):
         kwargs.setdefault("dtype", "float32")
@@ -114,14 +117,15 @@ class Sampler(K.layers.Layer):
             self.build_state(int(input_shape[-1]))
         self.built = True
 
-    def _constant_state(self, name: str, value, dtype: str):
-        """A non-trainable state variable initialised to a NumPy constant (tables, indices)."""
+    def _constant_state(self, name: str, value, dtype: str, trainable: bool = False):
+        """A state variable initialised to a NumPy constant (tables, indices); non-trainable
+        unless the sampler learns it by gradient (`auxiliary_loss`)."""
         value = np.asarray(value)
         return self.add_weight(
             name=name,
             shape=value.shape,
             dtype=dtype,
-            trainable=False,
+            trainable=trainable,
             initializer=lambda shape, dtype=None: tf.constant(value),
         )
 
@@ -218,6 +222,56 @@ class Sampler(K.layers.Layer):
         ids = _validation.as_label_matrix(ids, name="ids")
         ids = _validation.checked_ids(ids, self.num_classes, name="ids")
         return tf.stop_gradient(self._log_prob(queries, ids))
+
+    def auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings=None) -> tf.Tensor:
+        """Per-query loss [B] that trains the sampler's own trainable state; zeros for samplers
+        without any (`has_auxiliary_loss` False).
+
+        The owners of a sampler add it to the training loss (the loss layer per example,
+        `AdaptiveRetrieval` per query); call it yourself in a custom loop that uses a bare sampler.
+        Its gradient reaches only the sampler's variables: the queries, targets and embeddings
+        are held constant (`stop_gradient`).
+
+        Args:
+          queries: [B, d] the queries the proposal is conditioned on.
+          candidate_ids: [B, S] classes the model scored for each query: the positives first,
+            then the sampled negatives (the estimator's column order).
+          target_logits: [B, S] the model's logits over the candidates as the sampled loss sees
+            them (each corrected by -log of its expected count, accidental hits masked): their
+            softmax is the self-normalized importance estimate of the model's softmax p there.
+          positive_embeddings: optional [B, T, d] (or [B, d]) class embeddings of the first T
+            candidates (the positives), for a sampler's reconstruction term.
+        """
+        queries = _validation.as_queries(queries, width=self.embedding_dim)
+        if not self.has_auxiliary_loss:
+            return tf.zeros(tf.shape(queries)[:1])
+        ids = _validation.checked_ids(
+            _validation.as_label_matrix(candidate_ids, name="candidate_ids"), self.num_classes, name="candidate_ids"
+        )
+        target_logits = tf.cast(tf.convert_to_tensor(target_logits), tf.float32)
+        if target_logits.shape.rank != 2 or (
+            None not in (target_logits.shape[1], ids.shape[1]) and target_logits.shape[1] != ids.shape[1]
+        ):
+            raise ValueError(
+                f"`target_logits` must have shape [batch, {ids.shape[1]}] like `candidate_ids`; "
+                f"got {target_logits.shape}."
+            )
+        if positive_embeddings is not None:
+            positive_embeddings = tf.cast(tf.convert_to_tensor(positive_embeddings), tf.float32)
+            if positive_embeddings.shape.rank == 2:
+                positive_embeddings = positive_embeddings[:, tf.newaxis, :]
+            if positive_embeddings.shape.rank != 3 or positive_embeddings.shape[-1] != self.embedding_dim:
+                raise ValueError(
+                    f"`positive_embeddings` must have shape [batch, num_true, {self.embedding_dim}]; "
+                    f"got {positive_embeddings.shape}."
+                )
+            positive_embeddings = tf.stop_gradient(positive_embeddings)
+        return self._auxiliary_loss(
+            tf.stop_gradient(queries), tf.stop_gradient(ids), tf.stop_gradient(target_logits), positive_embeddings
+        )
+
+    def _auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings):
+        raise NotImplementedError
 
     def refresh(self, class_embeddings, class_bias=None, on_nonfinite: str = "raise") -> tf.Tensor:
         """Rebuilds adaptive state from the current class embeddings [N, d] and optional bias [N].

@@ -19,6 +19,26 @@ independent of N. State: codebooks, the bucket of every class and the class ids 
 offsets [K² + 1] and log bucket weights [K, K]. Before the first `refresh` everything sits in one
 bucket: q is uniform. A refresh trains k-means on a sample of the classes (1024 per codeword by
 default) and assigns every class once, so its cost is about two passes over the table.
+
+Learned codebooks (`learn_codebooks=True`, the paper's codeword learning): the codewords become
+trainable variables, trained by the model's optimizer on an auxiliary loss that the sampler's
+owner (the loss layer, the compile adapter through it, `AdaptiveRetrieval`, or a custom loop via
+`auxiliary_loss`) adds in training:
+
+    λ · ( −Σ_j p̂_j log q_j + Σ_j p̂_j log p̂_j  +  ρ · mean_t ‖w_{y_t} − q̂_{y_t}‖² )
+
+over the step's candidates j (positives and drawn negatives), with p̂ = softmax of the loss's own
+corrected logits, the self-normalized importance estimate of the model's softmax p there. Its
+gradient is an estimate of ∇ KL(p‖q) over all N classes at O(B·(T + m) + B·K²) cost (log q_j is
+exact: its normalizer sums the K² buckets), so nothing grows with N. The direction is KL(p‖q),
+the forward KL: the sampled-softmax estimator's bias and variance grow where q is small while p
+is large (its weights are p/q), and the forward KL penalizes exactly that (mass-covering), while
+KL(q‖p) would let q drop modes of p. The reconstruction term (weight ρ) keeps codewords near the
+classes they stand for, so that re-assignment stays meaningful. The first refresh initialises the
+codebooks by k-means; later refreshes keep them and only re-assign every class to its nearest
+codewords (one pass over the table, no Lloyd iterations). The gradient reaches only the
+codewords: queries, class embeddings and targets are held constant. Weight decay in the
+optimizer (AdamW) also shrinks the codewords.
 """
 
 from __future__ import annotations
@@ -44,6 +64,9 @@ __all__ = ["MIDX", "default_num_codewords"]
 
 _QUANTIZERS = ("pq", "rvq")
 _RESIDUALS = ("uniform", "unigram")
+
+#: ρ, the reconstruction term's weight in the learned codebooks' loss (see `MIDX`).
+_DEFAULT_RECONSTRUCTION_WEIGHT = 0.1
 
 #: The range of `default_num_codewords` (before its cap at N).
 _DEFAULT_CODEWORDS_RANGE = (16, 64)
@@ -133,6 +156,10 @@ class MIDX(Sampler):
         refresh costs about two passes over the classes instead of one per Lloyd iteration (at
         N = 10^7, d = 64: seconds instead of minutes). Catalogues of at most this many classes
         train on all of them, exactly as without sampling.
+      learn_codebooks: train the codewords by gradient on the KL loss above (default False:
+        k-means at every refresh). The codebooks are then the sampler's only trainable weights.
+      codebook_loss_weight: λ, the weight of that loss in the training loss (default 1.0).
+      reconstruction_weight: ρ, the reconstruction term's weight inside it (default 0.1).
       seed: seeds the sampler's own stream (draws and k-means initialisation).
 
     Example:
@@ -143,6 +170,17 @@ class MIDX(Sampler):
         >>> ids, log_q = sampler.sample(tf.random.normal([4, 16]), num_samples=32)
         >>> ids.shape, sampler.bucket_sizes.shape
         (TensorShape([4, 32]), TensorShape([8, 8]))
+
+    Learned codebooks in a loss layer (the layer adds the auxiliary loss in training):
+
+        >>> import tf_adaptive_softmax as tfas
+        >>> learned = MIDX(1000, num_codewords=8, learn_codebooks=True, seed=0)
+        >>> output = tfas.AdaptiveSampledSoftmaxLoss(1000, learned, num_samples=16)
+        >>> output.build_for_dim(16); _ = output.refresh_sampler()
+        >>> with tf.GradientTape() as tape:
+        ...     loss = tf.reduce_mean(output((tf.random.normal([4, 16]), tf.constant([1, 2, 3, 4])), training=True))
+        >>> [g is not None for g in tape.gradient(loss, learned.trainable_weights)]
+        [True, True]
     """
 
     adaptive = True
@@ -159,10 +197,19 @@ class MIDX(Sampler):
         include_bias: bool = False,
         kmeans_iterations: int = 10,
         kmeans_sample_size: Optional[int] = None,
+        learn_codebooks: bool = False,
+        codebook_loss_weight: float = 1.0,
+        reconstruction_weight: float = _DEFAULT_RECONSTRUCTION_WEIGHT,
         seed: Optional[int] = None,
         **kwargs,
     ):
+        self.learn_codebooks = bool(learn_codebooks)
+        # Only the codebooks are trainable (every other state variable is created non-trainable).
+        kwargs["trainable"] = self.learn_codebooks
         super().__init__(num_classes=num_classes, seed=seed, **kwargs)
+        self.has_auxiliary_loss = self.learn_codebooks
+        self.codebook_loss_weight = _validation.check_nonnegative_float(codebook_loss_weight, "codebook_loss_weight")
+        self.reconstruction_weight = _validation.check_nonnegative_float(reconstruction_weight, "reconstruction_weight")
         if num_codewords is None:
             num_codewords = default_num_codewords(self.num_classes)
         self.num_codewords = _validation.check_positive_int(num_codewords, "num_codewords")
@@ -211,8 +258,9 @@ class MIDX(Sampler):
         else:
             widths = (embedding_dim, embedding_dim)
         self.split = widths[0] if self.quantizer == "pq" else None
-        self.codebook1 = self._constant_state("codebook1", np.zeros((k, widths[0]), np.float32), "float32")
-        self.codebook2 = self._constant_state("codebook2", np.zeros((k, widths[1]), np.float32), "float32")
+        learned = self.learn_codebooks
+        self.codebook1 = self._constant_state("codebook1", np.zeros((k, widths[0]), np.float32), "float32", learned)
+        self.codebook2 = self._constant_state("codebook2", np.zeros((k, widths[1]), np.float32), "float32", learned)
         self.class_bucket = self._constant_state("class_bucket", np.zeros(n, np.int32), "int32")
         self.sorted_ids = self._constant_state("sorted_ids", np.arange(n, dtype=np.int32), "int32")
         offsets = np.full(k * k + 1, n, np.int32)
@@ -271,11 +319,15 @@ class MIDX(Sampler):
         row_mass = tf.matmul(tf.exp(scores2 - top2), tf.exp(log_bucket - top), transpose_b=True)  # [B, K]
         holds_classes = tf.reduce_max(log_bucket, axis=1) > -np.inf  # [K]
         underflow = tf.reduce_any((row_mass < 1e-30) & holds_classes[tf.newaxis])
+        # Empty rows get −inf outside the logs: log(0) inside would turn the gradient (learned
+        # codebooks differentiate this) into 0·inf = NaN.
+        filled = tf.where(holds_classes[:, tf.newaxis], log_bucket, tf.zeros_like(log_bucket))
         log_rows = tf.cond(
             underflow,
-            lambda: tf.reduce_logsumexp(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis], axis=2),
-            lambda: tf.math.log(row_mass) + top2 + top,
+            lambda: tf.reduce_logsumexp(scores2[:, tf.newaxis, :] + filled[tf.newaxis], axis=2),
+            lambda: tf.math.log(tf.where(holds_classes[tf.newaxis], row_mass, tf.ones_like(row_mass))) + top2 + top,
         )
+        log_rows = tf.where(holds_classes[tf.newaxis], log_rows, tf.fill(tf.shape(log_rows), -np.inf))
         log_first = scores1 + log_rows
         return log_first, tf.reduce_logsumexp(log_first, axis=1)
 
@@ -364,6 +416,38 @@ class MIDX(Sampler):
         first, second = bucket // self.num_codewords, bucket % self.num_codewords
         return self._log_q(scores1, scores2, log_normalizer, first, second, ids)
 
+    # -- learned codebooks -------------------------------------------------------------------
+    def _auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings):
+        """λ · (KL(p̂‖q) on the candidates + ρ · reconstruction error of the positives), [B].
+
+        p̂ = softmax(target_logits) estimates the model's softmax p on the candidates. Its cross
+        entropy against the proposal, −Σ_j p̂_j log q_j, has the gradient −Σ_j p̂_j ∇log q_j, a
+        self-normalized importance estimate of ∇KL(p‖q) over all N classes: log q_j is exact
+        (its normalizer Z sums the K² buckets), so nothing here grows with N. The value adds
+        Σ_j p̂_j log p̂_j (no gradient), so it reads as a KL estimate in nats.
+        """
+        scores1, scores2 = self._codeword_scores(queries)
+        _, log_normalizer = self._first_marginal(scores1, scores2)
+        log_q = self._log_q_of(scores1, scores2, log_normalizer, candidate_ids)
+        target = tf.nn.softmax(target_logits, axis=-1)
+        log_target = tf.nn.log_softmax(target_logits, axis=-1)
+        # A masked candidate (p̂ = 0) or a zero-weight class (log q = −inf) contributes nothing.
+        kl = tf.reduce_sum(tf.math.multiply_no_nan(log_target - log_q, target), axis=-1)
+        loss = kl
+        if positive_embeddings is not None and self.reconstruction_weight > 0:
+            positives = candidate_ids[:, : positive_embeddings.shape[1]]
+            bucket = tf.gather(self.class_bucket, positives)
+            quantized = quantization.reconstruct(
+                self.codebook1,
+                self.codebook2,
+                bucket // self.num_codewords,
+                bucket % self.num_codewords,
+                self.quantizer,
+            )
+            error = tf.reduce_mean(tf.reduce_sum(tf.square(positive_embeddings - quantized), axis=-1), axis=-1)
+            loss += self.reconstruction_weight * error
+        return self.codebook_loss_weight * loss
+
     # -- refresh -----------------------------------------------------------------------------
     def _refresh(self, class_embeddings, class_bias) -> None:
         """Re-quantizes the class embeddings (warm-started k-means) and rebuilds the index.
@@ -385,6 +469,8 @@ class MIDX(Sampler):
             seed,
             warm_start=self.initialized,
             sample_size=self.kmeans_sample_size,
+            # Learned codebooks: k-means only initialises them; later refreshes re-assign codes.
+            train=tf.logical_not(self.initialized) if self.learn_codebooks else True,
         )
         bucket = codes1 * k + codes2
         sorted_ids = tf.argsort(bucket, stable=True)
@@ -436,6 +522,9 @@ class MIDX(Sampler):
                 "include_bias": self.include_bias,
                 "kmeans_iterations": self.kmeans_iterations,
                 "kmeans_sample_size": self.kmeans_sample_size,
+                "learn_codebooks": self.learn_codebooks,
+                "codebook_loss_weight": self.codebook_loss_weight,
+                "reconstruction_weight": self.reconstruction_weight,
                 "counts": None if self._counts is None else self._counts.tolist(),
             }
         )
