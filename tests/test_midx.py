@@ -57,9 +57,9 @@ def test_frequencies_match_log_prob_and_independent_formula(quantizer, residual)
 
 
 @pytest.mark.parametrize("quantizer,residual", VARIANTS)
-def test_fewer_draws_than_codewords_use_drawn_rows_and_keep_the_law(quantizer, residual):
-    # m < K builds only the drawn second-stage rows: a different code path with the same law.
-    sampler = _midx(quantizer, residual, k=8)
+def test_fewer_draws_than_codewords_keep_the_law(quantizer, residual):
+    # m < K, K not a multiple of the draw's block of 8 codewords (padded with empty ones).
+    sampler = _midx(quantizer, residual, k=11)
     sampler.refresh(_embeddings())
     query = np.random.default_rng(4).standard_normal((1, D)).astype(np.float32)
     log_prob = sampler.log_prob(query, np.arange(N)[np.newaxis]).numpy()[0]
@@ -357,6 +357,26 @@ def test_log_prob_stays_exact_when_codeword_scores_span_hundreds_of_nats(quantiz
     finite = reference > -80  # the classes that carry the mass
     np.testing.assert_allclose(log_prob[finite], reference[finite], atol=0.05)
     np.testing.assert_allclose(np.logaddexp.reduce(log_prob, axis=1), 0.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("quantizer,residual", VARIANTS)
+def test_draws_keep_the_law_when_codeword_scores_span_hundreds_of_nats(quantizer, residual):
+    # exp(s² − max) then underflows in the block draw's linear masses: such batches are drawn from
+    # the exact log-space table instead, and the frequencies still follow log q.
+    sampler = _midx(quantizer, residual, k=8)
+    sampler.refresh(_embeddings())
+    query = 300.0 * np.random.default_rng(7).standard_normal((1, D)).astype(np.float32)
+    blocks = sampler._block_masses(*sampler._codeword_scores(tf.constant(query))[1:], sampler.log_bucket_weights)
+    assert bool(blocks.underflow)  # the fallback is what this test exercises
+    log_prob = sampler.log_prob(query, np.arange(N)[np.newaxis]).numpy()[0]
+    ids, log_q = sampler.sample(np.repeat(query, 2000, axis=0), num_samples=10, seed=8)
+    np.testing.assert_allclose(log_q.numpy(), log_prob[ids.numpy()], atol=1e-3)
+    counts = np.bincount(ids.numpy().ravel(), minlength=N)
+    keep = np.exp(log_prob) * counts.sum() > 1e-3  # classes the test can see
+    assert counts[~keep].sum() == 0
+    assert chi_square_pvalue(counts[keep], np.exp(log_prob[keep]) / np.exp(log_prob[keep]).sum(), counts.sum()) > (
+        CHI_SQUARE_ALPHA
+    )
 
 
 @pytest.mark.parametrize("quantizer", ["pq", "rvq"])

@@ -13,12 +13,13 @@ the bucket, uniform (w_i = 1, "MIDX-uniform") or proportional to popularity (w_i
 "MIDX-unigram" / MIDX-pop). With `include_bias=True` the model's class bias joins the weight
 (w_i ·= exp(b_i)), which makes q closer to the model's softmax when the bias matters.
 
-Cost per query O(K·d + K²) and per draw O(K) (+ O(log bucket size) for weighted buckets),
-independent of N. State: codebooks, the bucket of every class and the class ids sorted by bucket
-(8 bytes per class; weighted buckets add a log-weight and a cumulative weight, 16 bytes), bucket
-offsets [K² + 1] and log bucket weights [K, K]. Before the first `refresh` everything sits in one
-bucket: q is uniform. A refresh trains k-means on a sample of the classes (1024 per codeword by
-default) and assigns every class once, so its cost is about two passes over the table.
+Cost per query O(K·d + K²) and per draw O(K) for the first codeword's inverse CDF plus 2·8 + K/8
+values for the second (drawn a block of 8 codewords at a time; `MIDX._draw`), + O(log bucket
+size) for weighted buckets, independent of N. State: codebooks, the bucket of every class and the
+class ids sorted by bucket (8 bytes per class; weighted buckets add a log-weight and a cumulative
+weight, 16 bytes), bucket offsets [K² + 1] and log bucket weights [K, K]. Before the first `refresh`
+everything sits in one bucket: q is uniform. A refresh trains k-means on a sample of the classes
+(1024 per codeword by default) and assigns every class once: about two passes over the table.
 
 Learned codebooks (`learn_codebooks=True`, the paper's codeword learning): the codewords become
 trainable variables, trained by the model's optimizer on an auxiliary loss that the sampler's
@@ -44,7 +45,7 @@ optimizer (AdamW) also shrinks the codewords.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -67,6 +68,21 @@ _RESIDUALS = ("uniform", "unigram")
 
 #: ρ, the reconstruction term's weight in the learned codebooks' loss (see `MIDX`).
 _DEFAULT_RECONSTRUCTION_WEIGHT = 0.1
+
+#: Codewords per block of the second-stage draw (`MIDX._draw`): 8 measured fastest of 4, 8, 16.
+_BLOCK = 8
+
+
+class _BlockMasses(NamedTuple):
+    """`MIDX._block_masses`: [B, K, G] block masses, the [B, G, S] query and [K, G, S] bucket
+    factors they are made of, the log row masses [B, K], and whether any row underflowed."""
+
+    masses: tf.Tensor
+    query: tf.Tensor
+    bucket: tf.Tensor
+    log_rows: tf.Tensor
+    underflow: tf.Tensor
+
 
 #: The range of `default_num_codewords` (before its cap at N).
 _DEFAULT_CODEWORDS_RANGE = (16, 64)
@@ -363,33 +379,26 @@ class MIDX(Sampler):
         return sampled, log_q, self._log_q_of(scores1, scores2, log_normalizer, ids)
 
     def _draw(self, queries, num_samples, seed):
-        """(ids [B, m], log q [B, m], (codeword scores s¹, s² [B, K], log normalizer [B]))."""
-        k = self.num_codewords
+        """(ids [B, m], log q [B, m], (codeword scores s¹, s² [B, K], log normalizer [B])).
+
+        The second codeword is drawn in two steps over blocks of `_BLOCK` codewords: a block of
+        row k1 by its mass, then a codeword inside it. The block masses of every (query, k1) are
+        one [B, K, K / S] einsum (B·K² products), and each draw reads 2·S values, where a CDF
+        table over whole rows costs a [B, K, K] x [K, K] matmul (B·K³) and K values a draw.
+        Rows whose mass underflows in that linear form (codeword scores spanning more than
+        ~87 nats) are drawn from the exact log-space table instead.
+        """
         scores1, scores2 = self._codeword_scores(queries)
         log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
-        # P(k2 | k1, z) ∝ exp(s²_k2) · W[k1, k2]. A CDF over K costs K² (a matmul with a triangle):
-        # with m >= K build every query's [K, K] table once (its row sums are then the first
-        # marginal, exactly); with fewer draws, only the drawn rows.
-        whole_table = not (isinstance(num_samples, int) and num_samples < k)
-        if whole_table:
-            table, log_rows = self._rows_from_log(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis])  # [B, K, K]
-            log_first = scores1 + log_rows
-            log_normalizer = tf.reduce_logsumexp(log_first, axis=1)
-        else:
-            log_first, log_normalizer = self._first_marginal(scores1, scores2)
         shape = tf.stack([tf.shape(queries)[0], num_samples])
-        uniforms = uniform(tf.concat([[3 if self.weighted else 2], shape], 0), seed)
-        first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
-        first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
-        if whole_table:
-            table_cdf = tf.reshape(cumulative_over_last_axis(table), [-1, k])  # [B·K, K]
-            query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
-            second = draw_from_cdf_rows(table_cdf, query_row * k + first, uniforms[1])
-        else:
-            drawn_rows, _ = self._rows_from_log(tf.gather(log_bucket, first) + scores2[:, tf.newaxis, :])  # [B, m, K]
-            drawn_cdf = tf.reshape(cumulative_over_last_axis(drawn_rows), [-1, k])
-            second = tf.reshape(draw_from_cdf_rows(drawn_cdf, None, tf.reshape(uniforms[1], [-1, 1])), shape)
-        bucket = first * k + second
+        uniforms = uniform(tf.concat([[4 if self.weighted else 3], shape], 0), seed)
+        blocks = self._block_masses(scores2, log_bucket)
+        first, second, log_normalizer = tf.cond(
+            blocks.underflow,
+            lambda: self._codewords_from_log_table(scores1, scores2, log_bucket, shape, uniforms),
+            lambda: self._codewords_from_blocks(scores1, blocks, shape, uniforms),
+        )
+        bucket = first * self.num_codewords + second
         start = tf.gather(self.bucket_offsets, bucket)
         end = tf.gather(self.bucket_offsets, bucket + 1)
         # Empty buckets have zero mass; only non-finite queries (NaN scores) can select one. Keep
@@ -398,13 +407,69 @@ class MIDX(Sampler):
         end = tf.maximum(end, start + 1)
         if self.weighted:
             cumulative = tf.convert_to_tensor(self.cumulative_weight)
-            target = uniforms[2] * tf.gather(cumulative, end - 1)
+            target = uniforms[3] * tf.gather(cumulative, end - 1)
             position = search_buckets(cumulative, start, end, target, self._search_steps)
         else:
             position = start + uniform_ints(tf.shape(bucket), end - start, sub_seed(seed, 3))
         ids = tf.gather(self.sorted_ids, position)
         log_q = self._log_q(scores1, scores2, log_normalizer, first, second, ids)
         return ids, log_q, (scores1, scores2, log_normalizer)
+
+    def _block_masses(self, scores2, log_bucket) -> _BlockMasses:
+        """Masses Σ_{k2 in block g} exp(s²_k2)·W[k1, k2] of every (query, k1, block g), scaled per
+        query and per row k1 (so no row's largest term underflows on the bucket side), with the
+        factors that scale them back; `underflow` tells when some row that holds classes lost its
+        mass to exp's range (then `_codewords_from_log_table` draws)."""
+        k = self.num_codewords
+        size = min(_BLOCK, k)
+        groups = -(-k // size)
+        pad = [[0, 0], [0, groups * size - k]]  # zero-mass codewords up to whole blocks
+        top2 = tf.reduce_max(scores2, axis=1, keepdims=True)  # [B, 1]
+        row_top = tf.reduce_max(log_bucket, axis=1)  # [K]
+        holds_classes = row_top > -np.inf
+        row_top = tf.where(holds_classes, row_top, tf.zeros_like(row_top))
+        query_blocks = tf.reshape(tf.pad(tf.exp(scores2 - top2), pad), [-1, groups, size])  # [B, G, S]
+        bucket_blocks = tf.reshape(tf.pad(tf.exp(log_bucket - row_top[:, tf.newaxis]), pad), [k, groups, size])
+        masses = tf.einsum("bgs,kgs->bkg", query_blocks, bucket_blocks)  # [B, K, G]
+        row_mass = tf.reduce_sum(masses, axis=-1)  # [B, K]
+        underflow = tf.reduce_any((row_mass < 1e-30) & holds_classes[tf.newaxis])
+        filled = tf.where(holds_classes[tf.newaxis], row_mass, tf.ones_like(row_mass))
+        log_rows = tf.math.log(filled) + top2 + row_top[tf.newaxis]
+        log_rows = tf.where(holds_classes[tf.newaxis], log_rows, tf.fill(tf.shape(log_rows), -np.inf))
+        return _BlockMasses(masses, query_blocks, bucket_blocks, log_rows, underflow)
+
+    def _codewords_from_blocks(self, scores1, blocks, shape, uniforms):
+        """(k1, k2, log normalizer): k1 from the first marginal, then a block of row k1, then a
+        codeword inside the block (`_block_masses`)."""
+        k = self.num_codewords
+        groups, size = blocks.query.shape[1], blocks.query.shape[2]
+        log_first = scores1 + blocks.log_rows
+        log_normalizer = tf.reduce_logsumexp(log_first, axis=1)
+        first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
+        first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
+        query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
+        block_cdf = tf.reshape(cumulative_over_last_axis(blocks.masses), [-1, groups])  # [B·K, G]
+        group = draw_from_cdf_rows(block_cdf, query_row * k + first, uniforms[1])  # [B, m]
+        inside = tf.gather(tf.reshape(blocks.query, [-1, size]), query_row * groups + group) * tf.gather(
+            tf.reshape(blocks.bucket, [-1, size]), first * groups + group
+        )  # [B, m, S]
+        inside_cdf = tf.reshape(cumulative_over_last_axis(inside), [-1, size])
+        offset = tf.reshape(draw_from_cdf_rows(inside_cdf, None, tf.reshape(uniforms[2], [-1, 1])), shape)
+        return first, group * size + offset, log_normalizer
+
+    def _codewords_from_log_table(self, scores1, scores2, log_bucket, shape, uniforms):
+        """(k1, k2, log normalizer) from every query's [K, K] table built in log space: exact at
+        any score range, and B·K³ work (the block draw's fallback)."""
+        k = self.num_codewords
+        table, log_rows = self._rows_from_log(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis])  # [B, K, K]
+        log_first = scores1 + log_rows
+        log_normalizer = tf.reduce_logsumexp(log_first, axis=1)
+        first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
+        first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
+        table_cdf = tf.reshape(cumulative_over_last_axis(table), [-1, k])  # [B·K, K]
+        query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
+        second = draw_from_cdf_rows(table_cdf, query_row * k + first, uniforms[1])
+        return first, second, log_normalizer
 
     def _log_prob(self, queries, ids):
         scores1, scores2 = self._codeword_scores(queries)
