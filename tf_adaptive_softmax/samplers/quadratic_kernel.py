@@ -202,6 +202,9 @@ class QuadraticKernel(Sampler):
         )
         rows, cols, multiplicity = _upper_triangle(embedding_dim)
         self._triangle = (rows, cols, multiplicity)
+        # One-hot [d, P] matrices that pick each pair's two query entries (see `_group_mass`).
+        identity = np.eye(embedding_dim, dtype=np.float32)
+        self._pair_selectors = (identity[:, rows], identity[:, cols])
         # S_g restricted to its upper triangle, [G, d(d+1)/2].
         self.group_second_moments = self.add_weight(
             name="group_second_moments",
@@ -231,8 +234,10 @@ class QuadraticKernel(Sampler):
 
     def _group_mass(self, queries):
         """[B, G] kernel mass of every group: α·hᵀS_g h + |g|, one [B, P] x [P, G] matmul."""
-        rows, cols, multiplicity = self._triangle
-        features = tf.gather(queries, rows, axis=1) * tf.gather(queries, cols, axis=1) * multiplicity
+        select_rows, select_cols = self._pair_selectors
+        # One-hot matmuls (exact), not column gathers: XLA:CPU fused the gathers into the
+        # [B, P] x [P, G] dot below and ran it 5x slower (268 against 51 ms at N = 10^6, d = 64).
+        features = tf.matmul(queries, select_rows) * tf.matmul(queries, select_cols) * self._triangle[2]
         quadratic = tf.matmul(features, tf.convert_to_tensor(self.group_second_moments), transpose_b=True)
         # α·hᵀSh >= 0 exactly; rounding must not push a group below its count.
         return self.alpha * tf.maximum(quadratic, 0.0) + tf.constant(self._group_sizes)
