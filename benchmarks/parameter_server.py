@@ -4,7 +4,9 @@ A model whose output layer holds N = 10^6 classes (d = 64) trains with `fit` for
 `--steps` steps, B = 256, m = 128, in one process and on an in-process cluster on localhost (2
 workers, 2 parameter servers, the class table and bias sharded by `FixedShardsPartitioner(2)`).
 Methods: the full softmax (every step reads the whole table from the servers and sends a dense
-[N, d] gradient back), Uniform and MIDX per query (B·m rows read), MIDX shared (m rows). The last
+[N, d] gradient back), `tf.nn.sampled_softmax_loss` as users call it (m log-uniform rows shared by
+the batch, the sharded table passed as its list of row blocks), Uniform and MIDX per query (B·m
+rows read), MIDX shared (m rows). The last
 epoch's seconds per step are reported, with the bytes of class rows a step reads.
 
 All processes of the cluster share this machine's cores, so the ratios show the cost of the RPC
@@ -12,6 +14,7 @@ round trips and of the table traffic, not the speed-up of more machines.
 
     TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py            # full table
     TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py --quick    # N = 10^5, fewer steps
+    TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py --methods tf_sampled --tag tf_sampled
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import timing
 
-METHODS = ("full", "uniform", "midx", "midx_shared")
+METHODS = ("full", "tf_sampled", "uniform", "midx", "midx_shared")
 MODES = ("single", "parameter_server")
 
 
@@ -61,13 +64,17 @@ def _one_configuration(args) -> dict:
     with strategy.scope():
         sampler = {
             "full": None,
+            "tf_sampled": None,
             "uniform": tfas.samplers.Uniform(n, seed=0),
             "midx": tfas.samplers.MIDX(n, seed=0),
             "midx_shared": tfas.samplers.MIDX(n, seed=0),
         }[args.method]
-        output = tfas.AdaptiveSampledSoftmaxLoss(
-            n, sampler, num_samples=m, shared_negatives=args.method == "midx_shared"
-        )
+        if args.method == "tf_sampled":
+            output = tfas.experiments.TFSampledSoftmax(n, num_samples=m)
+        else:
+            output = tfas.AdaptiveSampledSoftmaxLoss(
+                n, sampler, num_samples=m, shared_negatives=args.method == "midx_shared"
+            )
         features = K.Input((d,))
         model = K.Model(features, K.layers.Dense(d)(features))
         model.compile(optimizer=K.optimizers.Adagrad(0.1), loss=tfas.SampledSoftmaxLoss(output, model=model))
@@ -91,7 +98,7 @@ def _one_configuration(args) -> dict:
     # The sampler is refreshed once before training (an epoch refresh would add k-means to the step).
     output.refresh_sampler()
     model.fit(data, epochs=args.epochs, steps_per_epoch=args.steps, verbose=0, callbacks=[EpochTimer()])
-    rows = {"full": n, "uniform": batch * m, "midx": batch * m, "midx_shared": m}[args.method]
+    rows = {"full": n, "tf_sampled": m, "uniform": batch * m, "midx": batch * m, "midx_shared": m}[args.method]
     return {
         "mode": args.mode,
         "method": args.method,
@@ -110,6 +117,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="N = 10^5, 8 steps, 2 epochs")
+    parser.add_argument("--methods", default=",".join(METHODS), help="any of " + ", ".join(METHODS))
+    parser.add_argument("--tag", default=None, help="names the results file parameter_server_TAG")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # a child process: one configuration
@@ -120,7 +129,9 @@ def main() -> None:
 
     sizes = {flag: getattr(args, flag) for flag in ("num_classes", "dim", "batch", "num_samples", "steps", "epochs")}
     rows = []
-    for method in METHODS:
+    for method in [m for m in args.methods.split(",") if m]:
+        if method not in METHODS:
+            raise SystemExit(f"Unknown method {method!r}; choose from {METHODS}.")
         for mode in MODES:
             row = timing.run_worker(__file__, {"mode": mode, "method": method, **sizes}, timeout=1800)
             print(row, flush=True)
@@ -143,6 +154,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     name = "parameter_server_quick" if args.quick else "parameter_server"
+    name = f"parameter_server_{args.tag}" if args.tag else name
     timing.RESULTS.mkdir(exist_ok=True)
     (timing.RESULTS / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
     (timing.RESULTS / f"{name}.md").write_text(table + "\n")

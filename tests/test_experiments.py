@@ -1,5 +1,7 @@
 """The benchmark harness's baseline: the output layer trained with TF's own sampled softmax."""
 
+import itertools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -54,3 +56,27 @@ def test_sequence_queries_give_a_loss_per_position():
 def test_arguments_tf_fixes_are_refused_by_name(argument):
     with pytest.raises(ValueError, match=argument):
         experiments.TFSampledSoftmax(NUM_CLASSES, 5, **{argument: None})
+
+
+def test_a_sharded_table_goes_to_tf_loss_as_its_row_blocks(monkeypatch):
+    # Under ParameterServerStrategy the table is a ShardedVariable; TF's loss takes partitioned
+    # weights as a list of row blocks (contiguous, "div"), and must give the unsharded loss.
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable
+
+    layer, query, labels = _layer_and_batch()
+    table, bias = layer.class_embeddings.numpy(), layer.class_bias.numpy()
+    tf.random.set_seed(3)
+    whole = layer.per_example_loss(query, labels, training=True)
+    # 50 rows in 3 shards, as TF's partitioners split them: 17, 17, 16.
+    bounds = [0, 17, 34, 50]
+    sharded = ShardedVariable([tf.Variable(table[a:b]) for a, b in itertools.pairwise(bounds)])
+    sharded_bias = ShardedVariable([tf.Variable(bias[a:b]) for a, b in itertools.pairwise(bounds)])
+    monkeypatch.setattr(type(layer), "_weights", lambda self: (sharded, sharded_bias))
+    tf.random.set_seed(3)
+    parts = layer.per_example_loss(query, labels, training=True)
+    np.testing.assert_allclose(parts.numpy(), whole.numpy(), rtol=1e-6)
+    # Any other split would read the wrong rows: refused by name.
+    uneven = ShardedVariable([tf.Variable(table[:30]), tf.Variable(table[30:])])
+    monkeypatch.setattr(type(layer), "_weights", lambda self: (uneven, sharded_bias))
+    with pytest.raises(ValueError, match=r"class table's shards.*\[25, 25\].*\[30, 20\]"):
+        layer.per_example_loss(query, labels, training=True)

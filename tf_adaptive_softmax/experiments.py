@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _reduction, samplers
 from tf_adaptive_softmax._keras import K, raw_variable
+from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax.callbacks import CodebookRefresh
 from tf_adaptive_softmax.layers import AdaptiveSampledSoftmaxLoss
 from tf_adaptive_softmax.losses import SampledSoftmaxLoss
@@ -237,8 +238,28 @@ class TFSampledSoftmax(AdaptiveSampledSoftmaxLoss):
         # sampled rows; a Keras 3 Variable would be converted whole, making every step dense.
         weights, bias = self._weights()
         bias = tf.zeros([self.num_classes]) if bias is None else bias
+        # A table sharded by a parameter-server partitioner goes in as its list of row blocks,
+        # the form TF's loss documents for partitioned weights (its lookups then read per shard).
+        weights = weights if not tables.is_sharded(weights) else _div_blocks(tables.shards(weights), "class table")
+        bias = bias if not tables.is_sharded(bias) else _div_blocks(tables.shards(bias), "class bias")
         loss = tf.nn.sampled_softmax_loss(weights, bias, labels, query, self.num_samples, self.num_classes)
         return _reduction.weighted(loss, sample_weight)
+
+
+def _div_blocks(blocks: list, what: str) -> list:
+    """`blocks` if their sizes are TensorFlow's "div" layout, the one `tf.nn.sampled_softmax_loss`
+    assumes for partitioned weights (rows split as evenly as possible, the first blocks one row
+    longer; TF's partitioners shard that way); else a ValueError, since other splits would
+    silently read the wrong rows."""
+    sizes = [int(block.shape[0]) for block in blocks]
+    total, count = sum(sizes), len(sizes)
+    expected = [total // count + (1 if index < total % count else 0) for index in range(count)]
+    if sizes != expected:
+        raise ValueError(
+            f"tf.nn.sampled_softmax_loss needs the {what}'s shards split evenly with the first ones "
+            f"longer ({expected} rows); got {sizes}."
+        )
+    return blocks
 
 
 def build_student(dim: int) -> K.Model:
