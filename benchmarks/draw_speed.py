@@ -1,6 +1,6 @@
 """Draw speed of every sampler: sample() and sample_shared(), graph mode against XLA.
 
-python benchmarks/draw_speed.py                   # N = 10^5 and 10^6 (about 10 minutes on 2 cores)
+python benchmarks/draw_speed.py                   # N = 10^5 and 10^6 (about a minute on 2 cores)
 python benchmarks/draw_speed.py --sizes 100000    # one size
 python benchmarks/draw_speed.py --tag before      # names the results file draw_speed_before.md
 

@@ -6,8 +6,9 @@ from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in, tensorfl
 from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, quantization, samplers
 from tf_adaptive_softmax._keras import K
 from tf_adaptive_softmax._ops import tables
-from tf_adaptive_softmax._ops.discrete import search_buckets, segmented_cumsum
-from tf_adaptive_softmax.samplers.midx import _cumulative_within_buckets, default_num_codewords
+from tf_adaptive_softmax._ops.discrete import _count_by_blocks, search_buckets, segmented_cumsum
+from tf_adaptive_softmax._ops.xla import in_xla_context
+from tf_adaptive_softmax.samplers.midx import _block_masses, _cumulative_within_buckets, default_num_codewords
 
 N, D = 203, 6  # N prime: a multiple of nothing
 
@@ -215,6 +216,57 @@ def test_segmented_cumsum_and_bucket_search():
     np.testing.assert_array_equal(search_buckets(cumulative, start, end, target, 4).numpy(), [0, 2, 3, 4, 5])
 
 
+@pytest.mark.parametrize("size", [9, 16, 64, 70])
+def test_count_by_blocks_is_searchsorted(size):
+    rng = np.random.default_rng(size)
+    masses = rng.exponential(size=(6, size))
+    masses[:, ::3] = 0.0  # zero-mass categories: runs of equal entries
+    cdf = np.cumsum(masses, axis=1).astype(np.float32)
+    targets = rng.uniform(size=(6, size + 40)).astype(np.float32) * cdf[:, -1:]
+    targets[:, :size] = cdf[:, :size]  # targets on the entries themselves
+    targets[:, -1] = 0.0
+    expected = tf.searchsorted(cdf, targets, side="right").numpy()
+    count = tf.function(_count_by_blocks, jit_compile=True)
+    np.testing.assert_array_equal(count(tf.constant(cdf), tf.constant(targets)).numpy(), expected)
+    np.testing.assert_array_equal(_count_by_blocks(tf.constant(cdf), tf.constant(targets)).numpy(), expected)
+
+
+def test_in_xla_context_tells_compiled_code_from_graph_mode():
+    seen = []
+
+    def probe(x):
+        seen.append(in_xla_context())
+        return x
+
+    tf.function(probe)(tf.constant(1.0))
+    tf.function(probe, jit_compile=True)(tf.constant(1.0))
+    assert seen == [False, True]
+    assert not in_xla_context()  # eagerly
+
+
+@pytest.mark.parametrize("residual", ["uniform", "unigram"])
+def test_graph_mode_draw_is_one_xla_computation_and_keeps_the_law(residual):
+    # K = 12: rows longer than one block of XLA's count and not a multiple of it.
+    n = 400
+    sampler = _midx("rvq", residual, n=n, k=12)
+    sampler.refresh(_embeddings(n=n, clusters=20))
+    queries = tf.constant(np.random.default_rng(6).standard_normal((2, D)).astype(np.float32))
+    draw = tf.function(lambda q: sampler.sample(q, 20_000, seed=3))
+    operations = tensorflow_executed_operations(draw.get_concrete_function(queries).graph)
+    executed = {op.type for op in operations}
+    # The codeword draw's searches, einsum and matmuls run inside XLA, not op by op.
+    assert not executed & {"UpperBound", "Einsum", "MatMul", "StatelessIf"}
+    assert any("_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile") for op in operations)
+    ids, log_q = draw(queries)
+    log_prob = sampler.log_prob(queries, np.tile(np.arange(n), (2, 1))).numpy()
+    np.testing.assert_allclose(log_q.numpy(), np.take_along_axis(log_prob, ids.numpy(), 1), atol=1e-4)
+    for row in range(2):
+        counts = np.bincount(ids[row].numpy(), minlength=n)
+        assert chi_square_pvalue(counts, np.exp(log_prob[row]), counts.sum()) > CHI_SQUARE_ALPHA
+    xla_ids, _ = tf.function(lambda q: sampler.sample(q, 20_000, seed=3), jit_compile=True)(queries)
+    np.testing.assert_array_equal(xla_ids.numpy(), ids.numpy())
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_refresh_during_fit_is_seen_by_the_compiled_step(jit_compile):
     n, d = 120, 8
@@ -366,7 +418,8 @@ def test_draws_keep_the_law_when_codeword_scores_span_hundreds_of_nats(quantizer
     sampler = _midx(quantizer, residual, k=8)
     sampler.refresh(_embeddings())
     query = 300.0 * np.random.default_rng(7).standard_normal((1, D)).astype(np.float32)
-    blocks = sampler._block_masses(*sampler._codeword_scores(tf.constant(query))[1:], sampler.log_bucket_weights)
+    scores2 = sampler._codeword_scores(tf.constant(query))[1]
+    blocks = _block_masses(scores2, tf.convert_to_tensor(sampler.log_bucket_weights))
     assert bool(blocks.underflow)  # the fallback is what this test exercises
     log_prob = sampler.log_prob(query, np.arange(N)[np.newaxis]).numpy()[0]
     ids, log_q = sampler.sample(np.repeat(query, 2000, axis=0), num_samples=10, seed=8)

@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from tf_adaptive_softmax._ops.random import sub_seed, uniform, uniform_ints
+from tf_adaptive_softmax._ops.xla import in_xla_context
 
 
 def cumulative_over_last_axis(weights: tf.Tensor) -> tf.Tensor:
@@ -55,6 +56,30 @@ def search_buckets(cumulative: tf.Tensor, start: tf.Tensor, end: tf.Tensor, targ
 # log K rounds of gathers while K is small). Longer rows use `search_buckets`.
 _SHORT_ROW = 128
 
+# Under XLA, rows of several draws longer than this are counted a block of this many at a time
+# (`_count_by_blocks`).
+_COUNT_BLOCK = 8
+
+
+def _count_by_blocks(cdf: tf.Tensor, target: tf.Tensor) -> tf.Tensor:
+    """`tf.searchsorted(cdf, target, side="right")` for [R, K] rows and [R, c] targets, counted in
+    two levels: the block ends of `_COUNT_BLOCK` entries at or below the target, then the entries
+    of the first block that passes it. 2·8 compares a target where XLA's searchsorted makes K:
+    at K = 64 and 32,768 targets, 0.2 of the 2.3 ms of a MIDX draw on 2 CPU cores.
+
+    Rows are padded to whole blocks with their last entry: a target below it counts none of the
+    padding, one at or past it counts the whole row, as searchsorted does.
+    """
+    size = cdf.shape[-1]
+    blocks = -(-size // _COUNT_BLOCK)
+    padded = tf.concat([cdf, tf.repeat(cdf[:, -1:], blocks * _COUNT_BLOCK - size, axis=1)], axis=1)
+    padded = tf.reshape(padded, [-1, blocks, _COUNT_BLOCK])
+    passed = tf.reduce_sum(tf.cast(padded[:, tf.newaxis, :, -1] <= target[..., tf.newaxis], tf.int32), axis=-1)
+    block = tf.minimum(passed, blocks - 1)  # all blocks pass only a target at or past the row's total
+    inside = tf.gather(padded, block, batch_dims=1)  # [R, c, S]
+    found = block * _COUNT_BLOCK + tf.reduce_sum(tf.cast(inside <= target[..., tf.newaxis], tf.int32), axis=-1)
+    return tf.minimum(found, size)
+
 
 def draw_from_cdf_rows(cdf: tf.Tensor, rows: Optional[tf.Tensor], u: tf.Tensor) -> tf.Tensor:
     """Inverse-CDF draws: for each entry, index k in [0, K) of row `rows` of `cdf` [R, K].
@@ -73,7 +98,10 @@ def draw_from_cdf_rows(cdf: tf.Tensor, rows: Optional[tf.Tensor], u: tf.Tensor) 
         # with mass unless that one holds under 2^-23 of the row, the 24-bit uniforms' own
         # resolution. A multiply and a subtract: `nextafter` costs far more in graph mode.
         target = tf.minimum(values * row_total, row_total - row_total * (2.0**-23))
-        found = tf.searchsorted(row_cdf, target, side="right", out_type=tf.int32)
+        if rows is None and size > _COUNT_BLOCK and in_xla_context():
+            found = _count_by_blocks(row_cdf, target)
+        else:
+            found = tf.searchsorted(row_cdf, target, side="right", out_type=tf.int32)
         # Only a NaN row (a diverged model) passes every entry: draw its category 0, in range
         # (its log q is NaN, so the loss shows it), never an index that crashes a gather.
         found = tf.where(found < size, found, tf.zeros_like(found))
