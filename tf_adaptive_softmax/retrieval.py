@@ -319,6 +319,20 @@ def mixed_negatives_scores_with_ids(
     return scores, labels, column_ids
 
 
+def _diagonal(values: tf.Tensor) -> tf.Tensor:
+    """[B, 1]: entry (i, i) of every row of [B, C + m] values (query i's positive column)."""
+    diagonal = tf.eye(tf.shape(values)[0], tf.shape(values)[1], dtype=tf.bool)
+    return tf.reduce_sum(tf.where(diagonal, values, tf.zeros_like(values)), axis=1, keepdims=True)
+
+
+def _positive_first(scores) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(the positives' scores [B, 1], the scores [B, C + m] with each positive's own column masked):
+    float32 mixed-negatives scores split so that the positive counts once, in front."""
+    scores = tf.cast(scores, tf.float32)
+    diagonal = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1], dtype=tf.bool)
+    return _diagonal(scores), tf.where(diagonal, tf.cast(estimator.MASKED_LOGIT, scores.dtype), scores)
+
+
 def sampler_loss(sampler, query_embeddings, scores, column_ids, positive_embeddings=None) -> tf.Tensor:
     """The sampler's own training loss [B] (`Sampler.auxiliary_loss`; zeros for samplers without
     one), fitted to the model's mixed-negatives scores: query i's positive is its column i, then
@@ -334,11 +348,8 @@ def sampler_loss(sampler, query_embeddings, scores, column_ids, positive_embeddi
     """
     if not sampler.has_auxiliary_loss:
         return tf.zeros(tf.shape(query_embeddings)[:1])
-    scores = tf.cast(scores, tf.float32)
-    diagonal = tf.eye(tf.shape(scores)[0], tf.shape(scores)[1], dtype=tf.bool)
-    positive_scores = tf.reduce_sum(tf.where(diagonal, scores, tf.zeros_like(scores)), axis=1, keepdims=True)
-    positive_ids = tf.reduce_sum(tf.where(diagonal, column_ids, tf.zeros_like(column_ids)), axis=1, keepdims=True)
-    others = tf.where(diagonal, tf.cast(estimator.MASKED_LOGIT, scores.dtype), scores)
+    positive_scores, others = _positive_first(scores)
+    positive_ids = _diagonal(column_ids)
     return sampler.auxiliary_loss(
         tf.cast(query_embeddings, tf.float32),
         tf.concat([positive_ids, column_ids], axis=1),
@@ -433,13 +444,9 @@ def corrected_logq_loss(scores, catalogue_negatives: bool = False) -> tf.Tensor:
       catalogue_negatives: whether the last columns are catalogue draws (the scores were built
         with a sampler). Default False.
     """
-    scores = tf.cast(scores, tf.float32)
-    num_queries, num_columns = tf.shape(scores)[0], tf.shape(scores)[1]
-    diagonal = tf.eye(num_queries, num_columns, dtype=tf.bool)
-    positive = tf.reduce_sum(tf.where(diagonal, scores, tf.zeros_like(scores)), axis=1, keepdims=True)
-    negatives = tf.where(diagonal, tf.cast(estimator.MASKED_LOGIT, scores.dtype), scores)
+    positive, negatives = _positive_first(scores)
     if catalogue_negatives:
         estimates = tf.math.log(2.0)
     else:
-        estimates = tf.math.log(tf.cast(num_columns, tf.float32))
+        estimates = tf.math.log(tf.cast(tf.shape(scores)[1], tf.float32))
     return estimator.corrected_logq_cross_entropy(tf.concat([positive, negatives], 1), 1, estimates)

@@ -230,15 +230,21 @@ def _block_masses(scores2, log_bucket) -> _BlockMasses:
     return _BlockMasses(masses, query_blocks, bucket_blocks, log_rows, underflow)
 
 
+def _first_codewords(scores1, log_rows, u):
+    """(k1 [B, m], log Z [B]): the first codewords drawn from P(k1 | z) ∝ exp(s¹_k1 + log_rows_k1)
+    by the uniforms u [B, m], and that marginal's log normalizer."""
+    log_first = scores1 + log_rows
+    first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
+    first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, u)
+    return first, tf.reduce_logsumexp(log_first, axis=1)
+
+
 def _codewords_from_blocks(scores1, blocks, shape, uniforms):
     """(k1, k2, log normalizer): k1 from the first marginal, then a block of row k1, then a
     codeword inside the block (`_block_masses`)."""
     k = blocks.bucket.shape[0]
     groups, size = blocks.query.shape[1], blocks.query.shape[2]
-    log_first = scores1 + blocks.log_rows
-    log_normalizer = tf.reduce_logsumexp(log_first, axis=1)
-    first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
-    first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
+    first, log_normalizer = _first_codewords(scores1, blocks.log_rows, uniforms[0])
     query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
     block_cdf = tf.reshape(cumulative_over_last_axis(blocks.masses), [-1, groups])  # [B·K, G]
     group = draw_from_cdf_rows(block_cdf, query_row * k + first, uniforms[1])  # [B, m]
@@ -255,10 +261,7 @@ def _codewords_from_log_table(scores1, scores2, log_bucket, shape, uniforms):
     any score range, and B·K³ work (the block draw's fallback)."""
     k = log_bucket.shape[0]
     table, log_rows = _rows_from_log(scores2[:, tf.newaxis, :] + log_bucket[tf.newaxis])  # [B, K, K]
-    log_first = scores1 + log_rows
-    log_normalizer = tf.reduce_logsumexp(log_first, axis=1)
-    first_mass = tf.exp(log_first - tf.reduce_max(log_first, axis=1, keepdims=True))
-    first = draw_from_cdf_rows(cumulative_over_last_axis(first_mass), None, uniforms[0])  # [B, m]
+    first, log_normalizer = _first_codewords(scores1, log_rows, uniforms[0])
     table_cdf = tf.reshape(cumulative_over_last_axis(table), [-1, k])  # [B·K, K]
     query_row = tf.broadcast_to(tf.range(shape[0])[:, tf.newaxis], shape)
     second = draw_from_cdf_rows(table_cdf, query_row * k + first, uniforms[1])
@@ -475,26 +478,23 @@ class MIDX(Sampler):
     def _first_marginal(self, scores1, scores2):
         """Unnormalized log P(k1 | z) [B, K] and log Z [B].
 
-        Σ_k2 exp(s²_k2)·W[k1, k2] is one [B, K] x [K, K] matmul on exp(s² − max), so `log_prob`
-        builds no [B, K, K] tensor. When that underflows a whole row that holds classes (its
-        codewords score > 87 nats below the best), the rows are redone exactly in log space.
+        The row masses Σ_k2 exp(s²_k2)·W[k1, k2] are the draw's block masses summed
+        (`_block_masses`: B·K² products, no [B, K, K] tensor). When that underflows a whole row
+        that holds classes (its codewords score > 87 nats below the best), the rows are redone
+        exactly in log space.
         """
         log_bucket = tf.convert_to_tensor(self.log_bucket_weights)
-        top = tf.reduce_max(log_bucket)
-        top2 = tf.reduce_max(scores2, axis=1, keepdims=True)
-        row_mass = tf.matmul(tf.exp(scores2 - top2), tf.exp(log_bucket - top), transpose_b=True)  # [B, K]
+        blocks = _block_masses(scores2, log_bucket)
         holds_classes = tf.reduce_max(log_bucket, axis=1) > -np.inf  # [K]
-        underflow = tf.reduce_any((row_mass < 1e-30) & holds_classes[tf.newaxis])
-        # Empty rows get −inf outside the logs: log(0) inside would turn the gradient (learned
-        # codebooks differentiate this) into 0·inf = NaN.
-        filled = tf.where(holds_classes[:, tf.newaxis], log_bucket, tf.zeros_like(log_bucket))
-        log_rows = tf.cond(
-            underflow,
-            lambda: tf.reduce_logsumexp(scores2[:, tf.newaxis, :] + filled[tf.newaxis], axis=2),
-            lambda: tf.math.log(tf.where(holds_classes[tf.newaxis], row_mass, tf.ones_like(row_mass))) + top2 + top,
-        )
-        log_rows = tf.where(holds_classes[tf.newaxis], log_rows, tf.fill(tf.shape(log_rows), -np.inf))
-        log_first = scores1 + log_rows
+
+        def exact_rows():
+            # Empty rows get −inf outside the logs: log(0) inside would turn the gradient (learned
+            # codebooks differentiate this) into 0·inf = NaN.
+            filled = tf.where(holds_classes[:, tf.newaxis], log_bucket, tf.zeros_like(log_bucket))
+            log_rows = tf.reduce_logsumexp(scores2[:, tf.newaxis, :] + filled[tf.newaxis], axis=2)
+            return tf.where(holds_classes[tf.newaxis], log_rows, tf.fill(tf.shape(log_rows), -np.inf))
+
+        log_first = scores1 + tf.cond(blocks.underflow, exact_rows, lambda: blocks.log_rows)
         return log_first, tf.reduce_logsumexp(log_first, axis=1)
 
     def _class_log_weight(self, ids):
@@ -562,9 +562,7 @@ class MIDX(Sampler):
         (its normalizer Z sums the K² buckets), so nothing here grows with N. The value adds
         Σ_j p̂_j log p̂_j (no gradient), so it reads as a KL estimate in nats.
         """
-        scores1, scores2 = self._codeword_scores(queries)
-        _, log_normalizer = self._first_marginal(scores1, scores2)
-        log_q = self._log_q_of(scores1, scores2, log_normalizer, candidate_ids)
+        log_q = self._log_prob(queries, candidate_ids)
         target = tf.nn.softmax(target_logits, axis=-1)
         log_target = tf.nn.log_softmax(target_logits, axis=-1)
         # A masked candidate (p̂ = 0) or a zero-weight class (log q = −inf) contributes nothing.
