@@ -181,10 +181,13 @@ def test_tiny_staleness_run_reports_quality_kl_and_refresh_cost(tmp_path):
 def test_interleaved_step_ratios_are_per_round_ratios_to_uniform():
     from benchmarks import step_ratio
 
-    rows = step_ratio.measure(600, False, ["uniform", "midx_rvq"], rounds=4, warmup=1)
+    rows = step_ratio.measure(600, False, ["uniform", "full", "midx_rvq"], rounds=4, warmup=1)
     by_method = {row["method"]: row for row in rows}
-    assert set(by_method) == {"uniform", "midx_rvq"}
+    assert set(by_method) == {"uniform", "full", "midx_rvq"}
     assert by_method["uniform"]["ratio_to_uniform"] == 1.0
+    assert by_method["full"]["speedup_vs_full"] == 1.0
+    full_ms = by_method["full"]["median_ms"]
+    assert by_method["midx_rvq"]["speedup_vs_full"] == pytest.approx(full_ms / by_method["midx_rvq"]["median_ms"])
     low, high = by_method["midx_rvq"]["ratio_quartiles"]
     assert 0 < low <= by_method["midx_rvq"]["ratio_to_uniform"] <= high
     assert all(row["N"] == 600 and row["mode"] == "graph" and row["median_ms"] > 0 for row in rows)
