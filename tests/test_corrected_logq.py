@@ -22,7 +22,7 @@ def test_value_and_gradient_match_the_formula():
     rng = np.random.default_rng(0)
     logits = tf.Variable(rng.standard_normal((4, 7)).astype(np.float32) * 2)
     with tf.GradientTape() as tape:
-        loss = estimator.corrected_logq_cross_entropy(logits, num_true=1)
+        loss = estimator._corrected_logq_cross_entropy(logits, num_true=1)
         total = tf.reduce_sum(loss)
     values = logits.numpy()
     want, miss = _paper_loss(values[:, 0], values[:, 1:])
@@ -138,7 +138,7 @@ def test_mixed_corrected_logq_counts_two_estimates():
     )
     sampler._seed_state.assign([0, 0])
     scores, _ = retrieval.mixed_negatives_scores(
-        query, candidates, ids, correct_positive=False, remove_accidental_hits=True, **kwargs
+        query, candidates, ids, logq_correction="negatives_only", remove_accidental_hits=True, **kwargs
     )
     scores = scores.numpy()
     want = [_paper_loss(scores[row, row], np.delete(scores[row], row), np.log(2.0))[0] for row in range(4)]
@@ -147,6 +147,8 @@ def test_mixed_corrected_logq_counts_two_estimates():
 
 @legacy_only
 def test_adaptive_retrieval_trains_with_the_corrected_logq():
+    import tensorflow_recommenders as tfrs
+
     from tf_adaptive_softmax.tfrs import AdaptiveRetrieval
 
     query, candidates, ids, probability = _in_batch()
@@ -161,6 +163,6 @@ def test_adaptive_retrieval_trains_with_the_corrected_logq():
     evaluated = task(query, candidates, candidate_ids=ids, candidate_sampling_probability=probability)
     np.testing.assert_allclose(evaluated.numpy(), standard.numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="num_hard_negatives"):
-        AdaptiveRetrieval(None, logq_correction="corrected", num_hard_negatives=2)
+        AdaptiveRetrieval(None, logq_correction="corrected", retrieval=tfrs.tasks.Retrieval(num_hard_negatives=2))
     with pytest.raises(ValueError, match="candidate_sampling_probability"):
         task(query, candidates, candidate_ids=ids, training=True)

@@ -171,6 +171,6 @@ def test_huge_logits_do_not_overflow(name):
     for training in (True, False):
         loss = layer((queries, labels), training=training).numpy()
         assert np.all(np.isfinite(loss)) and np.all(loss >= 0)
-    logits = estimator.full_logits(queries, layer.class_embeddings, layer.class_bias).numpy()
+    logits = estimator._full_logits(queries, layer.class_embeddings, layer.class_bias).numpy()
     expected = np.logaddexp.reduce(logits, axis=1) - logits[np.arange(3), labels.numpy()]
     np.testing.assert_allclose(layer((queries, labels), training=False).numpy(), expected, rtol=1e-5)

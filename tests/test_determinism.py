@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from test_samplers import FACTORIES, _queries
 
-from tf_adaptive_softmax import datasets, experiments
+from tf_adaptive_softmax import _experiments as experiments
+from tf_adaptive_softmax import datasets
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))

@@ -53,7 +53,8 @@ EQUIVALENCE_SCRIPT = textwrap.dedent("""
     import json, numpy as np, tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tf_adaptive_softmax import datasets, experiments
+    from tf_adaptive_softmax import _experiments as experiments
+    from tf_adaptive_softmax import datasets
     N = 300
     teacher = datasets.make_teacher(N, 16, seed=0)
     train, test = datasets.train_test_split(teacher, 6_016, 1_000)

@@ -47,7 +47,7 @@ def test_parity_with_tf_sampled_softmax_loss(num_true):
         w,
         b,
         true_log_q=np.log(q[labels]),
-        correct_positive=True,
+        logq_correction="standard",
         remove_accidental_hits=True,
     )
     # TF adds -FLT_MAX at hits, which costs it ~1e-5 relative precision; ours is exact (see below).
@@ -66,7 +66,7 @@ def test_eq3_keeps_positive_uncorrected():
     log_q = np.full((2, 3), math.log(0.01), np.float32)
     logits = h @ w.T + b
     loss = estimator.sampled_softmax_loss(
-        h, labels, sampled, log_q, w, b, correct_positive=False, remove_accidental_hits=False
+        h, labels, sampled, log_q, w, b, logq_correction="negatives_only", remove_accidental_hits=False
     )
     for row in range(2):
         pos = logits[row, labels[row, 0]]
@@ -94,7 +94,7 @@ def test_default_corrects_the_positive_by_its_log_expected_count():
 def test_accidental_hit_mask_matches_any_positive():
     true_ids = tf.constant([[1, 2], [3, 4]])
     sampled = tf.constant([[2, 5, 1], [4, 4, 0]])
-    mask = estimator.accidental_hit_mask(true_ids, sampled).numpy()
+    mask = estimator._accidental_hit_mask(true_ids, sampled).numpy()
     np.testing.assert_array_equal(mask, [[True, False, True], [True, True, False]])
 
 
@@ -102,7 +102,7 @@ def test_masked_hits_do_not_change_loss_when_removed():
     h, labels, w, b = _problem(batch=1)
     y = int(labels[0, 0])
     log_q = np.full((1, 3), math.log(0.05), np.float32)
-    with_hit = estimator.sampled_softmax_loss(h, labels, [[y, 7, 9]], log_q, w, b, correct_positive=False)
+    with_hit = estimator.sampled_softmax_loss(h, labels, [[y, 7, 9]], log_q, w, b, logq_correction="negatives_only")
     logits = h @ w.T + b
     negatives = logits[0, [7, 9]] - math.log(3 * 0.05)
     manual = -logits[0, y] + np.logaddexp.reduce(np.concatenate([[logits[0, y]], negatives]))
@@ -141,7 +141,7 @@ def _logit_gradient_error(logits, y, draw, log_q_of, num_samples, repeats, seed)
             sampled,
             log_q_of(sampled),
             np.eye(n, dtype=np.float32),
-            correct_positive=False,  # Blanc & Rendle's theorem is about eq. 3
+            logq_correction="negatives_only",  # Blanc & Rendle's theorem is about eq. 3
         )
         total = tf.reduce_sum(loss)
     mean_grad = tape.gradient(total, query).numpy().mean(axis=0)
@@ -181,10 +181,10 @@ def test_gradient_bias_shrinks_with_more_samples_for_full_softmax_sampler():
     assert errors[2] < 0.05
 
 
-def test_correct_positive_requires_true_log_q():
+def test_standard_correction_requires_true_log_q():
     h, labels, w, b = _problem(batch=1)
     with pytest.raises(ValueError, match="true_log_q"):
-        estimator.sampled_softmax_loss(h, labels, [[1, 2]], [[-1.0, -1.0]], w, b, correct_positive=True)
+        estimator.sampled_softmax_loss(h, labels, [[1, 2]], [[-1.0, -1.0]], w, b, logq_correction="standard")
 
 
 def test_float_labels_are_rejected():

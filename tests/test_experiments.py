@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_adaptive_softmax import experiments
+from tf_adaptive_softmax import _experiments as experiments
 
 NUM_CLASSES, DIM, BATCH = 50, 6, 8
 
@@ -52,7 +52,7 @@ def test_sequence_queries_give_a_loss_per_position():
     assert loss.shape == (2, 4) and np.isfinite(loss.numpy()).all()
 
 
-@pytest.mark.parametrize("argument", ["sampler", "shared_negatives", "correct_positive"])
+@pytest.mark.parametrize("argument", ["sampler", "shared_negatives", "logq_correction", "correct_positive"])
 def test_arguments_tf_fixes_are_refused_by_name(argument):
     with pytest.raises(ValueError, match=argument):
         experiments.TFSampledSoftmax(NUM_CLASSES, 5, **{argument: None})

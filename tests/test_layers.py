@@ -38,8 +38,8 @@ def test_no_sampler_trains_full_softmax():
     np.testing.assert_allclose(layer((x, y), training=True).numpy(), layer((x, y)).numpy(), rtol=1e-6)
 
 
-def test_correct_positive_and_num_true_and_weights():
-    layer = _layer(correct_positive=True)
+def test_standard_correction_and_num_true_and_weights():
+    layer = _layer(logq_correction="standard")
     x, _ = _data(4)
     labels = np.array([[1, 2], [3, 4], [5, 6], [7, 8]])
     loss = layer((x, labels, np.array([1.0, 0.0, 2.0, 1.0])), training=True).numpy()
@@ -141,11 +141,11 @@ def test_tied_embedding_shape_is_checked():
 
 
 def test_config_round_trip():
-    layer = _layer(samplers.Unigram(np.arange(N) + 1.0, power=0.5), correct_positive=True)
+    layer = _layer(samplers.Unigram(np.arange(N) + 1.0, power=0.5), logq_correction="negatives_only")
     config = layer.get_config()
     clone = AdaptiveSampledSoftmaxLoss.from_config(config)
     assert isinstance(clone.sampler, samplers.Unigram) and clone.sampler.power == 0.5
-    assert clone.num_samples == 10 and clone.correct_positive and clone.num_classes == N
+    assert clone.num_samples == 10 and clone.logq_correction == "negatives_only" and clone.num_classes == N
 
 
 def test_keras_file_round_trip_keeps_weights_and_sampler_state(tmp_path):

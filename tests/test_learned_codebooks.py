@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, datasets, estimator, quantization, retrieval, samplers
+from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, datasets, estimator, retrieval, samplers
+from tf_adaptive_softmax import _quantization as quantization
 from tf_adaptive_softmax._keras import K, deserialize, serialize
 
 N, D, CODEWORDS = 97, 6, 4
@@ -20,8 +21,9 @@ def _embeddings(n=N, d=D, seed=0):
     return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
 
 
-def _learned(quantizer="rvq", **kwargs):
-    sampler = samplers.MIDX(N, num_codewords=CODEWORDS, quantizer=quantizer, learn_codebooks=True, seed=1, **kwargs)
+def _learned(quantizer="rvq", **weights):
+    learned = samplers.LearnedCodebooks(**weights)
+    sampler = samplers.MIDX(N, num_codewords=CODEWORDS, quantizer=quantizer, learn_codebooks=learned, seed=1)
     sampler.refresh(_embeddings())
     return sampler
 
@@ -50,12 +52,12 @@ def test_only_the_codebooks_are_trainable(quantizer):
 
 @pytest.mark.parametrize("quantizer", ["pq", "rvq"])
 def test_auxiliary_loss_matches_an_independent_formula(quantizer):
-    sampler = _learned(quantizer, codebook_loss_weight=0.7, reconstruction_weight=0.3)
+    sampler = _learned(quantizer, loss_weight=0.7, reconstruction_weight=0.3)
     rng = np.random.default_rng(2)
     queries = rng.standard_normal((3, D)).astype(np.float32)
     ids = rng.integers(0, N, (3, 5)).astype(np.int32)
     target = rng.standard_normal((3, 5)).astype(np.float32)
-    target[1, 2] = estimator.MASKED_LOGIT  # a masked candidate counts for nothing
+    target[1, 2] = estimator._MASKED_LOGIT  # a masked candidate counts for nothing
     positives = _embeddings()[ids[:, :1]] + 0.1
     got = sampler.auxiliary_loss(queries, ids, target, positives).numpy()
     log_q, q_hat = _numpy_log_q(sampler, queries)
@@ -138,19 +140,22 @@ def test_later_refreshes_only_reassign_codes_to_the_learned_codebooks():
 
 
 def test_config_round_trip_and_bad_arguments():
-    sampler = samplers.MIDX(N, num_codewords=CODEWORDS, learn_codebooks=True, codebook_loss_weight=0.5, seed=1)
+    learned = samplers.LearnedCodebooks(loss_weight=0.5)
+    sampler = samplers.MIDX(N, num_codewords=CODEWORDS, learn_codebooks=learned, seed=1)
     config = sampler.get_config()
-    assert config["learn_codebooks"] and config["codebook_loss_weight"] == 0.5
-    assert config["reconstruction_weight"] == pytest.approx(0.1)
+    assert config["learn_codebooks"] == {"loss_weight": 0.5, "reconstruction_weight": pytest.approx(0.1)}
     restored = deserialize(serialize(sampler))
     restored.build_state(D)
     assert restored.learn_codebooks and [v.name.split(":")[0].split("/")[-1] for v in restored.trainable_weights] == [
         "codebook1",
         "codebook2",
     ]
-    for name in ("codebook_loss_weight", "reconstruction_weight"):
-        with pytest.raises(ValueError, match=name):
-            samplers.MIDX(N, num_codewords=CODEWORDS, learn_codebooks=True, **{name: -1.0})
+    assert restored.learned == learned
+    for name in ("loss_weight", "reconstruction_weight"):
+        with pytest.raises(ValueError, match=f"learn_codebooks.{name}"):
+            samplers.LearnedCodebooks(**{name: -1.0})
+    with pytest.raises(TypeError, match="learn_codebooks"):
+        samplers.MIDX(N, num_codewords=CODEWORDS, learn_codebooks="yes")
     sampler = _learned()
     with pytest.raises(ValueError, match="target_logits"):
         sampler.auxiliary_loss(tf.zeros([2, D]), tf.zeros([2, 3], tf.int32), tf.zeros([2, 4]))
@@ -163,20 +168,20 @@ def test_mixed_negatives_loss_trains_the_codebooks_with_the_positive_counted_onc
     items = tf.constant(_embeddings())
     query = tf.random.normal([4, D])
     ids = tf.constant([5, 6, 7, 8])
-    scores, _, column_ids = retrieval.mixed_negatives_scores_with_ids(
+    scores, _, column_ids = retrieval._mixed_negatives_scores_with_ids(
         query, tf.gather(items, ids), ids, sampler=sampler, num_samples=6, embed_ids=lambda i: tf.gather(items, i)
     )
     assert column_ids.shape == (4, 10)
     np.testing.assert_array_equal(column_ids[:, :4].numpy(), np.tile([5, 6, 7, 8], (4, 1)))
     # sampler_loss = KL over [positive, the other columns]: compare with the direct call.
     diagonal = np.eye(4, 10, dtype=bool)
-    others = np.where(diagonal, estimator.MASKED_LOGIT, scores.numpy())
+    others = np.where(diagonal, estimator._MASKED_LOGIT, scores.numpy())
     want = sampler.auxiliary_loss(
         query,
         np.concatenate([np.array([[5], [6], [7], [8]]), column_ids.numpy()], 1),
         np.concatenate([scores.numpy()[diagonal][:, None], others], 1),
     )
-    got = retrieval.sampler_loss(sampler, query, scores, column_ids)
+    got = retrieval._sampler_loss(sampler, query, scores, column_ids)
     np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6)
     with tf.GradientTape() as tape:
         loss = retrieval.mixed_negatives_loss(
@@ -190,7 +195,7 @@ def _exact_kl(sampler, queries, weights, bias):
     logits = queries @ weights.T + bias
     log_p = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
     ids = np.tile(np.arange(weights.shape[0], dtype=np.int32), (len(queries), 1))
-    log_q = np.maximum(sampler.log_prob(queries, ids).numpy(), estimator.MIN_LOG_Q)
+    log_q = np.maximum(sampler.log_prob(queries, ids).numpy(), estimator._MIN_LOG_Q)
     return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
 
 

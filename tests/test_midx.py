@@ -3,12 +3,14 @@ import pytest
 import tensorflow as tf
 from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue, forbidden_in, tensorflow_executed_operations
 
-from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, quantization, samplers
+from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, CodebookRefresh, SampledSoftmaxLoss, samplers
+from tf_adaptive_softmax import _quantization as quantization
 from tf_adaptive_softmax._keras import K
 from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax._ops.discrete import _count_by_blocks, search_buckets, segmented_cumsum
 from tf_adaptive_softmax._ops.xla import in_xla_context
-from tf_adaptive_softmax.samplers.midx import _block_masses, _cumulative_within_buckets, default_num_codewords
+from tf_adaptive_softmax.samplers.midx._draw import block_masses as _block_masses
+from tf_adaptive_softmax.samplers.midx.options import _default_num_codewords
 
 N, D = 203, 6  # N prime: a multiple of nothing
 
@@ -337,21 +339,20 @@ def test_refresh_reaches_an_xla_compiled_function_without_retracing():
     ],
 )
 def test_default_num_codewords_values(num_classes, expected):
-    assert default_num_codewords(num_classes) == expected
-    assert default_num_codewords(num_classes, embedding_dim=128) == expected  # d does not change it
+    assert _default_num_codewords(num_classes) == expected
 
 
 def test_default_num_codewords_closed_form():
     # K = min(N, clip(2^⌊(⌊log2 N⌋ − 1) / 2⌋, 16, 64)): the power of two nearest √N / 2 (log scale).
     previous = 0
     for n in list(range(1, 70_000, 7)) + [2**e + o for e in range(1, 31) for o in (-1, 0, 1)]:
-        k = default_num_codewords(n)
+        k = _default_num_codewords(n)
         assert isinstance(k, int) and 1 <= k <= n
         assert k == min(n, max(16, min(64, 2 ** ((int(np.floor(np.log2(n))) - 1) // 2 if n > 1 else 1))))
         if 16 < k < 64:
             assert 2**-0.5 - 1e-9 <= np.sqrt(n) / 2 / k < 2**0.5 + 1e-9
     for n in range(1, 20_000):
-        k = default_num_codewords(n)
+        k = _default_num_codewords(n)
         assert k >= previous  # never shrinks as the catalogue grows
         previous = k
 
@@ -366,8 +367,6 @@ def test_default_num_codewords_in_the_sampler_and_explicit_k_wins():
         samplers.MIDX(100, num_codewords=101)  # an explicit K above N still raises
     with pytest.raises(ValueError, match="num_codewords"):
         samplers.MIDX(100, num_codewords=0)
-    with pytest.raises(ValueError, match="embedding_dim"):
-        default_num_codewords(100, embedding_dim=0)
     sampler.build_state(D)
     assert type(sampler.num_codewords) is int and sampler.codebooks[0].shape == (64, D)
     assert sampler.bucket_sizes.shape == (64, 64)
@@ -442,8 +441,8 @@ def test_refresh_reads_a_table_variable_a_block_of_rows_at_a_time(monkeypatch, q
     n = 600
     embeddings = _embeddings(n, seed=4)
     table = tf.Variable(embeddings)
-    from_variable = _midx(quantizer, "unigram", n=n, kmeans_sample_size=40)
-    from_tensor = _midx(quantizer, "unigram", n=n, kmeans_sample_size=40)
+    from_variable = _midx(quantizer, "unigram", n=n, kmeans=samplers.KMeansOptions(sample_size=40))
+    from_tensor = _midx(quantizer, "unigram", n=n, kmeans=samplers.KMeansOptions(sample_size=40))
     refresh = from_variable.compiled_refresh(lambda: (table, None))
     for _ in range(2):  # first and warm-started
         assert bool(refresh("raise"))
@@ -475,7 +474,7 @@ def test_refresh_on_a_kmeans_sample_keeps_exact_codes_and_the_law(monkeypatch, q
     monkeypatch.setattr(quantization, "_CHUNK_ELEMENTS", 4 * 50)
     n = 600
     embeddings = _embeddings(n, seed=3)
-    sampler = _midx(quantizer, residual, n=n, kmeans_sample_size=40)
+    sampler = _midx(quantizer, residual, n=n, kmeans=samplers.KMeansOptions(sample_size=40))
     sampler.refresh(embeddings)
     sampler.refresh(embeddings)  # and warm-started
     c1, c2 = (c.numpy().astype(np.float64) for c in sampler.codebooks)
@@ -501,14 +500,37 @@ def test_refresh_on_a_kmeans_sample_keeps_exact_codes_and_the_law(monkeypatch, q
 
 
 def test_kmeans_sample_size_is_checked_and_kept_in_the_config():
-    sampler = samplers.MIDX(1_000, num_codewords=8, kmeans_sample_size=100, seed=0)
-    assert sampler.get_config()["kmeans_sample_size"] == 100
-    assert samplers.MIDX.from_config(sampler.get_config()).kmeans_sample_size == 100
-    assert samplers.MIDX(1_000, num_codewords=8).get_config()["kmeans_sample_size"] is None
-    with pytest.raises(ValueError, match="kmeans_sample_size"):
-        samplers.MIDX(1_000, num_codewords=8, kmeans_sample_size=7)
-    with pytest.raises(ValueError, match="kmeans_sample_size"):
-        samplers.MIDX(1_000, num_codewords=8, kmeans_sample_size=0)
+    sampler = samplers.MIDX(1_000, num_codewords=8, kmeans=samplers.KMeansOptions(sample_size=100), seed=0)
+    assert sampler.get_config()["kmeans"] == {"iterations": 10, "sample_size": 100}
+    assert samplers.MIDX.from_config(sampler.get_config()).kmeans.sample_size == 100
+    assert samplers.MIDX(1_000, num_codewords=8).get_config()["kmeans"]["sample_size"] is None
+    with pytest.raises(ValueError, match=r"kmeans\.sample_size"):
+        samplers.MIDX(1_000, num_codewords=8, kmeans=samplers.KMeansOptions(sample_size=7))
+    with pytest.raises(ValueError, match=r"kmeans\.sample_size"):
+        samplers.KMeansOptions(sample_size=0)
+    with pytest.raises(TypeError, match="kmeans"):
+        samplers.MIDX(1_000, num_codewords=8, kmeans={"iterations": 3})
+
+
+def test_configs_and_arguments_of_the_flat_options_still_load():
+    # Configs saved before the options were grouped load with the same options; the flat keywords
+    # still work for one release, with a DeprecationWarning.
+    old = {
+        "name": "midx", "num_classes": 1_000, "seed": 3, "num_codewords": 8, "quantizer": "pq",
+        "residual": "uniform", "power": 1.0, "include_bias": True, "kmeans_iterations": 4,
+        "kmeans_sample_size": 200, "learn_codebooks": True, "codebook_loss_weight": 0.5,
+        "reconstruction_weight": 0.2, "counts": None,
+    }  # fmt: skip
+    restored = samplers.MIDX.from_config(old)
+    assert restored.kmeans == samplers.KMeansOptions(iterations=4, sample_size=200)
+    assert restored.learned == samplers.LearnedCodebooks(loss_weight=0.5, reconstruction_weight=0.2)
+    assert restored.quantizer == "pq" and restored.include_bias and restored.num_codewords == 8
+    assert samplers.MIDX.from_config({**old, "learn_codebooks": False}).learned is None
+    with pytest.warns(DeprecationWarning, match="kmeans=KMeansOptions"):
+        flat = samplers.MIDX(
+            1_000, num_codewords=8, kmeans_iterations=3, learn_codebooks=True, codebook_loss_weight=2.0
+        )
+    assert flat.kmeans.iterations == 3 and flat.learned.loss_weight == 2.0
 
 
 def test_cumulative_weights_restart_in_every_bucket():
@@ -518,6 +540,5 @@ def test_cumulative_weights_restart_in_every_bucket():
     buckets = np.sort(buckets)
     weights = rng.random(1000).astype(np.float32)
     expected = np.concatenate([np.cumsum(weights[buckets == b], dtype=np.float64) for b in np.unique(buckets)])
-    got = _cumulative_within_buckets(tf.constant(weights), tf.constant(buckets))
+    got = segmented_cumsum(tf.constant(weights), tf.constant(buckets))
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
-    np.testing.assert_array_equal(got.numpy(), segmented_cumsum(weights, buckets).numpy())  # the same sums

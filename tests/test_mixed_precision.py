@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, datasets, experiments
+from tf_adaptive_softmax import AdaptiveSampledSoftmaxLoss, datasets
+from tf_adaptive_softmax import _experiments as experiments
 from tf_adaptive_softmax._keras import K
 
 

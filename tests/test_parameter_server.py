@@ -49,7 +49,7 @@ LAYER_SCRIPT = CLUSTER + textwrap.dedent("""
 
     def build(seed=0, **layer_options):
         # k-means trains on 64 sampled rows, as it would on 1024·K of 10^8 (all rows when N is small).
-        sampler = tfas.samplers.MIDX(N, num_codewords=4, kmeans_sample_size=64, seed=seed)
+        sampler = tfas.samplers.MIDX(N, num_codewords=4, kmeans=tfas.samplers.KMeansOptions(sample_size=64), seed=seed)
         output = tfas.AdaptiveSampledSoftmaxLoss(N, sampler, num_samples=8, **layer_options)
         features = K.Input((D,))
         query = K.layers.Dense(D, kernel_initializer=K.initializers.GlorotUniform(seed))(features)
@@ -83,7 +83,7 @@ LAYER_SCRIPT = CLUSTER + textwrap.dedent("""
     def table_sized(function):
         graph = function.get_concrete_function("raise").graph
         return [op.name for op in graph.get_operations() for t in op.outputs if t.shape.rank == 2 and t.shape[0] == N]
-    twin = tfas.samplers.MIDX(N, num_codewords=4, kmeans_sample_size=64, seed=0)
+    twin = tfas.samplers.MIDX(N, num_codewords=4, kmeans=tfas.samplers.KMeansOptions(sample_size=64), seed=0)
     twin.build_state(D)
     twin.set_weights(sampler.get_weights())
     assert output.refresh_sampler()
@@ -122,8 +122,9 @@ LAYER_SCRIPT = CLUSTER + textwrap.dedent("""
     assert bool(scheduled_sampler.initialized.numpy()) and scheduled_sampler.bucket_sizes.numpy().sum() == N
 
     # With the same weights and draws, the sharded loss and gradients equal one process's.
+    kmeans = tfas.samplers.KMeansOptions(sample_size=64)
     single = tfas.AdaptiveSampledSoftmaxLoss(
-        N, tfas.samplers.MIDX(N, num_codewords=4, kmeans_sample_size=64, seed=0), num_samples=8
+        N, tfas.samplers.MIDX(N, num_codewords=4, kmeans=kmeans, seed=0), num_samples=8
     )
     single.build_for_dim(D)
     single.class_embeddings.assign(tf.convert_to_tensor(output.class_embeddings))

@@ -50,9 +50,9 @@ def test_sampler_frequencies_match_log_prob(name, num_classes, dim, seed, scale)
     batch=st.integers(1, 5),
     dim=st.integers(1, 6),
     seed=st.integers(0, 10**6),
-    correct_positive=st.booleans(),
+    logq_correction=st.sampled_from(["standard", "negatives_only"]),
 )
-def test_drawing_every_class_once_recovers_the_full_softmax(num_classes, batch, dim, seed, correct_positive):
+def test_drawing_every_class_once_recovers_the_full_softmax(num_classes, batch, dim, seed, logq_correction):
     # m = N draws, one of each class, with q = 1/N: every correction log(m·q) is 0 and the
     # positive's own draw is masked, so the sampled loss is exactly the full softmax loss.
     rng = np.random.default_rng(seed)
@@ -70,7 +70,7 @@ def test_drawing_every_class_once_recovers_the_full_softmax(num_classes, batch, 
         weights,
         bias,
         true_log_q=tf.fill([batch, 1], -math.log(num_classes)),
-        correct_positive=correct_positive,
+        logq_correction=logq_correction,
     )
     full = estimator.full_softmax_loss(query, labels, weights, bias)
     np.testing.assert_allclose(sampled.numpy(), full.numpy(), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from conftest import forbidden_in
 
-from tf_adaptive_softmax import quantization
+from tf_adaptive_softmax import _quantization as quantization
 
 SEED = tf.constant([3, 4])
 

@@ -15,25 +15,13 @@ DOCUMENTS = ["README.md", "docs/scaling.md"]
 BLOCKS = [
     block for document in DOCUMENTS for block in re.findall(r"```python\n(.*?)```", (ROOT / document).read_text(), re.S)
 ]
-MODULES = [
-    "tf_adaptive_softmax.estimator",
-    "tf_adaptive_softmax.layers",
-    "tf_adaptive_softmax.losses",
-    "tf_adaptive_softmax.callbacks",
-    "tf_adaptive_softmax.datasets",
-    "tf_adaptive_softmax.diagnostics",
-    "tf_adaptive_softmax.retrieval",
-    "tf_adaptive_softmax.quantization",
-    "tf_adaptive_softmax.samplers.midx",
-    "tf_adaptive_softmax.samplers.quadratic_kernel",
-    "tf_adaptive_softmax.samplers.uniform",
-    "tf_adaptive_softmax.samplers.log_uniform",
-    "tf_adaptive_softmax.samplers.unigram",
-    "tf_adaptive_softmax.samplers.softmax",
-    "tf_adaptive_softmax.refresh",
-    "tf_adaptive_softmax._ops.tables",
-    "tf_adaptive_softmax.experiments",
-]
+# Every module of the package whose docstrings hold examples (the TFRS task's needs tf_keras).
+PACKAGE = ROOT / "tf_adaptive_softmax"
+MODULES = sorted(
+    ".".join(("tf_adaptive_softmax", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+    for path in PACKAGE.rglob("*.py")
+    if ">>> " in path.read_text() and path.name not in ("demo.py", "tfrs.py")
+)
 
 
 @pytest.mark.slow

@@ -26,9 +26,7 @@ def _batch(seed=0):
 
 def test_in_batch_only_matches_a_hand_computation():
     q, c, ids, p = _batch()
-    loss = retrieval.mixed_negatives_loss(
-        q, c, ids, candidate_sampling_probability=p, remove_accidental_hits=True, temperature=0.5
-    ).numpy()
+    loss = retrieval.mixed_negatives_loss(q, c, ids, candidate_sampling_probability=p, temperature=0.5).numpy()
     scores = q @ c.T / 0.5 - np.log(np.clip(p, 1e-6, 1.0))
     for row in range(B):
         for col in range(C):
@@ -99,16 +97,16 @@ def _log_softmax(logits):
 
 
 @pytest.mark.parametrize("function", [retrieval.mixed_negatives_scores, retrieval.mixed_negatives_loss])
-def test_correct_positive_is_the_keyword_only_default(function):
-    parameter = inspect.signature(function).parameters["correct_positive"]
-    assert parameter.default is True and parameter.kind is inspect.Parameter.KEYWORD_ONLY
+def test_logq_correction_is_the_keyword_only_default(function):
+    parameter = inspect.signature(function).parameters["logq_correction"]
+    assert parameter.default == "standard" and parameter.kind is inspect.Parameter.KEYWORD_ONLY
 
 
-@pytest.mark.parametrize("correct_positive", [True, False])
+@pytest.mark.parametrize("logq_correction", ["standard", "negatives_only"])
 @pytest.mark.parametrize("shared", [False, True])
-def test_mixed_scores_by_hand(shared, correct_positive):
+def test_mixed_scores_by_hand(shared, logq_correction):
     # In-batch: q·c / τ - log p (TFRS), the diagonal (the positive) corrected the same way by default
-    # and left at q·c_i / τ with correct_positive=False; catalogue columns: <h, e(s)> / τ - log(m·q(s | h)),
+    # and left at q·c_i / τ with "negatives_only"; catalogue columns: <h, e(s)> / τ - log(m·q(s | h)),
     # with q the snapshot softmax (per query) or its batch mixture (shared), all in NumPy. The
     # catalogue proposal never corrects the positive (it is not one of its draws).
     q, c, ids, p = _batch()
@@ -125,16 +123,19 @@ def test_mixed_scores_by_hand(shared, correct_positive):
         candidate_sampling_probability=p,
         temperature=tau,
         shared_negatives=shared,
-        correct_positive=correct_positive,
+        logq_correction=logq_correction,
     )
-    log_q = _log_softmax(q.astype(np.float64) @ table.T)  # [B, N]
+    # The proposal sees h / τ: the snapshot softmax on the model's own scale.
+    log_q = _log_softmax(q.astype(np.float64) / tau @ table.T)  # [B, N]
     if shared:
         log_q = np.broadcast_to(np.logaddexp.reduce(log_q, axis=0) - np.log(B), log_q.shape)
-    drawn = twin.sample_shared(q, m)[0].numpy()[None].repeat(B, 0) if shared else twin.sample(q, m)[0].numpy()
+    drawn = (
+        twin.sample_shared(q / tau, m)[0].numpy()[None].repeat(B, 0) if shared else twin.sample(q / tau, m)[0].numpy()
+    )
     # With catalogue columns the in-batch ones subtract their log expected count, log(C·p).
     expected = q @ c.T / tau - np.log(C * np.clip(p, 1e-6, 1.0))
     rows = np.arange(B)
-    if not correct_positive:
+    if logq_correction == "negatives_only":
         expected[rows, rows] = (q @ c.T / tau)[rows, rows]
     sampled = np.einsum("bd,bmd->bm", q, table[drawn]) / tau - np.log(m) - np.take_along_axis(log_q, drawn, 1)
     sampled[drawn == ids[:B, None]] = -1e30
@@ -159,19 +160,19 @@ def test_default_in_batch_columns_are_tfrs_up_to_log_c(shared):
         **options,
     )
     # TFRS's in-batch scores, shifted by the constant log C (log expected counts C·p; masked stay masked).
-    tfrs_scores = retrieval.in_batch_scores(q, c, ids, p, **options).numpy()
+    tfrs_scores = retrieval._in_batch_scores(q, c, ids, p, **options).numpy()
     shifted = np.where(tfrs_scores < -1e30, tfrs_scores, tfrs_scores - np.log(C))
     np.testing.assert_allclose(scores.numpy()[:, :C], shifted, rtol=1e-6)
-    catalogue = retrieval.catalogue_scores(
-        q, ids, _softmax_sampler(table), 5, lambda i: tf.gather(table, i), temperature=0.5, shared_negatives=shared
+    catalogue, _ = retrieval._catalogue_draws(
+        q, ids, _softmax_sampler(table), 5, lambda i: tf.gather(table, i), 0.5, shared
     )
     assert catalogue.shape == (B, 5)
     np.testing.assert_allclose(scores.numpy()[:, C:], catalogue.numpy(), rtol=1e-6)
 
 
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("correct_positive", [True, False])
-def test_xla_compiles_mixed_negatives(shared, correct_positive):
+@pytest.mark.parametrize("logq_correction", ["standard", "negatives_only"])
+def test_xla_compiles_mixed_negatives(shared, logq_correction):
     q, c, ids, _ = _batch()
     table = tf.constant(np.random.default_rng(1).standard_normal((N, D)).astype(np.float32))
     sampler = samplers.MIDX(N, num_codewords=4, seed=0)
@@ -186,7 +187,7 @@ def test_xla_compiles_mixed_negatives(shared, correct_positive):
             num_samples=6,
             embed_ids=lambda i: tf.gather(table, i),
             shared_negatives=shared,
-            correct_positive=correct_positive,
+            logq_correction=logq_correction,
         )
 
     compiled = tf.function(loss, jit_compile=True)(q, c[:B]).numpy()
@@ -205,3 +206,66 @@ def test_keras3_compute_loss_example_runs():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Recall@10" in result.stdout
+
+
+def _clustered_table(num_items=400, dim=8, seed=0):
+    """Unit-norm item vectors in 20 tight clusters: a softmax with structure a MIDX proposal can follow."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim))
+    table = centres[rng.integers(0, 20, num_items)] + 0.2 * rng.standard_normal((num_items, dim))
+    return (table / np.linalg.norm(table, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_tempered_proposal_is_closer_to_the_tempered_softmax():
+    # With scores <h, e> / τ the model's softmax is p_τ ∝ exp(<h, e> / τ). A MIDX proposal given h / τ
+    # (what the retrieval functions now pass) is closer to it in KL(p_τ ‖ q) than one given h.
+    table = _clustered_table()
+    sampler = samplers.MIDX(len(table), num_codewords=8, seed=0)
+    sampler.refresh(table)
+    rng = np.random.default_rng(1)
+    h = rng.standard_normal((16, table.shape[1])).astype(np.float32)
+    h /= np.linalg.norm(h, axis=1, keepdims=True)
+    tau = 0.1
+    all_ids = np.tile(np.arange(len(table)), (len(h), 1))
+    log_p = _log_softmax(h.astype(np.float64) @ table.T / tau)
+
+    def kl(queries):
+        log_q = sampler.log_prob(queries, all_ids).numpy().astype(np.float64)
+        return float(np.mean(np.sum(np.exp(log_p) * (log_p - log_q), axis=1)))
+
+    tempered, raw = kl(retrieval._proposal_queries(h, tau)), kl(h)
+    assert tempered < 0.5 * raw, (tempered, raw)
+    np.testing.assert_allclose(retrieval._proposal_queries(h, tau).numpy(), h / tau, rtol=1e-6)
+    np.testing.assert_array_equal(retrieval._proposal_queries(h).numpy(), h)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_tempered_catalogue_draws_match_their_log_q(shared):
+    # Through the retrieval path with τ: the draws' frequencies match q(· | h / τ) (chi-square), and
+    # each catalogue column subtracts log(m · q(s | h / τ)).
+    from conftest import CHI_SQUARE_ALPHA, chi_square_pvalue
+
+    table = _clustered_table()
+    n, tau, m = len(table), 0.2, 4000
+    sampler = samplers.MIDX(n, num_codewords=8, seed=2)
+    sampler.refresh(table)
+    h = np.tile(table[:1] * 1.5, (2, 1))  # two identical queries: one proposal
+    scores, _, column_ids = retrieval._mixed_negatives_scores_with_ids(
+        h,
+        table[[5, 6]],
+        [5, 6],
+        sampler=sampler,
+        num_samples=m,
+        embed_ids=lambda i: tf.gather(table, i),
+        temperature=tau,
+        shared_negatives=shared,
+    )
+    drawn = column_ids.numpy()[0, 2:]
+    log_q = sampler.log_prob(h[:1] / tau, np.arange(n)[None]).numpy()[0].astype(np.float64)
+    if shared:  # the batch mixture of two identical queries is the same proposal
+        log_q = sampler.mixture_log_prob(h / tau, np.arange(n)).numpy().astype(np.float64)
+    assert chi_square_pvalue(np.bincount(drawn, minlength=n), np.exp(log_q), m) > CHI_SQUARE_ALPHA
+    expected = h[0] @ table[drawn].T / tau - np.log(m) - log_q[drawn]
+    got = scores.numpy()[0, 2:]
+    unmasked = (drawn != 5) & (got > -1e29)
+    np.testing.assert_allclose(got[unmasked], expected[unmasked], rtol=1e-4, atol=1e-3)

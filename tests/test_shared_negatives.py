@@ -104,7 +104,7 @@ def test_shared_ids_match_tf_sampled_softmax_loss(num_true):
         remove_accidental_hits=True,
     )
     shared = estimator.sampled_softmax_loss(
-        h, labels, sampled, np.log(q[sampled]), w, b, true_log_q=np.log(q[labels]), correct_positive=True
+        h, labels, sampled, np.log(q[sampled]), w, b, true_log_q=np.log(q[labels]), logq_correction="standard"
     )
     np.testing.assert_allclose(shared.numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
     per_query = estimator.sampled_softmax_loss(
@@ -115,7 +115,7 @@ def test_shared_ids_match_tf_sampled_softmax_loss(num_true):
         w,
         b,
         true_log_q=np.log(q[labels]),
-        correct_positive=True,
+        logq_correction="standard",
     )
     np.testing.assert_allclose(shared.numpy(), per_query.numpy(), rtol=1e-6)
 
@@ -135,8 +135,8 @@ def test_shared_gradient_touches_only_the_drawn_rows():
     assert set(gradient.indices.numpy()) == {0, 1, 2, 3, 4, 7, 8, 9}
 
 
-@pytest.mark.parametrize("correct_positive", [False, True])
-def test_layer_uses_shared_draws_from_the_batch_mixture(correct_positive):
+@pytest.mark.parametrize("logq_correction", ["negatives_only", "standard"])
+def test_layer_uses_shared_draws_from_the_batch_mixture(logq_correction):
     n, d = 50, 8
     rng = np.random.default_rng(2)
     x = rng.standard_normal((16, d)).astype(np.float32)
@@ -146,7 +146,7 @@ def test_layer_uses_shared_draws_from_the_batch_mixture(correct_positive):
         samplers.QuadraticKernel(n, leaf_size=8, seed=4),
         num_samples=6,
         shared_negatives=True,
-        correct_positive=correct_positive,
+        logq_correction=logq_correction,
     )
     layer.build_for_dim(d)
     assert layer.refresh_sampler()
@@ -154,7 +154,7 @@ def test_layer_uses_shared_draws_from_the_batch_mixture(correct_positive):
     twin.refresh(layer.class_embeddings, layer.class_bias)
     loss = layer((x, y), training=True).numpy()
     ids, log_q = twin.sample_shared(x, 6)  # the same seed stream, one step
-    true_log_q = twin.mixture_log_prob(x, y[:, None]) if correct_positive else None
+    true_log_q = twin.mixture_log_prob(x, y[:, None]) if logq_correction == "standard" else None
     expected = estimator.sampled_softmax_loss(
         x,
         y,
@@ -163,11 +163,11 @@ def test_layer_uses_shared_draws_from_the_batch_mixture(correct_positive):
         layer.class_embeddings,
         layer.class_bias,
         true_log_q=true_log_q,
-        correct_positive=correct_positive,
+        logq_correction=logq_correction,
     )
     np.testing.assert_allclose(loss, expected.numpy(), rtol=1e-6)
     clone = AdaptiveSampledSoftmaxLoss.from_config(layer.get_config())
-    assert clone.shared_negatives and clone.correct_positive == correct_positive
+    assert clone.shared_negatives and clone.logq_correction == logq_correction
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))
@@ -175,9 +175,7 @@ def test_shared_ops_compile_under_xla(name):
     sampler = FACTORIES[name]()
     if name == "softmax":
         sampler = samplers.Softmax(NUM_CLASSES)  # live: reads the layer's own weights
-    layer = AdaptiveSampledSoftmaxLoss(
-        NUM_CLASSES, sampler, num_samples=6, shared_negatives=True, correct_positive=True
-    )
+    layer = AdaptiveSampledSoftmaxLoss(NUM_CLASSES, sampler, num_samples=6, shared_negatives=True)
     layer.build_for_dim(4)
     layer.refresh_sampler()
     variables = layer.trainable_weights

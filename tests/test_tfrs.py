@@ -62,7 +62,9 @@ def test_parity_with_tfrs_retrieval_without_catalogue_negatives(options):
     q, c, ids, p = _batch()
     table = np.random.default_rng(1).standard_normal((N, D)).astype(np.float32)
     auc_ours, auc_theirs = tf.keras.metrics.AUC(), tf.keras.metrics.AUC()
-    ours = AdaptiveRetrieval(metrics=_metrics(table), batch_metrics=[auc_ours], **options)
+    ours = AdaptiveRetrieval(
+        retrieval=tfrs.tasks.Retrieval(metrics=_metrics(table), batch_metrics=[auc_ours], **options)
+    )
     theirs = tfrs.tasks.Retrieval(metrics=_metrics(table), batch_metrics=[auc_theirs], **options)
     # C > B: the extra candidates are shared negatives. Retrieval passes unsliced ids to
     # FactorizedTopK there (TFRS#642), so the factorized metrics are compared with C == B below.
@@ -83,26 +85,39 @@ def test_extra_negatives_with_ids_do_not_break_factorized_metrics():
     # tfrs.tasks.Retrieval crashes here (TFRS#642); only the B true pairs reach the metric.
     q, c, ids, _ = _batch()
     table = np.random.default_rng(1).standard_normal((N, D)).astype(np.float32)
-    task = AdaptiveRetrieval(metrics=_metrics(table))
+    task = AdaptiveRetrieval(retrieval=tfrs.tasks.Retrieval(metrics=_metrics(table)))
     assert np.isfinite(task(q, c, candidate_ids=ids).numpy())
     assert len(task.factorized_metrics[0].result()) == 2
 
 
 @pytestmark_legacy
-def test_correct_positive_is_on_by_default():
+def test_logq_correction_defaults_to_standard_and_old_arguments_still_work():
     embedding = tf.keras.layers.Embedding(N, D)
-    assert AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding).correct_positive is True
-    assert AdaptiveRetrieval().correct_positive is True
-    assert (
-        AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding, correct_positive=False).correct_positive
-        is False
-    )
+    assert AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding).logq_correction == "standard"
+    assert AdaptiveRetrieval().logq_correction == "standard"
+    with pytest.warns(DeprecationWarning, match="correct_positive"):
+        old = AdaptiveRetrieval(samplers.Uniform(N), candidate_embeddings=embedding, correct_positive=False)
+    assert old.logq_correction == "negatives_only"
+    # Retrieval's own arguments, once taken directly: deprecated, still honoured.
+    with pytest.warns(DeprecationWarning, match="retrieval=tfrs.tasks.Retrieval"):
+        old = AdaptiveRetrieval(temperature=0.5, remove_accidental_hits=True)
+    assert old.retrieval._temperature == 0.5 and old.retrieval._remove_accidental_hits
+    q, c, ids, p = _batch()
+    new = AdaptiveRetrieval(retrieval=tfrs.tasks.Retrieval(temperature=0.5, remove_accidental_hits=True))
+    kwargs = dict(candidate_sampling_probability=p, candidate_ids=ids)
+    assert float(old(q, c, **kwargs)) == pytest.approx(float(new(q, c, **kwargs)), rel=1e-6)
+    with pytest.raises(ValueError, match="retrieval"):
+        AdaptiveRetrieval(retrieval=tfrs.tasks.Retrieval(), temperature=0.5)
+    with pytest.raises(TypeError, match="retrieval"):
+        AdaptiveRetrieval(retrieval="Retrieval")
+    with pytest.raises(TypeError, match="unexpected"):
+        AdaptiveRetrieval(temprature=0.5)
 
 
 @pytestmark_legacy
-@pytest.mark.parametrize("correct_positive", [True, False])
+@pytest.mark.parametrize("logq_correction", ["standard", "negatives_only"])
 @pytest.mark.parametrize("temperature", [None, 0.7])
-def test_mixed_negatives_match_a_hand_computation(temperature, correct_positive):
+def test_mixed_negatives_match_a_hand_computation(temperature, logq_correction):
     q, c, ids, p = _batch()
     table = np.random.default_rng(2).standard_normal((N, D)).astype(np.float32)
     embedding = tf.keras.layers.Embedding(N, D, embeddings_initializer=tf.keras.initializers.Constant(table))
@@ -111,8 +126,8 @@ def test_mixed_negatives_match_a_hand_computation(temperature, correct_positive)
         samplers.Uniform(N, seed=5),
         num_samples=7,
         candidate_embeddings=embedding,
-        temperature=temperature,
-        correct_positive=correct_positive,
+        retrieval=tfrs.tasks.Retrieval(temperature=temperature),
+        logq_correction=logq_correction,
     )
     twin = samplers.Uniform(N, seed=5)  # same stream: reproduces the task's draws
     loss = task(q, c, candidate_sampling_probability=p, candidate_ids=ids, training=True).numpy()
@@ -120,7 +135,7 @@ def test_mixed_negatives_match_a_hand_computation(temperature, correct_positive)
     drawn = drawn.numpy()
     tau = temperature or 1.0
     in_batch = q @ c.T / tau - np.log(C * p)  # log expected counts C·p, beside the catalogue's m·q
-    if not correct_positive:  # eq. 3: the positive keeps its raw score
+    if logq_correction == "negatives_only":  # eq. 3: the positive keeps its raw score
         in_batch[np.arange(B), np.arange(B)] += np.log(C * p[:B])
     sampled = np.einsum("bd,bmd->bm", q, table[drawn]) / tau - np.log(7 / N)  # -log(m·q), q = 1/N
     sampled[drawn == ids[:B, None]] = -1e30
@@ -143,7 +158,11 @@ def test_shared_catalogue_negatives_match_tfrs_extra_candidates():
     for each in (sampler, twin):
         each.refresh(table)
     task = AdaptiveRetrieval(
-        sampler, num_samples=7, candidate_embeddings=embedding, shared_negatives=True, remove_accidental_hits=True
+        sampler,
+        num_samples=7,
+        candidate_embeddings=embedding,
+        shared_negatives=True,
+        retrieval=tfrs.tasks.Retrieval(remove_accidental_hits=True),
     )
     loss = task(q, c, candidate_ids=ids, training=True).numpy()
     drawn, log_q = twin.sample_shared(q, 7)

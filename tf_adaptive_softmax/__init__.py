@@ -1,18 +1,15 @@
 """tf_adaptive_softmax: adaptive sampled softmax for Keras and TensorFlow.
 
-Public API:
+Public API (every name, with its module, in docs/api.md):
   AdaptiveSampledSoftmaxLoss   the output/loss layer (layers.py)
   SampledSoftmaxLoss           adapter for model.compile(loss=...) (losses.py)
   CodebookRefresh              refreshes adaptive samplers during fit (callbacks.py)
-  refresh                      the one refresh path: the SamplerOwner protocol, CompiledRefresh
   samplers                     Uniform, LogUniform, Unigram, MIDX, QuadraticKernel, Softmax
   estimator                    the pure-TF sampled-softmax math
-  quantization                 k-means, product and residual quantization (MIDX's codebooks)
   retrieval                    mixed-negatives retrieval loss (any Keras flavour)
   tfrs.AdaptiveRetrieval       the TFRS task (import tf_adaptive_softmax.tfrs; tf_keras only)
   datasets                     synthetic teacher data
   diagnostics                  KL(p||q), ESS, gradient bias on a probe batch; a logging callback
-  experiments                  the harness the demo, examples and benchmarks share
 
 Submodules load on first use, so `python -m tf_adaptive_softmax.demo` can quiet TensorFlow's
 start-up log before TensorFlow is imported.
@@ -23,18 +20,15 @@ from __future__ import annotations
 import importlib
 from typing import Any, List
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _SUBMODULES = (
     "callbacks",
     "datasets",
     "diagnostics",
     "estimator",
-    "experiments",
     "layers",
     "losses",
-    "quantization",
-    "refresh",
     "retrieval",
     "samplers",
 )
@@ -42,14 +36,13 @@ _ATTRIBUTES = {
     "AdaptiveSampledSoftmaxLoss": "layers",
     "CodebookRefresh": "callbacks",
     "SampledSoftmaxLoss": "losses",
-    "IS_KERAS_3": "_keras",
 }
 
-__all__ = ["AdaptiveSampledSoftmaxLoss", "CodebookRefresh", "SampledSoftmaxLoss", "IS_KERAS_3", *_SUBMODULES]
+__all__ = ["AdaptiveSampledSoftmaxLoss", "CodebookRefresh", "SampledSoftmaxLoss"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
+    if name in _SUBMODULES or name in ("tfrs", "_experiments"):
         return importlib.import_module(f"{__name__}.{name}")
     if name in _ATTRIBUTES:
         return getattr(importlib.import_module(f"{__name__}.{_ATTRIBUTES[name]}"), name)
@@ -57,4 +50,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> List[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

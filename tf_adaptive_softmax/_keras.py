@@ -7,6 +7,8 @@ returns Keras 3, whose layers a tf_keras (and so TFRS) model rejects.
 
 from __future__ import annotations
 
+from typing import Any
+
 import tensorflow as tf
 
 K = tf.keras
@@ -54,5 +56,12 @@ class Untracked:
     """Holds references (a tied layer, another layer's variables) that Keras must not track as
     this layer's own, which would list the same variable twice in the model's weights."""
 
-    def __init__(self, **values):
+    def __init__(self, **values: Any):
         self.__dict__.update(values)
+
+    # The attributes are whatever __init__ was given: say so to type checkers.
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)

@@ -9,6 +9,7 @@ label is never silently clipped, even under `jit_compile=True`.
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 
@@ -16,13 +17,13 @@ import tensorflow as tf
 
 
 def check_positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < 1:
         raise ValueError(f"`{name}` must be an integer >= 1; got {value!r}.")
     return int(value)
 
 
 def check_nonnegative_float(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0 or value == float("inf"):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0 or value == float("inf"):
         raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}.")
     return float(value)
 
@@ -151,3 +152,48 @@ def warn_if_kept(accepted, owner) -> bool:
             stacklevel=3,
         )
     return accepted
+
+
+#: The logQ choices of every entry point: "standard" (every column minus log(m·q), the positive
+#: included: TF's, TFRS's and the MIDX authors' convention), "negatives_only" (the positive raw:
+#: Blanc & Rendle's eq. 3), "corrected" (Khrylchenko et al., RecSys 2025).
+LOGQ_CORRECTIONS = ("standard", "negatives_only", "corrected")
+
+
+def resolve_logq_correction(logq_correction: str, correct_positive=None, stacklevel: int = 3) -> str:
+    """The validated `logq_correction`, with the deprecated `correct_positive` mapped onto it.
+
+    `correct_positive=False` was the uncorrected positive: "negatives_only" (under "corrected",
+    which always keeps the positive raw, it changed nothing and still does). It warns once per call
+    site (DeprecationWarning) and will be removed in the next minor release.
+
+    Raises:
+      ValueError: for a name outside `LOGQ_CORRECTIONS`.
+    """
+    if correct_positive is not None:
+        warnings.warn(
+            "`correct_positive` is deprecated: use `logq_correction='standard'` (correct_positive=True) or "
+            "`logq_correction='negatives_only'` (correct_positive=False).",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        if not correct_positive and logq_correction == "standard":
+            logq_correction = "negatives_only"
+    if logq_correction not in LOGQ_CORRECTIONS:
+        raise ValueError(f"`logq_correction` must be one of {LOGQ_CORRECTIONS}; got {logq_correction!r}.")
+    return logq_correction
+
+
+def accepts_correct_positive(function):
+    """Lets a function that takes `logq_correction` still accept the deprecated `correct_positive`
+    keyword (`resolve_logq_correction`); its signature stays the function's own."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        if "correct_positive" in kwargs:
+            kwargs["logq_correction"] = resolve_logq_correction(
+                kwargs.get("logq_correction", "standard"), kwargs.pop("correct_positive"), stacklevel=3
+            )
+        return function(*args, **kwargs)
+
+    return wrapper

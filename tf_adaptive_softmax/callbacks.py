@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import tensorflow as tf
 
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax._refresh import SamplerOwner, SamplerTarget
 from tf_adaptive_softmax._validation import check_nonfinite_policy
-from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
-from tf_adaptive_softmax.refresh import SamplerOwner, SamplerTarget
 from tf_adaptive_softmax.samplers.base import Sampler
 
-__all__ = ["CodebookRefresh", "ProposalDiagnostics"]
+__all__ = ["CodebookRefresh"]
 
 
 class CodebookRefresh(K.callbacks.Callback):
@@ -61,6 +60,11 @@ class CodebookRefresh(K.callbacks.Callback):
         NaN or Inf at a refresh; "keep" keeps the sampler's previous state, warns and counts the
         event in `rejected_refreshes`. Either way the sampler is never half-updated.
 
+    Raises:
+      TypeError: a `target` with no `refresh_sampler`.
+      ValueError: `class_embeddings` with a target that is not a bare sampler, every_n_steps
+        below 1, or an unknown `on_nonfinite`.
+
     Example:
         >>> import tf_adaptive_softmax as tfas
         >>> output = tfas.AdaptiveSampledSoftmaxLoss(100, tfas.samplers.Uniform(100), num_samples=8)
@@ -69,10 +73,10 @@ class CodebookRefresh(K.callbacks.Callback):
 
     def __init__(
         self,
-        target,
+        target: Any,
         every_n_steps: Optional[int] = None,
         on_epoch_begin: bool = True,
-        class_embeddings=None,
+        class_embeddings: Any = None,
         on_nonfinite: str = "raise",
     ):
         super().__init__()

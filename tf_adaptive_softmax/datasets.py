@@ -60,7 +60,18 @@ class Teacher:
             yield start, min(num_examples, start + size)
 
     def sample(self, num_examples: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-        """(features [n, d] float32, labels [n] int32) with labels ~ softmax(teacher logits)."""
+        """Draws examples: features x ~ N(0, I), labels ~ softmax(teacher logits(x)).
+
+        Args:
+          num_examples: n.
+          seed: the draws' seed. Default 0.
+
+        Returns:
+          (features [n, d] float32, labels [n] int32).
+
+        Raises:
+          ValueError: num_examples below 1.
+        """
         num_examples = _validation.check_positive_int(num_examples, "num_examples")
         rng = np.random.default_rng(seed)
         features = rng.standard_normal((num_examples, self.dim)).astype(np.float32)
@@ -74,7 +85,14 @@ class Teacher:
         return features, labels
 
     def cross_entropy(self, features: np.ndarray, labels: np.ndarray) -> float:
-        """Mean teacher cross-entropy on (features, labels): the Bayes floor for any student."""
+        """Mean teacher cross-entropy on (features, labels): the Bayes floor for any student.
+
+        Args:
+          features: [n, d] float32. labels: [n] int class ids.
+
+        Returns:
+          The mean cross-entropy in nats.
+        """
         weights = tf.constant(self.class_embeddings)
         bias = tf.constant(self.class_bias)
         total = 0.0
@@ -106,6 +124,12 @@ def make_teacher(
       seed: everything is a deterministic function of it.
       frequency_sorted_ids: True (default): the Zipf prior decreases with the id. False: the
         ids are a random permutation of the frequency ranks (an item catalogue).
+
+    Returns:
+      The `Teacher`.
+
+    Raises:
+      ValueError: num_classes or dim below 1.
     """
     num_classes = _validation.check_positive_int(num_classes, "num_classes")
     dim = _validation.check_positive_int(dim, "dim")
@@ -139,5 +163,8 @@ def train_test_split(
       num_train: training examples.
       num_test: test examples.
       seed: the draws' seed (default 0); train and test use different streams of it.
+
+    Returns:
+      ((train features, train labels), (test features, test labels)).
     """
     return teacher.sample(num_train, seed=2 * seed + 1), teacher.sample(num_test, seed=2 * seed + 2)

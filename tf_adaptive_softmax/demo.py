@@ -17,7 +17,7 @@ same optimizer, batches, epochs and seed; only the training loss differs:
 It prints the exact test cross-entropy over all N classes, accuracy@1, seconds per epoch, the
 speed-up over the full softmax and the gap to it, writes a PNG of test cross-entropy against
 training seconds (time to quality) and closes with a sentence saying what MIDX bought. For the
-bias study at small N across many m, see `benchmarks/run.py --sections bias`.
+bias study at small N across many m, see `python -m benchmarks.run --sections bias`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ if __name__ == "__main__":
 import numpy as np
 import tensorflow as tf
 
-from tf_adaptive_softmax import datasets, experiments
+from tf_adaptive_softmax import _experiments as experiments
+from tf_adaptive_softmax import datasets
 from tf_adaptive_softmax._keras import IS_KERAS_3
 
 #: (row label, sampler name or "full" / "tf_sampled", negatives shared by the batch)
@@ -237,12 +238,12 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pathl
     axis.set(
         xscale="log", xlabel="training seconds (evaluation excluded)", ylabel="exact test cross-entropy", title=title
     )
-    seconds = [p[0] for row in rows for p in row["curve"]]
+    every_second = [p[0] for row in rows for p in row["curve"]]
     axis.set_xticks(
         [
             t
             for t in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
-            if min(seconds) / 1.5 <= t <= max(seconds) * 1.5
+            if min(every_second) / 1.5 <= t <= max(every_second) * 1.5
         ]
     )
     axis.xaxis.set_major_formatter(plt.FuncFormatter(lambda value, _: f"{value:g}"))

@@ -26,52 +26,56 @@ Example:
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from tf_adaptive_softmax import _validation, estimator
 from tf_adaptive_softmax._keras import K
+from tf_adaptive_softmax._types import TensorLike
+from tf_adaptive_softmax.samplers.base import Sampler
 
-__all__ = ["ProposalDiagnostics", "bucket_statistics", "proposal_diagnostics"]
+__all__ = ["ProposalDiagnostics", "proposal_diagnostics"]
 
 
-def _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed, correct_positive):
+def _sampled_gradient_mean(logits, labels, sampler, queries, num_samples, repeats, seed, logq_correction):
     """Mean over `repeats` draws of d(sampled loss)/d(logits), [B, N]."""
     batch = tf.shape(logits)[0]
     tiled_logits = tf.tile(logits, [repeats, 1])
     tiled_labels = tf.tile(labels, [repeats, 1])
     tiled_queries = tf.tile(queries, [repeats, 1])
     ids, log_q = sampler.sample(tiled_queries, num_samples, seed=seed)
-    true_log_q = sampler.log_prob(tiled_queries, tiled_labels) if correct_positive else None
+    positive_corrected = logq_correction == "standard"
+    true_log_q = sampler.log_prob(tiled_queries, tiled_labels) if positive_corrected else None
     with tf.GradientTape() as tape:
         tape.watch(tiled_logits)
         true_logits = tf.gather(tiled_logits, tiled_labels, batch_dims=1)
         sampled_logits = tf.gather(tiled_logits, ids, batch_dims=1)
-        corrected = estimator.corrected_logits(
+        corrected = estimator._corrected_logits(
             true_logits,
             sampled_logits,
             log_q,
             true_log_q=true_log_q,
-            correct_positive=correct_positive,
-            hit_mask=estimator.accidental_hit_mask(tiled_labels, ids),
+            positive_corrected=positive_corrected,
+            hit_mask=estimator._accidental_hit_mask(tiled_labels, ids),
         )
-        loss = tf.reduce_sum(estimator.multi_positive_cross_entropy(corrected, labels.shape[-1]))
+        loss = tf.reduce_sum(estimator._sampled_cross_entropy(corrected, labels.shape[-1], logq_correction))
     gradient = tape.gradient(loss, tiled_logits)
     return tf.reduce_mean(tf.reshape(gradient, [repeats, batch, -1]), axis=0)
 
 
+@_validation.accepts_correct_positive
 def proposal_diagnostics(
-    queries,
-    labels,
-    class_embeddings,
-    class_bias,
-    sampler,
+    queries: TensorLike,
+    labels: TensorLike,
+    class_embeddings: TensorLike,
+    class_bias: Optional[TensorLike],
+    sampler: Sampler,
     num_samples: int = 64,
     repeats: int = 32,
     seed: int = 0,
-    correct_positive: bool = True,
+    logq_correction: str = "standard",
 ) -> Dict[str, float]:
     """The numbers listed in the module docstring, as Python floats.
 
@@ -82,16 +86,24 @@ def proposal_diagnostics(
       num_samples: m, as in training.
       repeats: Monte-Carlo draws of m negatives per query for the gradient bias (default 32).
       seed: seed of the draws (default 0).
-      correct_positive: the estimator convention whose gradient bias is measured (default True,
-        the training default; False for Blanc & Rendle's uncorrected positive).
+      logq_correction: the estimator whose gradient bias is measured: "standard" (default, the
+        training default), "negatives_only" or "corrected" (`tf_adaptive_softmax.estimator`).
+
+    Returns:
+      {"kl_p_q", "kl_q_p", "ess_ratio", "gradient_bias_l1", "gradient_cosine"} as floats (and
+      MIDX's "nonempty_bucket_share", "largest_bucket").
+
+    Raises:
+      ValueError: an unknown `logq_correction`, num_samples or repeats below 1, queries not [B, d].
     """
+    logq_correction = estimator._check_logq_correction(logq_correction)
     queries = _validation.as_queries(queries)
     labels = _validation.as_label_matrix(labels)
     num_samples = _validation.check_num_samples(num_samples)
     repeats = _validation.check_positive_int(repeats, "repeats")
     class_embeddings = tf.convert_to_tensor(class_embeddings, tf.float32)
     num_classes = class_embeddings.shape[0]
-    logits = estimator.full_logits(
+    logits = estimator._full_logits(
         queries, class_embeddings, None if class_bias is None else tf.convert_to_tensor(class_bias, tf.float32)
     )
     log_p = tf.nn.log_softmax(logits, axis=-1)
@@ -99,13 +111,13 @@ def proposal_diagnostics(
     log_q = sampler.log_prob(queries, all_ids)
     p, q = tf.exp(log_p), tf.exp(log_q)
     # q may be 0 where p > 0 (zero-count unigram classes): floor log q so KL(p‖q) stays finite.
-    kl_p_q = tf.reduce_sum(p * (log_p - tf.maximum(log_q, estimator.MIN_LOG_Q)), axis=-1)
+    kl_p_q = tf.reduce_sum(p * (log_p - tf.maximum(log_q, estimator._MIN_LOG_Q)), axis=-1)
     kl_q_p = tf.reduce_sum(tf.where(q > 0, q * (log_q - log_p), 0.0), axis=-1)
     ids, draw_log_q = sampler.sample(queries, num_samples, seed=seed)
     log_w = tf.gather(log_p, ids, batch_dims=1) - draw_log_q
     ess = tf.exp(2.0 * tf.reduce_logsumexp(log_w, -1) - tf.reduce_logsumexp(2.0 * log_w, -1)) / num_samples
     mean_gradient = _sampled_gradient_mean(
-        logits, labels, sampler, queries, num_samples, repeats, seed + 1, correct_positive
+        logits, labels, sampler, queries, num_samples, repeats, seed + 1, logq_correction
     )
     targets = tf.reduce_sum(tf.one_hot(labels, num_classes), axis=1) / labels.shape[-1]
     full_gradient = p - targets
@@ -119,11 +131,11 @@ def proposal_diagnostics(
         "gradient_bias_l1": float(tf.reduce_mean(tf.reduce_sum(tf.abs(mean_gradient - full_gradient), -1))),
         "gradient_cosine": float(tf.reduce_mean(cosine)),
     }
-    stats.update(bucket_statistics(sampler))
+    stats.update(_bucket_statistics(sampler))
     return stats
 
 
-def bucket_statistics(sampler) -> Dict[str, float]:
+def _bucket_statistics(sampler) -> Dict[str, float]:
     """For MIDX: share of non-empty buckets and the largest bucket size; {} for other samplers.
 
     Args:
@@ -149,14 +161,17 @@ class ProposalDiagnostics(K.callbacks.Callback):
       probe_features, probe_labels: a small fixed probe batch.
       num_samples, repeats: as `proposal_diagnostics`; num_samples defaults to the layer's.
       verbose: print the numbers at each epoch end.
+
+    Raises:
+      ValueError: an `output_layer` without a sampler.
     """
 
     def __init__(
         self,
-        output_layer,
-        query_model,
-        probe_features,
-        probe_labels,
+        output_layer: Any,
+        query_model: Any,
+        probe_features: TensorLike,
+        probe_labels: TensorLike,
         num_samples: Optional[int] = None,
         repeats: int = 32,
         verbose: bool = False,
@@ -183,7 +198,7 @@ class ProposalDiagnostics(K.callbacks.Callback):
             self.num_samples,
             self.repeats,
             seed=epoch,
-            correct_positive=self.output_layer.correct_positive,
+            logq_correction=self.output_layer.logq_correction,
         )
         if logs is not None:
             logs.update({f"diagnostics/{name}": value for name, value in stats.items()})

@@ -1,44 +1,43 @@
-"""Pure-TensorFlow math of sampled softmax: corrected logits, hit masks, sampled and full losses.
+"""Pure-TensorFlow math of sampled softmax: corrected logits and the sampled and full losses.
 
 For a query h with positives y_1..y_T and m negatives s_1..s_m drawn with replacement from q,
 the logits are o_c = <h, w_c> + b_c and the estimator scores
 
-    positives:  o'_t = o_{y_t} - log(m * q_{y_t})    (correct_positive=True, the default: the
-                                                      convention of TF, TFRS and the MIDX authors)
-                o'_t = o_{y_t}                       (correct_positive=False: Blanc & Rendle 2018, eq. 3)
-    negatives:  o'_j = o_{s_j} - log(m * q_{s_j})    (minus log of the expected count)
+    negatives:  o'_j = o_{s_j} − log(m · q_{s_j})     (minus the log of the expected count)
+    positives:  o'_t = o_{y_t} − log(m · q_{y_t})     logq_correction="standard" (the default)
+                o'_t = o_{y_t}                        logq_correction="negatives_only"
 
 then takes the cross-entropy over the T + m columns with target 1/T on each positive (TF's
 `sampled_softmax_loss` convention for num_true > 1). A negative equal to any of its row's
 positives is an "accidental hit"; it is masked out with an XLA-safe equality mask.
 
-Why the corrected positive is the default: with the positive uncorrected, a proposal far from the
-model (any static sampler, or an adaptive one early in training) scores the negatives' corrected
-logits o - log(m·q) far above o_y whenever q is small, so the loss over-penalises the rare classes
-and the model's test cross-entropy stays far above the full softmax's at small m. Correcting the
-positive by the same log expected count puts it on the negatives' scale (it is then "one more
-draw", the importance-sampling estimate of the partition function over positive and negatives).
-Measured (benchmarks/README.md): teacher N=20,000, m=5, test cross-entropy with the full softmax at
-6.52: Uniform 21.8 uncorrected vs 7.71 corrected, MIDX 10.75 vs 6.90; PTB perplexity at m=5 with
-MIDX: 767 vs 432. Eq. 3 has one property the corrected form lacks: with q the model's softmax over
-the non-positive classes the expected gradient w.r.t. the logits equals the full-softmax gradient
-p - y exactly (tested with the `Softmax` oracle); keep `correct_positive=False` for such bias
-studies.
+`logq_correction` names one of three estimators:
 
-The corrected logQ (Khrylchenko et al., "Correcting the LogQ Correction", RecSys 2025,
-arXiv:2507.09331), `logq_correction="corrected"`: the positive is always in the softmax's
-denominator (it is not a Monte Carlo draw), so the negatives estimate only the rest of the
-partition function, Z₋y = Σ_{i≠y} exp(o_i), and the loss becomes
+* "standard": the positive corrected like the negatives: the convention of
+  `tf.nn.sampled_softmax_loss`, TFRS and the MIDX authors' code, and far better at small m in every
+  measurement (benchmarks/README.md, "The logQ choice"): with an uncorrected positive, a proposal
+  far from the model (any static sampler, or an adaptive one early in training) scores the
+  negatives' corrected logits o − log(m·q) far above o_y wherever q is small, and the model
+  over-penalises the rare classes. Corrected, the positive is "one more draw" of the
+  importance-sampling estimate of the partition function.
+* "negatives_only": Blanc & Rendle's eq. 3, the positive raw. With q the model's own softmax over
+  the non-positive classes its expected gradient w.r.t. the logits is exactly p − y (tested with
+  the `Softmax` oracle): keep it for such bias studies.
+* "corrected": Khrylchenko et al., "Correcting the LogQ Correction" (RecSys 2025,
+  arXiv:2507.09331). The positive is always in the softmax's denominator (it is not a Monte Carlo
+  draw), so the negatives estimate only the rest of the partition function,
+  Z₋y = Σ_{i≠y} exp(o_i), and the loss is
 
-    loss = sg(1 − P̂(y)) · (log Σ_j exp(o'_j) − o_y),     P̂(y) = sigmoid(o_y − log Σ_j exp(o'_j))
+      loss = sg(1 − P̂(y)) · (log Σ_j exp(o'_j) − o_y),     P̂(y) = sigmoid(o_y − log Σ_j exp(o'_j))
 
-over the corrected negatives o'_j (accidental hits masked, which is required: Z₋y excludes the
-positive), with the positive raw and outside the log-sum; sg is stop-gradient and 1 − P̂(y) the
-model's estimated probability of getting the example wrong. Σ_j exp(o'_j) = Σ_j exp(o_j) / (m·q_j)
-over the unmasked draws is an unbiased estimate of Z₋y (the paper writes the same estimate with
-q_j / (1 − q_y) and the number of unmasked draws). Its gradient is (1 − P̂(y)) times that of
-log Z₋y − o_y: the same direction as eq. 3's with the positive uncorrected, scaled down on examples
-the model already gets right.
+  over the corrected negatives o'_j (accidental hits masked, which it requires), the positive raw
+  and outside the log-sum; sg is stop-gradient and 1 − P̂(y) the estimated probability of getting
+  the example wrong. Σ_j exp(o'_j) over the unmasked draws estimates Z₋y without bias.
+
+References:
+  Bengio & Senécal, "Adaptive importance sampling to accelerate training of a neural
+  probabilistic language model", IEEE TNN 2008. Blanc & Rendle, "Adaptive Sampled Softmax with
+  Kernel Based Sampling", ICML 2018. Khrylchenko et al., RecSys 2025 (above).
 
 Example:
     >>> import tensorflow as tf
@@ -60,28 +59,14 @@ import tensorflow as tf
 
 from tf_adaptive_softmax import _reduction, _validation
 from tf_adaptive_softmax._ops import tables
+from tf_adaptive_softmax._types import TensorLike
 
-__all__ = [
-    "LOGQ_CORRECTIONS",
-    "MASKED_LOGIT",
-    "MIN_LOG_Q",
-    "accidental_hit_mask",
-    "check_logq_correction",
-    "corrected_logits",
-    "corrected_logq_cross_entropy",
-    "full_logits",
-    "full_softmax_loss",
-    "gathered_logits",
-    "multi_positive_cross_entropy",
-    "sampled_cross_entropy",
-    "sampled_softmax_logits",
-    "sampled_softmax_loss",
-]
+__all__ = ["full_softmax_loss", "sampled_softmax_logits", "sampled_softmax_loss"]
 
 # Finite stand-in for -inf: exp underflows to exactly 0, and gradients stay finite.
-MASKED_LOGIT = -1e30
+_MASKED_LOGIT = -1e30
 # log q is floored here so that q = 0 (a zero-count class as a positive) cannot produce inf - inf.
-MIN_LOG_Q = math.log(1e-37)
+_MIN_LOG_Q = math.log(1e-37)
 
 _LogitTransform = Optional[Callable[[tf.Tensor], tf.Tensor]]
 
@@ -90,7 +75,7 @@ def _transform(logits: tf.Tensor, logit_transform: _LogitTransform) -> tf.Tensor
     return logits if logit_transform is None else logit_transform(logits)
 
 
-def full_logits(
+def _full_logits(
     query: tf.Tensor,
     class_embeddings: tf.Tensor,
     class_bias: Optional[tf.Tensor] = None,
@@ -113,7 +98,7 @@ def full_logits(
     return _transform(logits, logit_transform)
 
 
-def gathered_logits(
+def _gathered_logits(
     query: tf.Tensor,
     ids: tf.Tensor,
     class_embeddings: tf.Tensor,
@@ -140,7 +125,7 @@ def gathered_logits(
     return _transform(logits, logit_transform)
 
 
-def accidental_hit_mask(true_ids: tf.Tensor, sampled_ids: tf.Tensor) -> tf.Tensor:
+def _accidental_hit_mask(true_ids: tf.Tensor, sampled_ids: tf.Tensor) -> tf.Tensor:
     """bool [B, m]: sampled id equals any of its row's true ids. XLA-safe, static shape.
 
     Args:
@@ -153,13 +138,13 @@ def accidental_hit_mask(true_ids: tf.Tensor, sampled_ids: tf.Tensor) -> tf.Tenso
     return tf.reduce_any(equal, axis=-1)
 
 
-def corrected_logits(
+def _corrected_logits(
     true_logits: tf.Tensor,
     sampled_logits: tf.Tensor,
     sampled_log_q: tf.Tensor,
     *,
     true_log_q: Optional[tf.Tensor] = None,
-    correct_positive: bool = True,
+    positive_corrected: bool = True,
     hit_mask: Optional[tf.Tensor] = None,
 ) -> tf.Tensor:
     """[B, T + m] logits: positives first, then negatives minus log(m·q), hits masked.
@@ -169,33 +154,33 @@ def corrected_logits(
       sampled_logits: [B, m] raw logits of the drawn negatives.
       sampled_log_q: [B, m] normalized log-probabilities of the draws (not expected counts), or
         [m] for draws shared by the batch.
-      true_log_q: [B, T] log q of the positives; required when `correct_positive` and T > 0.
-      correct_positive: subtract log(m·q) from the positives too (default True: the TF / TFRS
-        convention); False keeps them uncorrected (Blanc & Rendle's eq. 3).
+      true_log_q: [B, T] log q of the positives; required when `positive_corrected` and T > 0.
+      positive_corrected: subtract log(m·q) from the positives too ("standard"); False keeps
+        them raw ("negatives_only", "corrected").
       hit_mask: optional bool [B, m]; True columns get `MASKED_LOGIT`. Default None.
     """
     num_samples = sampled_logits.shape[-1]
     if num_samples is None:
         raise ValueError("The number of sampled columns must be static.")
     log_m = math.log(num_samples)
-    sampled_log_q = tf.stop_gradient(tf.maximum(tf.cast(sampled_log_q, tf.float32), MIN_LOG_Q))
+    sampled_log_q = tf.stop_gradient(tf.maximum(tf.cast(sampled_log_q, tf.float32), _MIN_LOG_Q))
     negatives = sampled_logits - (log_m + sampled_log_q)
     if hit_mask is not None:
-        negatives = tf.where(hit_mask, tf.cast(MASKED_LOGIT, negatives.dtype), negatives)
+        negatives = tf.where(hit_mask, tf.cast(_MASKED_LOGIT, negatives.dtype), negatives)
     positives = true_logits
-    if correct_positive and true_logits.shape[-1] != 0:
+    if positive_corrected and true_logits.shape[-1] != 0:
         if true_log_q is None:
             raise ValueError(
                 "`true_log_q` (the positives' log q, e.g. `sampler.log_prob(query, labels)`) is required "
-                "when `correct_positive=True` (the default); pass it, or `correct_positive=False` for "
-                "Blanc & Rendle's uncorrected positive."
+                "with `logq_correction='standard'` (the default); pass it, or "
+                "`logq_correction='negatives_only'` for Blanc & Rendle's uncorrected positive."
             )
-        true_log_q = tf.stop_gradient(tf.maximum(tf.cast(true_log_q, tf.float32), MIN_LOG_Q))
+        true_log_q = tf.stop_gradient(tf.maximum(tf.cast(true_log_q, tf.float32), _MIN_LOG_Q))
         positives = true_logits - (log_m + true_log_q)
     return tf.concat([positives, negatives], axis=-1)
 
 
-def multi_positive_cross_entropy(logits: tf.Tensor, num_true: int) -> tf.Tensor:
+def _multi_positive_cross_entropy(logits: tf.Tensor, num_true: int) -> tf.Tensor:
     """[B]: cross-entropy with target 1/num_true on each of the first num_true columns.
 
     Args:
@@ -206,15 +191,10 @@ def multi_positive_cross_entropy(logits: tf.Tensor, num_true: int) -> tf.Tensor:
     return -tf.reduce_mean(log_probs[:, :num_true], axis=-1)
 
 
-#: The loss forms `logq_correction` selects: TF's / TFRS's logQ ("standard") or Khrylchenko et al.'s.
-LOGQ_CORRECTIONS = ("standard", "corrected")
-
-
-def check_logq_correction(logq_correction: str, remove_accidental_hits: bool = True) -> str:
+def _check_logq_correction(logq_correction: str, remove_accidental_hits: bool = True) -> str:
     """`logq_correction`, or a ValueError naming the accepted values (and the hit masking that
-    the corrected form needs)."""
-    if logq_correction not in LOGQ_CORRECTIONS:
-        raise ValueError(f"`logq_correction` must be one of {LOGQ_CORRECTIONS}; got {logq_correction!r}.")
+    "corrected" needs)."""
+    logq_correction = _validation.resolve_logq_correction(logq_correction)
     if logq_correction == "corrected" and not remove_accidental_hits:
         raise ValueError(
             "`logq_correction='corrected'` estimates the partition function without the positive, so "
@@ -223,12 +203,12 @@ def check_logq_correction(logq_correction: str, remove_accidental_hits: bool = T
     return logq_correction
 
 
-def corrected_logq_cross_entropy(logits: tf.Tensor, num_true: int, log_negative_draws: float = 0.0) -> tf.Tensor:
+def _corrected_logq_cross_entropy(logits: tf.Tensor, num_true: int, log_negative_draws: float = 0.0) -> tf.Tensor:
     """[B]: Khrylchenko et al.'s corrected-logQ loss (module docstring), averaged over positives.
 
     Args:
       logits: [B, num_true + m]: the positives' raw logits first, then the negatives corrected by
-        -log(m·q) with accidental hits masked (`sampled_softmax_logits(..., correct_positive=False)`).
+        -log(m·q) with accidental hits masked (`sampled_softmax_logits(..., logq_correction="corrected")`).
       num_true: how many leading columns are positives.
       log_negative_draws: log of how many independent estimates of Z₋y the negative columns sum
         (1 for one proposal; mixed in-batch and catalogue negatives are two). Default 0.0.
@@ -239,61 +219,71 @@ def corrected_logq_cross_entropy(logits: tf.Tensor, num_true: int, log_negative_
     return tf.reduce_mean(miss_probability * (log_rest - positives), axis=-1)
 
 
+@_validation.accepts_correct_positive
 def sampled_softmax_logits(
-    query,
-    labels,
-    sampled_ids,
-    sampled_log_q,
-    class_embeddings,
-    class_bias=None,
+    query: TensorLike,
+    labels: TensorLike,
+    sampled_ids: TensorLike,
+    sampled_log_q: TensorLike,
+    class_embeddings: TensorLike,
+    class_bias: Optional[TensorLike] = None,
     *,
-    true_log_q=None,
-    correct_positive: bool = True,
+    true_log_q: Optional[TensorLike] = None,
+    logq_correction: str = "standard",
     remove_accidental_hits: bool = True,
     logit_transform: _LogitTransform = None,
 ) -> tf.Tensor:
-    """[B, num_true + m] corrected logits, positives first: what `sampled_softmax_loss` takes the
-    cross-entropy of (and the target a learned proposal fits, `Sampler.auxiliary_loss`).
+    """The corrected logits, positives first: what `sampled_softmax_loss` takes the loss of.
 
     Args: as `sampled_softmax_loss` (without `sample_weight`).
+
+    Returns:
+      [B, num_true + m] float32: the positives' logits (minus log(m·q) under "standard", raw
+      otherwise), then the negatives' minus log(m·q), accidental hits at -1e30.
+
+    Raises:
+      ValueError: for ids of the wrong rank, an unknown `logq_correction`, "corrected" without
+        hit removal, or "standard" without `true_log_q`.
+      TypeError: for float ids or integer queries.
     """
+    logq_correction = _check_logq_correction(logq_correction, remove_accidental_hits)
     query = _validation.as_queries(query, "query")
     labels = _validation.as_label_matrix(labels)
     sampled_ids = _validation.as_ids(sampled_ids, "sampled_ids")
-    true_logits = gathered_logits(query, labels, class_embeddings, class_bias, logit_transform)
+    true_logits = _gathered_logits(query, labels, class_embeddings, class_bias, logit_transform)
     if sampled_ids.shape.rank not in (1, 2):
         raise ValueError(
             "`sampled_ids` must have shape [batch, num_samples] (per query) or [num_samples] "
             f"(shared by the batch); got shape {sampled_ids.shape}."
         )
-    sampled_logits = gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
-    hit_mask = accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
-    return corrected_logits(
+    sampled_logits = _gathered_logits(query, sampled_ids, class_embeddings, class_bias, logit_transform)
+    hit_mask = _accidental_hit_mask(labels, sampled_ids) if remove_accidental_hits else None
+    return _corrected_logits(
         true_logits,
         sampled_logits,
         sampled_log_q,
         true_log_q=true_log_q,
-        correct_positive=correct_positive,
+        positive_corrected=logq_correction == "standard",
         hit_mask=hit_mask,
     )
 
 
+@_validation.accepts_correct_positive
 def sampled_softmax_loss(
-    query,
-    labels,
-    sampled_ids,
-    sampled_log_q,
-    class_embeddings,
-    class_bias=None,
+    query: TensorLike,
+    labels: TensorLike,
+    sampled_ids: TensorLike,
+    sampled_log_q: TensorLike,
+    class_embeddings: TensorLike,
+    class_bias: Optional[TensorLike] = None,
     *,
-    true_log_q=None,
-    correct_positive: bool = True,
-    remove_accidental_hits: bool = True,
-    sample_weight=None,
-    logit_transform: _LogitTransform = None,
+    true_log_q: Optional[TensorLike] = None,
     logq_correction: str = "standard",
+    remove_accidental_hits: bool = True,
+    sample_weight: Optional[TensorLike] = None,
+    logit_transform: _LogitTransform = None,
 ) -> tf.Tensor:
-    """Per-example sampled-softmax loss [B].
+    """Per-example sampled-softmax loss (the estimators of the module docstring).
 
     Args:
       query: [B, d] float query embeddings h.
@@ -301,22 +291,24 @@ def sampled_softmax_loss(
       sampled_ids: [B, m] integer negatives drawn with replacement per query, or [m] shared by
         the whole batch (as `tf.nn.sampled_softmax_loss` draws them; one matmul scores them).
       sampled_log_q: normalized log q of each draw, shaped like `sampled_ids`.
-      class_embeddings: [N, d] class embedding matrix W.
+      class_embeddings: [N, d] class embedding matrix W (a variable, a tensor, or a sharded table).
       class_bias: optional [N] bias. Default None.
       true_log_q: [B, num_true] log q of the positives under the same proposal (for shared draws:
-        the batch mixture's); required with `correct_positive=True`. Default None.
-      correct_positive: default True, the positives corrected by -log(m·q) like the negatives
-        (see the module docstring); False keeps them uncorrected (eq. 3).
-      remove_accidental_hits: mask negatives equal to one of the row's positives. Default True.
+        the batch mixture's); required with "standard", unused otherwise. Default None.
+      logq_correction: "standard" (default), "negatives_only" or "corrected" (module docstring).
+      remove_accidental_hits: mask negatives equal to one of the row's positives ("corrected"
+        requires it). Default True.
       sample_weight: optional [B] weights multiplied into the per-example loss. Default None.
       logit_transform: optional elementwise map on raw logits (e.g. `tf.abs`, absolute softmax).
         Default None.
-      logq_correction: "standard" (default: the cross-entropy over positives and negatives) or
-        "corrected" (Khrylchenko et al. 2025, see the module docstring: the positive raw and out
-        of the log-sum, the loss weighted by the estimated miss probability; `correct_positive`
-        and `true_log_q` are then not used, and accidental hits must be removed).
+
+    Returns:
+      [B] float32 per-example losses.
+
+    Raises:
+      ValueError, TypeError: as `sampled_softmax_logits`.
     """
-    corrected = check_logq_correction(logq_correction, remove_accidental_hits) == "corrected"
+    logq_correction = _check_logq_correction(logq_correction, remove_accidental_hits)
     logits = sampled_softmax_logits(
         query,
         labels,
@@ -324,33 +316,33 @@ def sampled_softmax_loss(
         sampled_log_q,
         class_embeddings,
         class_bias,
-        true_log_q=None if corrected else true_log_q,
-        correct_positive=correct_positive and not corrected,
+        true_log_q=true_log_q if logq_correction == "standard" else None,
+        logq_correction=logq_correction,
         remove_accidental_hits=remove_accidental_hits,
         logit_transform=logit_transform,
     )
     num_true = _validation.as_label_matrix(labels).shape[-1]
-    return _reduction.weighted(sampled_cross_entropy(logits, num_true, logq_correction), sample_weight)
+    return _reduction.weighted(_sampled_cross_entropy(logits, num_true, logq_correction), sample_weight)
 
 
-def sampled_cross_entropy(logits: tf.Tensor, num_true: int, logq_correction: str = "standard") -> tf.Tensor:
+def _sampled_cross_entropy(logits: tf.Tensor, num_true: int, logq_correction: str = "standard") -> tf.Tensor:
     """[B]: the loss `logq_correction` names over corrected logits [B, num_true + m]
-    (`multi_positive_cross_entropy` or `corrected_logq_cross_entropy`)."""
-    if check_logq_correction(logq_correction) == "corrected":
-        return corrected_logq_cross_entropy(logits, num_true)
-    return multi_positive_cross_entropy(logits, num_true)
+    (`_multi_positive_cross_entropy` or `_corrected_logq_cross_entropy`)."""
+    if _check_logq_correction(logq_correction) == "corrected":
+        return _corrected_logq_cross_entropy(logits, num_true)
+    return _multi_positive_cross_entropy(logits, num_true)
 
 
 def full_softmax_loss(
-    query,
-    labels,
-    class_embeddings,
-    class_bias=None,
+    query: TensorLike,
+    labels: TensorLike,
+    class_embeddings: TensorLike,
+    class_bias: Optional[TensorLike] = None,
     *,
-    sample_weight=None,
+    sample_weight: Optional[TensorLike] = None,
     logit_transform: _LogitTransform = None,
 ) -> tf.Tensor:
-    """Exact per-example softmax cross-entropy [B] over all N classes (O(N·d) per example).
+    """Exact per-example softmax cross-entropy over all N classes (O(N·d) per example).
 
     With num_true > 1 the target puts 1/num_true on each positive, as `sampled_softmax_loss` does.
 
@@ -361,10 +353,17 @@ def full_softmax_loss(
       class_bias: optional [N] bias. Default None.
       sample_weight: optional [B] weights multiplied into the per-example loss. Default None.
       logit_transform: optional elementwise map on the logits. Default None.
+
+    Returns:
+      [B] float32 per-example losses.
+
+    Raises:
+      ValueError: for queries not of rank 2 or labels not of rank 1 or 2.
+      TypeError: for integer queries or float labels.
     """
     query = _validation.as_queries(query, "query")
     labels = _validation.as_label_matrix(labels)
-    logits = full_logits(query, class_embeddings, class_bias, logit_transform)
+    logits = _full_logits(query, class_embeddings, class_bias, logit_transform)
     log_probs = tf.nn.log_softmax(logits, axis=-1)
     per_example = -tf.reduce_mean(tf.gather(log_probs, labels, batch_dims=1), axis=-1)
     return _reduction.weighted(per_example, sample_weight)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import tensorflow as tf
 
@@ -17,7 +17,8 @@ from tf_adaptive_softmax._keras import (
     serialize,
 )
 from tf_adaptive_softmax._ops import tables
-from tf_adaptive_softmax.refresh import CompiledRefresh
+from tf_adaptive_softmax._refresh import CompiledRefresh
+from tf_adaptive_softmax._types import TensorLike
 from tf_adaptive_softmax.samplers.base import Sampler
 
 __all__ = ["AdaptiveSampledSoftmaxLoss"]
@@ -49,10 +50,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
       tied_embedding: an existing Embedding layer (input_dim=N) whose table serves as W, for weight
         tying in language models. Such a model saves with `save_weights` / checkpoints; its `.keras`
         config cannot express the tie.
-      correct_positive: subtract log(m·q) from the positive too (default True: the convention of
-        TF, TFRS and the MIDX authors, far better at small m in every measurement; see
-        `tf_adaptive_softmax.estimator`). False keeps it uncorrected (Blanc & Rendle 2018, eq. 3).
-        Models saved before this default changed carry False in their config and load with it.
       remove_accidental_hits: mask negatives equal to one of the row's positives.
       add_to_model_loss: also `add_loss` the batch mean, for functional models compiled without a
         loss.
@@ -75,12 +72,18 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         refused, since TensorFlow cannot update their variables inside a conditional: use
         `CodebookRefresh` there. NaN/Inf in W or b keep the previous state (a compiled step
         cannot raise); the loss itself then shows them. A step that refreshes costs one refresh
-        (`benchmarks/refresh_scale.py`).
-      logq_correction: "standard" (default: the cross-entropy over the corrected positive and
-        negatives) or "corrected" (Khrylchenko et al. 2025: the positive raw and out of the
-        negatives' log-sum, each example weighted by its estimated miss probability; see
-        `tf_adaptive_softmax.estimator`; `correct_positive` is then not used, and
-        `remove_accidental_hits` must stay True).
+        (`python -m benchmarks.refresh_scale`).
+      logq_correction: "standard" (default: every column minus log(m·q), the positive included,
+        as TF and TFRS do), "negatives_only" (the positive raw, Blanc & Rendle's eq. 3) or
+        "corrected" (Khrylchenko et al. 2025; needs `remove_accidental_hits=True`). See
+        `tf_adaptive_softmax.estimator`. Configs saved with the deprecated `correct_positive` load
+        with the same estimator.
+      **kwargs: Keras Layer arguments (`name`, `dtype`, ...).
+
+    Raises:
+      ValueError: for a sampler built for another N, num_samples < 1, an unknown
+        `logq_correction` or "corrected" without hit removal.
+      TypeError: for a `sampler` that is not a `Sampler`, or a `tied_embedding` that is not a layer.
 
     Example:
         >>> import tensorflow as tf
@@ -103,17 +106,17 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         sampler: Optional[Sampler] = None,
         num_samples: int = 64,
         use_bias: bool = True,
-        tied_embedding=None,
-        correct_positive: bool = True,
+        tied_embedding: Optional[Any] = None,
         remove_accidental_hits: bool = True,
         add_to_model_loss: bool = False,
         absolute_softmax: bool = False,
         shared_negatives: bool = False,
-        embeddings_initializer="uniform",
+        embeddings_initializer: Any = "uniform",
         refresh_every_n_steps: Optional[int] = None,
         logq_correction: str = "standard",
-        **kwargs,
+        **kwargs: Any,
     ):
+        logq_correction = _validation.resolve_logq_correction(logq_correction, kwargs.pop("correct_positive", None))
         # The softmax and log q are computed in float32 even under mixed precision.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
@@ -130,12 +133,11 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 )
         self.sampler = sampler
         self.use_bias = bool(use_bias)
-        self.correct_positive = bool(correct_positive)
         self.remove_accidental_hits = bool(remove_accidental_hits)
         self.add_to_model_loss = bool(add_to_model_loss)
         self.absolute_softmax = bool(absolute_softmax)
         self.shared_negatives = bool(shared_negatives)
-        self.logq_correction = estimator.check_logq_correction(logq_correction, self.remove_accidental_hits)
+        self.logq_correction = estimator._check_logq_correction(logq_correction, self.remove_accidental_hits)
         self.embeddings_initializer = K.initializers.get(embeddings_initializer)
         self.refresh_every_n_steps = (
             None
@@ -147,7 +149,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             raise TypeError("`tied_embedding` must be an Embedding layer (it provides the class table).")
         self._tied = Untracked(layer=tied_embedding, embeddings=None)
         self.embedding_dim: Optional[int] = None
-        self._refresh = None
+        self._refresh: Optional[CompiledRefresh] = None
 
     # -- weights -----------------------------------------------------------------------------
     def build(self, input_shape):
@@ -162,7 +164,14 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         self.build_for_dim(int(dim))
 
     def build_for_dim(self, dim: int) -> None:
-        """Creates W (or ties it), b and the sampler state for query width `dim`."""
+        """Creates W (or ties it), b and the sampler state for query width `dim` (once).
+
+        Args:
+          dim: d, the query width.
+
+        Raises:
+          ValueError: a tied Embedding whose table is not [N, dim].
+        """
         if self.embedding_dim is not None:
             return
         self.embedding_dim = dim
@@ -230,11 +239,24 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             self.add_loss(tf.reduce_mean(loss))
         return loss
 
-    def per_example_loss(self, query, labels, sample_weight=None, training: bool = False) -> tf.Tensor:
-        """Per-example loss [B]: sampled when `training` and a sampler is set, else exact.
+    def per_example_loss(
+        self, query: TensorLike, labels: TensorLike, sample_weight: Optional[TensorLike] = None, training: bool = False
+    ) -> tf.Tensor:
+        """The per-example loss: sampled when `training` and a sampler is set, else exact.
 
-        Sequence models may pass query [B, T, d] with labels [B, T] (or [B, T, num_true]) and get
-        a [B, T] loss: every position is one example.
+        Args:
+          query: [B, d] queries, or [B, T, d] for sequence models (every position is one example).
+          labels: [B] or [B, num_true] class ids ([B, T] or [B, T, num_true] with a [B, T, d] query).
+          sample_weight: optional [B] (or [B, T]) weights. Default None.
+          training: the sampled loss when True and a sampler is set. Default False.
+
+        Returns:
+          float32 [B] ([B, T] for a [B, T, d] query). Rows with a label outside [0, N) are NaN
+          (under XLA, which drops the assert that raises otherwise).
+
+        Raises:
+          ValueError, TypeError: queries not [B, d] with the layer's d, labels of the wrong rank
+            or dtype; tf.errors.InvalidArgumentError: a label outside [0, N) (outside XLA).
         """
         query = tf.convert_to_tensor(query)
         if query.shape.rank == 3:
@@ -247,15 +269,15 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         labels = _validation.checked_ids(labels, self.num_classes)
         weights, bias = self._weights()
         if training and self.sampler is not None:
-            # The corrected logQ keeps the positive raw: it needs no log q of the positive.
-            correct_positive = self.correct_positive and self.logq_correction == "standard"
+            # Only "standard" corrects the positive: the others need no log q of it.
+            positive_corrected = self.logq_correction == "standard"
             with tf.control_dependencies(self._refresh_if_due()):
                 true_log_q = None
                 if self.shared_negatives:
                     sampled_ids, sampled_log_q = self.sampler.sample_shared(query, self.num_samples)
-                    if correct_positive:
+                    if positive_corrected:
                         true_log_q = self.sampler.mixture_log_prob(query, labels)
-                elif correct_positive:  # one pass gives the draws and the positives' log q
+                elif positive_corrected:  # one pass gives the draws and the positives' log q
                     sampled_ids, sampled_log_q, true_log_q = self.sampler.sample_with_log_prob(
                         query, self.num_samples, labels
                     )
@@ -269,11 +291,11 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 weights,
                 bias,
                 true_log_q=true_log_q,
-                correct_positive=correct_positive,
+                logq_correction=self.logq_correction,
                 remove_accidental_hits=self.remove_accidental_hits,
                 logit_transform=self._logit_transform(),
             )
-            loss = estimator.sampled_cross_entropy(logits, labels.shape[-1], self.logq_correction)
+            loss = estimator._sampled_cross_entropy(logits, labels.shape[-1], self.logq_correction)
             if self.sampler.has_auxiliary_loss:
                 loss += self._sampler_loss(query, labels, sampled_ids, logits, weights)
         else:
@@ -287,6 +309,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             sampled_ids = tf.broadcast_to(sampled_ids, tf.stack([tf.shape(labels)[0], sampled_ids.shape[0]]))
         candidates = tf.concat([labels, sampled_ids], axis=1)
         positive_embeddings = tables.lookup_rows(weights, labels)
+        assert self.sampler is not None  # only called with a sampler
         return self.sampler.auxiliary_loss(query, candidates, logits, positive_embeddings)
 
     def _per_position_loss(self, query, labels, sample_weight, training):
@@ -305,9 +328,18 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         return tf.reshape(loss, leading)
 
     # -- serving -----------------------------------------------------------------------------
-    def logits(self, query) -> tf.Tensor:
-        """All N logits [B, N] for query [B, d] ([B, T, N] for [B, T, d]); the prediction
-        distribution is their softmax."""
+    def logits(self, query: TensorLike) -> tf.Tensor:
+        """All N logits, whose softmax is the prediction distribution (no sampler involved).
+
+        Args:
+          query: [B, d] (or [B, T, d]) queries.
+
+        Returns:
+          float32 [B, N] ([B, T, N]).
+
+        Raises:
+          ValueError, TypeError: a query not [B, d] with the layer's d, or integer queries.
+        """
         query = tf.convert_to_tensor(query)
         if query.shape.rank == 3:
             flat = self.logits(tf.reshape(query, [-1, query.shape[-1]]))
@@ -316,10 +348,21 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         if self.embedding_dim is None:
             self.build_for_dim(int(query.shape[-1]))
         weights, bias = self._weights()
-        return estimator.full_logits(query, weights, bias, self._logit_transform())
+        return estimator._full_logits(query, weights, bias, self._logit_transform())
 
-    def top_k(self, query, k: int = 10):
-        """(scores [B, k], ids [B, k]) of the k highest logits, best first."""
+    def top_k(self, query: TensorLike, k: int = 10) -> Tuple[tf.Tensor, tf.Tensor]:
+        """The k highest logits of each query over all N classes, best first (serving).
+
+        Args:
+          query: [B, d] queries.
+          k: how many classes. Default 10.
+
+        Returns:
+          (scores [B, k] float32, ids [B, k] int32).
+
+        Raises:
+          ValueError: k below 1 or above N.
+        """
         k = _validation.check_positive_int(k, "k")
         if k > self.num_classes:
             raise ValueError(f"`k` must be <= num_classes={self.num_classes}; got {k}.")
@@ -353,10 +396,18 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
 
     def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
         """Rebuilds the sampler's adaptive state from the current W and b (one compiled graph
-        function, built at the first call; `tf_adaptive_softmax.refresh`).
+        function, built at the first call; what `CodebookRefresh` calls).
 
-        NaN/Inf in W or b raises (`on_nonfinite="raise"`) or keeps the previous state with a
-        warning (`"keep"`); returns False in that case.
+        Args:
+          on_nonfinite: NaN/Inf in W or b raise ("raise", default) or keep the previous state with
+            a warning ("keep").
+
+        Returns:
+          False when "keep" kept the previous state, else True.
+
+        Raises:
+          ValueError: an unknown `on_nonfinite`.
+          tf.errors.InvalidArgumentError: NaN or Inf in W or b with "raise".
         """
         _validation.check_nonfinite_policy(on_nonfinite)
         if self.sampler is None or self.embedding_dim is None:
@@ -374,7 +425,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
                 "sampler": None if self.sampler is None else serialize(self.sampler),
                 "num_samples": self.num_samples,
                 "use_bias": self.use_bias,
-                "correct_positive": self.correct_positive,
                 "remove_accidental_hits": self.remove_accidental_hits,
                 "add_to_model_loss": self.add_to_model_loss,
                 "absolute_softmax": self.absolute_softmax,

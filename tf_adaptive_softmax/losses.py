@@ -14,6 +14,8 @@ object, not config): compile again with a new `SampledSoftmaxLoss` after loading
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 from tf_adaptive_softmax import _reduction, _validation
 from tf_adaptive_softmax._keras import K, register_serializable
 
@@ -66,6 +68,11 @@ class SampledSoftmaxLoss(K.losses.Loss):
         mean over the batch), "sum", "mean", "mean_with_sample_weight", "auto", "none"/None.
       name: the loss name (default "sampled_softmax_loss").
 
+    Raises:
+      ValueError: an unknown `mode` or `reduction`, or a `model` that cannot track the layer
+        (`Sequential`) or is not built.
+      TypeError: an `output_layer` that is not an `AdaptiveSampledSoftmaxLoss`.
+
     Example:
         >>> import tensorflow as tf
         >>> import tf_adaptive_softmax as tfas
@@ -78,7 +85,14 @@ class SampledSoftmaxLoss(K.losses.Loss):
         >>> _ = model.fit(x, y, epochs=1, verbose=0)
     """
 
-    def __init__(self, output_layer, model=None, mode: str = "auto", reduction="sum_over_batch_size", name=None):
+    def __init__(
+        self,
+        output_layer: Any,
+        model: Optional[Any] = None,
+        mode: str = "auto",
+        reduction: Optional[str] = "sum_over_batch_size",
+        name: Optional[str] = None,
+    ):
         if mode not in ("auto", "sampled", "full"):
             raise ValueError(f"`mode` must be 'auto', 'sampled' or 'full'; got {mode!r}.")
         if output_layer is not None and not hasattr(output_layer, "per_example_loss"):

@@ -3,32 +3,31 @@
 TensorFlow Recommenders lives under tf_keras only: set `TF_USE_LEGACY_KERAS=1` before importing
 TensorFlow. In Keras 3 mode importing this module raises an ImportError that says so.
 
-The task keeps `Retrieval`'s constructor arguments and `call` signature, so swapping it in is a
-one-line change in `compute_loss`. Per query it scores the in-batch candidates (as Retrieval does)
-plus `num_samples` negatives drawn from the whole catalogue by `sampler` (mixed negatives):
+The task wraps a `tfrs.tasks.Retrieval` (`retrieval=`, its loss, metrics and temperature) and
+keeps its `call` signature, so swapping it in is a one-line change in `compute_loss`. Per query it
+scores the in-batch candidates (as Retrieval does) plus `num_samples` negatives drawn from the
+whole catalogue by `sampler` (mixed negatives):
 
-    scores = [ q cᵀ / τ - log p_in-batch   |   <q, e(s_j)> / τ - log(m · q(s_j | q)) ]
-               in-batch columns (TFRS)          catalogue columns (exact, unclipped log q)
+    scores = [ q cᵀ / τ − log(C·p_in-batch)   |   <q, e(s_j)> / τ − log(m · q(s_j | q / τ)) ]
+               in-batch columns (TFRS)             catalogue columns (exact, unclipped log q)
 
 In-batch columns keep TFRS's `candidate_sampling_probability` semantics; catalogue columns subtract
 the log expected count of each draw, never clipped (TFRS clips p at 1e-6, wrong for catalogues
-above ~1M items). The positive (query i's in-batch column i) keeps `Retrieval`'s in-batch
-correction (`correct_positive=True`, the default: the positive corrected by its own proposal, as
-every column of its block; the catalogue proposal does not correct it, see
-`tf_adaptive_softmax.retrieval`); `correct_positive=False` leaves it uncorrected. Catalogue draws
-equal to the row's positive id are masked.
-Factorized metrics see only the B true pairs (the query, its candidate, its id), which sidesteps
-tensorflow/recommenders#642. `refresh_sampler` (what `CodebookRefresh(task)` calls) embeds the
-catalogue and refreshes the sampler in one graph function, traced once.
+above ~1M items). `logq_correction` decides the positive's correction (`tf_adaptive_softmax.retrieval`).
+Catalogue draws equal to the row's positive id are masked. Factorized metrics see only the B true
+pairs (the query, its candidate, its id), which sidesteps tensorflow/recommenders#642.
+`refresh_sampler` (what `CodebookRefresh(task)` calls) embeds the catalogue and refreshes the
+sampler in one graph function, traced once.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import warnings
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 
-from tf_adaptive_softmax import _reduction, _validation, estimator
+from tf_adaptive_softmax import _reduction, _validation
 from tf_adaptive_softmax import retrieval as mixed_negatives
 from tf_adaptive_softmax._keras import IS_KERAS_3, K, Untracked, raw_variable
 
@@ -41,64 +40,97 @@ if IS_KERAS_3:
 
 import tensorflow_recommenders as tfrs  # after the flavour check
 
+from tf_adaptive_softmax._refresh import CompiledRefresh
 from tf_adaptive_softmax._validation import check_nonfinite_policy
-from tf_adaptive_softmax.refresh import CompiledRefresh
 from tf_adaptive_softmax.samplers.base import Sampler
 
 __all__ = ["AdaptiveRetrieval"]
 
 
-def _validation_logq(logq_correction: str, num_hard_negatives) -> str:
-    logq_correction = estimator.check_logq_correction(logq_correction)
-    if logq_correction == "corrected" and num_hard_negatives is not None:
-        raise ValueError("`logq_correction='corrected'` cannot be combined with `num_hard_negatives`.")
-    return logq_correction
+#: `tfrs.tasks.Retrieval`'s own arguments, once taken directly (deprecated: pass `retrieval=`).
+_RETRIEVAL_ARGUMENTS = (
+    "loss",
+    "metrics",
+    "batch_metrics",
+    "loss_metrics",
+    "temperature",
+    "num_hard_negatives",
+    "remove_accidental_hits",
+)
+
+
+def _retrieval_task(retrieval, deprecated: dict) -> tfrs.tasks.Retrieval:
+    """`retrieval`, or one built from the deprecated direct arguments (with a warning)."""
+    unknown = set(deprecated) - set(_RETRIEVAL_ARGUMENTS)
+    if unknown:
+        raise TypeError(f"AdaptiveRetrieval got unexpected keyword arguments {sorted(unknown)}.")
+    if deprecated:
+        if retrieval is not None:
+            raise ValueError(f"Pass {sorted(deprecated)} to the `retrieval` task, not beside it.")
+        warnings.warn(
+            f"AdaptiveRetrieval({', '.join(f'{key}=...' for key in sorted(deprecated))}) is deprecated: pass "
+            "`retrieval=tfrs.tasks.Retrieval(...)` with them instead.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return tfrs.tasks.Retrieval(**deprecated)
+    if retrieval is None:
+        return tfrs.tasks.Retrieval()
+    if not isinstance(retrieval, tfrs.tasks.Retrieval):
+        raise TypeError(f"`retrieval` must be a tfrs.tasks.Retrieval or None; got {retrieval!r}.")
+    return retrieval
 
 
 class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
     """A retrieval task with in-batch plus adaptive catalogue negatives.
 
     Args:
-      sampler: a `Sampler` over the catalogue ids, or None (then exactly `tfrs.tasks.Retrieval`).
-      num_samples: catalogue negatives per query.
+      sampler: a `Sampler` over the catalogue ids, or None (then exactly `retrieval`).
+      num_samples: catalogue negatives per query (or shared by the batch). Default 64.
       candidate_embeddings: how sampled ids become embeddings: an Embedding layer over item ids
         (its table also refreshes the sampler) or a callable `ids -> embeddings` (a candidate tower
-        over an item-feature lookup; pass `catalogue_ids` so the sampler can be refreshed).
+        over an item-feature lookup, or the table L2-normalized; pass `catalogue_ids` so the
+        sampler can be refreshed on what the tower returns). Required with a sampler.
       catalogue_ids: int ids [N] of the whole catalogue, used to embed it for `refresh_sampler`
         when `candidate_embeddings` is a callable. Default None.
-      refresh_batch_size: ids per call of the callable when embedding the catalogue (the graph
-        loops over fixed-size chunks, so memory stays at one chunk's activations). Default 4096.
       index: an optional `tfrs.layers.factorized_top_k.BruteForce` re-indexed with the catalogue
-        embeddings after every refresh, so evaluation is not stale.
-      cross_replica_candidates: under a multi-replica strategy (MirroredStrategy, TPUStrategy), use
-        every replica's positives as extra in-batch negatives (equal per-replica batch sizes:
-        batch with `drop_remainder=True`).
+        embeddings after every refresh, so evaluation is not stale. Default None.
+      retrieval: the `tfrs.tasks.Retrieval` whose loss, metrics, temperature, hard-negative mining
+        and accidental-hit removal this task keeps (its in-batch columns are that task's scores).
+        Default None: `tfrs.tasks.Retrieval()`. With a temperature τ the catalogue proposal sees
+        h / τ, the model's own scale.
       shared_negatives: draw the `num_samples` catalogue negatives once for the whole batch from
         the batch mixture (one matmul, and the candidate tower embeds m ids instead of B·m).
         Default False.
-      correct_positive: the positive keeps `Retrieval`'s in-batch -log p correction (default True:
-        the TF / TFRS convention, the positive corrected by its own proposal); False leaves its
-        score uncorrected (Blanc & Rendle's eq. 3). No effect without
-        `candidate_sampling_probability`.
-      logq_correction: "standard" (default: `Retrieval`'s loss over the corrected scores) or
-        "corrected" (Khrylchenko et al., "Correcting the LogQ Correction", RecSys 2025: the positive
-        scored raw and left out of the negatives' log-sum, each query's loss weighted by its
-        estimated miss probability; `retrieval.corrected_logq_loss`). Training only (evaluation
-        reports `Retrieval`'s in-batch loss); needs `candidate_sampling_probability` and
-        `candidate_ids` in training, removes accidental hits there, ignores `correct_positive`,
-        and cannot be combined with `num_hard_negatives`. The per-query losses are reduced as
-        `loss` reduces (summed by default) with the sample weights.
-      loss, metrics, batch_metrics, loss_metrics, temperature, num_hard_negatives,
-      remove_accidental_hits, name: as for `tfrs.tasks.Retrieval` (loss defaults to its
-        sum-reduced categorical cross-entropy).
+      logq_correction: "standard" (default: the positive keeps Retrieval's in-batch -log p, TFRS's
+        convention), "negatives_only" (the positive raw, Blanc & Rendle's eq. 3) or "corrected"
+        (Khrylchenko et al., RecSys 2025: the positive raw and out of the negatives' log-sum, each
+        query's loss weighted by its estimated miss probability; training only, needs
+        `candidate_sampling_probability` and `candidate_ids`, removes accidental hits, cannot be
+        combined with hard-negative mining). See `tf_adaptive_softmax.retrieval`. No effect
+        without `candidate_sampling_probability`.
+      cross_replica_candidates: under a multi-replica strategy (MirroredStrategy, TPUStrategy), use
+        every replica's positives as extra in-batch negatives (equal per-replica batch sizes:
+        batch with `drop_remainder=True`). Default False.
+      refresh_batch_size: ids per call of the callable when embedding the catalogue (the graph
+        loops over fixed-size chunks, so memory stays at one chunk's activations). Default 4096.
+      name: the layer's name. Default None.
+      **deprecated: `Retrieval`'s own arguments (loss, metrics, batch_metrics, loss_metrics,
+        temperature, num_hard_negatives, remove_accidental_hits) and `correct_positive`, accepted
+        for one release with a DeprecationWarning.
+
+    Raises:
+      TypeError: a `sampler` that is not a `Sampler`, or a `retrieval` that is not a Retrieval.
+      ValueError: a sampler without `candidate_embeddings`, num_samples < 1, an unknown
+        `logq_correction`, or "corrected" with hard-negative mining.
 
     Example (tf_keras mode):
         task = AdaptiveRetrieval(
-            sampler=tfas.samplers.MIDX(num_items, num_codewords=32, seed=0), num_samples=64,
-            candidate_embeddings=item_embedding_layer)
+            tfas.samplers.MIDX(num_items, seed=0), num_samples=64, candidate_embeddings=item_embedding_layer,
+            retrieval=tfrs.tasks.Retrieval(temperature=0.2))
         # in tfrs.Model.compute_loss, exactly as with tfrs.tasks.Retrieval:
         loss = task(user_embeddings, item_embeddings, candidate_ids=item_ids,
-                    compute_metrics=not training)
+                    compute_metrics=not training, training=training)
         # and keep the sampler in step: model.fit(..., callbacks=[CodebookRefresh(task)])
     """
 
@@ -106,26 +138,29 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         self,
         sampler: Optional[Sampler] = None,
         num_samples: int = 64,
-        candidate_embeddings=None,
-        catalogue_ids=None,
-        refresh_batch_size: int = 4096,
-        index=None,
-        loss: Optional[tf.keras.losses.Loss] = None,
-        metrics=None,
-        batch_metrics: Optional[Sequence] = None,
-        loss_metrics: Optional[Sequence] = None,
-        temperature: Optional[float] = None,
-        num_hard_negatives: Optional[int] = None,
-        remove_accidental_hits: bool = False,
-        cross_replica_candidates: bool = False,
-        shared_negatives: bool = False,
+        candidate_embeddings: K.layers.Embedding | Callable[[tf.Tensor], tf.Tensor] | None = None,
         *,
-        correct_positive: bool = True,
+        catalogue_ids: Any = None,
+        index: Any = None,
+        retrieval: Optional[tfrs.tasks.Retrieval] = None,
+        shared_negatives: bool = False,
         logq_correction: str = "standard",
+        cross_replica_candidates: bool = False,
+        refresh_batch_size: int = 4096,
         name: Optional[str] = None,
+        **deprecated: Any,
     ):
         super().__init__(name=name)
-        self.logq_correction = _validation_logq(logq_correction, num_hard_negatives)
+        logq_correction = _validation.resolve_logq_correction(
+            logq_correction, deprecated.pop("correct_positive", None), stacklevel=4
+        )
+        self.retrieval = _retrieval_task(retrieval, deprecated)
+        self._temperature = self.retrieval._temperature  # pylint: disable=protected-access
+        self._num_hard_negatives = self.retrieval._num_hard_negatives  # pylint: disable=protected-access
+        self._remove_accidental_hits = self.retrieval._remove_accidental_hits  # pylint: disable=protected-access
+        if logq_correction == "corrected" and self._num_hard_negatives is not None:
+            raise ValueError("`logq_correction='corrected'` cannot be combined with `num_hard_negatives`.")
+        self.logq_correction = logq_correction
         if sampler is not None:
             if not isinstance(sampler, Sampler):
                 raise TypeError(f"`sampler` must be a tf_adaptive_softmax Sampler or None; got {sampler!r}.")
@@ -140,23 +175,10 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         # The tower belongs to the user's model; tracking it here would list its weights twice.
         self._candidates = Untracked(tower=candidate_embeddings, index=index)
         self._catalogue_ids = None if catalogue_ids is None else tf.constant(catalogue_ids)
-        self.retrieval = tfrs.tasks.Retrieval(
-            loss=loss,
-            metrics=metrics,
-            batch_metrics=batch_metrics,
-            loss_metrics=loss_metrics,
-            temperature=temperature,
-            num_hard_negatives=num_hard_negatives,
-            remove_accidental_hits=remove_accidental_hits,
-        )
-        self._temperature = temperature
-        self._num_hard_negatives = num_hard_negatives
-        self._remove_accidental_hits = remove_accidental_hits
         self._cross_replica_candidates = bool(cross_replica_candidates)
         self.shared_negatives = bool(shared_negatives)
-        self.correct_positive = bool(correct_positive)
         # Graph functions built on first use (the tower may only be built by then), then reused.
-        self._embed_catalogue = None
+        self._embed_catalogue: Optional[Callable] = None
         self._refresh: Optional[CompiledRefresh] = None
         self._catalogue_width: Optional[int] = None
 
@@ -180,6 +202,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         if isinstance(tower, K.layers.Embedding):
             return tf.cast(tf.convert_to_tensor(raw_variable(tower.embeddings)), tf.float32)
         ids = self._catalogue_ids
+        assert ids is not None  # checked by _prepare_catalogue
         total, size = int(ids.shape[0]), min(self.refresh_batch_size, int(ids.shape[0]))
         num_chunks = -(-total // size)
         # Pad with the last id (a valid one) so that every chunk has the same static shape.
@@ -214,21 +237,41 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         # AutoGraph on (unlike the sampler's refresh): a tower's `call` may branch on tensors.
         self._embed_catalogue = tf.function(self._read_catalogue)
 
-    def catalogue_embeddings(self) -> tf.Tensor:
-        """[N, d] float32 embeddings of the whole catalogue: the Embedding table, or the tower run
-        over `catalogue_ids` in chunks of `refresh_batch_size` (one compiled graph function)."""
-        self._prepare_catalogue()
+    def _catalogue(self) -> tf.Tensor:
+        assert self._embed_catalogue is not None  # built by _prepare_catalogue
         return self._embed_catalogue()
+
+    def catalogue_embeddings(self) -> tf.Tensor:
+        """The embeddings of the whole catalogue, as the sampler is refreshed on them.
+
+        Returns:
+          [N, d] float32: the Embedding table, or the tower run over `catalogue_ids` in chunks of
+          `refresh_batch_size` (one compiled graph function).
+
+        Raises:
+          ValueError: a callable `candidate_embeddings` without `catalogue_ids`.
+        """
+        self._prepare_catalogue()
+        return self._catalogue()
 
     def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
         """Refreshes the sampler from the current catalogue embeddings (and re-indexes `index`).
 
         Reading the catalogue (the table, or the tower over `catalogue_ids` chunk by chunk) and
         the sampler's refresh (MIDX's k-means) run as one graph function, traced at the first
-        call and reused (`tf_adaptive_softmax.refresh.CompiledRefresh`). NaN/Inf embeddings raise
-        (`on_nonfinite="raise"`, the default) or keep the previous sampler state and index with a
-        warning (`"keep"`, returns False). With an `index`, the catalogue is embedded once and
-        serves both; the index is re-indexed only after an accepted refresh.
+        call and reused. With an `index`, the catalogue is embedded once and serves both; the
+        index is re-indexed only after an accepted refresh. What `CodebookRefresh(task)` calls.
+
+        Args:
+          on_nonfinite: NaN/Inf embeddings raise ("raise", default) or keep the previous sampler
+            state and index with a warning ("keep").
+
+        Returns:
+          False when "keep" kept the previous state, else True.
+
+        Raises:
+          ValueError: an unknown `on_nonfinite`, or a tower without `catalogue_ids`.
+          tf.errors.InvalidArgumentError: NaN or Inf embeddings with "raise".
         """
         check_nonfinite_policy(on_nonfinite)
         if self.sampler is None:
@@ -238,11 +281,11 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             self._prepare_catalogue()
         if self._refresh is None:
             # Called inside the refresh's graph, the catalogue function becomes part of it.
-            self._refresh = CompiledRefresh(self.sampler, lambda: (self._embed_catalogue(), None), owner=self)
+            self._refresh = CompiledRefresh(self.sampler, lambda: (self._catalogue(), None), owner=self)
         if index is None:
             return self._refresh(on_nonfinite)  # a no-op for static samplers
         # The sampler and the index share one pass of the tower over the catalogue.
-        embeddings = self._embed_catalogue()
+        embeddings = self._catalogue()
         if not self._refresh(on_nonfinite, class_embeddings=embeddings):
             return False
         ids = self._catalogue_ids if self._catalogue_ids is not None else tf.range(tf.shape(embeddings)[0])
@@ -274,9 +317,11 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         evaluation scores the in-batch candidates exactly as `Retrieval` does.
         """
         use_sampler = self.sampler is not None and bool(training)
-        corrected = self.logq_correction == "corrected" and bool(training)
-        if corrected:
-            mixed_negatives.check_logq_correction_inputs(self.logq_correction, candidate_sampling_probability)
+        # The corrected logQ is a training loss: evaluation reports Retrieval's in-batch loss.
+        logq_correction = self.logq_correction
+        if logq_correction == "corrected" and not training:
+            logq_correction = "standard"
+        corrected = logq_correction == "corrected"
         if query_embeddings.shape.rank == 3:
             if use_sampler:
                 raise ValueError("Multi-head (3-D) query embeddings are not supported with catalogue negatives.")
@@ -290,7 +335,7 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
                 compute_batch_metrics=compute_batch_metrics,
                 score_mask=score_mask,
             )
-        scores, labels, column_ids = mixed_negatives.mixed_negatives_scores_with_ids(
+        scores, labels, column_ids = mixed_negatives._mixed_negatives_scores_with_ids(
             query_embeddings,
             candidate_embeddings,
             candidate_ids,
@@ -299,21 +344,22 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
             embed_ids=self._embed_ids,
             candidate_sampling_probability=candidate_sampling_probability,
             temperature=self._temperature,
-            remove_accidental_hits=self._remove_accidental_hits or corrected,
+            remove_accidental_hits=self._remove_accidental_hits,
             score_mask=score_mask,
             cross_replica_candidates=self._cross_replica_candidates,
             shared_negatives=self.shared_negatives,
-            correct_positive=self.correct_positive and not corrected,
+            logq_correction=logq_correction,
         )
         sampler_loss = None
-        if use_sampler and self.sampler.has_auxiliary_loss:
+        if use_sampler and self.sampler is not None and self.sampler.has_auxiliary_loss:
             positives = tf.convert_to_tensor(candidate_embeddings)[: tf.shape(query_embeddings)[0]]
-            sampler_loss = mixed_negatives.sampler_loss(self.sampler, query_embeddings, scores, column_ids, positives)
+            queries = mixed_negatives._proposal_queries(query_embeddings, self._temperature)
+            sampler_loss = mixed_negatives._sampler_loss(self.sampler, queries, scores, column_ids, positives)
         if self._num_hard_negatives is not None:
             scores, labels = tfrs.layers.loss.HardNegativeMining(self._num_hard_negatives)(scores, labels)
         per_query_loss = None
         if corrected:
-            per_query_loss = mixed_negatives.corrected_logq_loss(scores, catalogue_negatives=use_sampler)
+            per_query_loss = mixed_negatives._corrected_logq_loss(scores, catalogue_negatives=use_sampler)
         return self._loss_and_metrics(
             labels,
             scores,

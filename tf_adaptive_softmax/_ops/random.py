@@ -4,11 +4,10 @@ categorical over short rows.
 
 Every draw names its bit generator: Philox-4x32-10 (`ALGORITHM`). TensorFlow's default,
 `alg="auto_select"`, is Philox in graph mode on CPU and GPU but another generator under XLA,
-where XLA:CPU makes float uniforms about 70x slower (35 ms against 0.45 ms for 98,304 numbers on
-2 cores). Named, Philox gives the same integer bits in graph mode and under XLA; `uniform` builds
-its floats from those bits itself (the two modes convert bits to floats differently), so one seed
-draws the same negatives in both modes. ThreeFry would be a little faster under XLA (and is what
-TPUs favour), but graph mode on CPU rejects it.
+where XLA:CPU makes float uniforms far slower. Named, Philox gives the same integer bits in graph
+mode and under XLA; `uniform` builds its floats from those bits itself (the two modes convert bits
+to floats differently), so one seed draws the same negatives in both modes. ThreeFry would be a
+little faster under XLA (and is what TPUs favour), but graph mode on CPU rejects it.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ which is the whole table over the network at each step. These helpers read only 
   one block at a time;
 * `row_block` and `all_finite` read a table (sharded or not) a block of rows at a time. For a
   variable they use sparse reads (gathers): once a training step has read or updated a variable
-  sparsely, TensorFlow keeps it in copy-on-read mode, and every dense read copies it whole
-  (2.4 GB at N = 10^7, d = 64), while a gather of some rows copies only those rows.
+  sparsely, TensorFlow keeps it in copy-on-read mode, and every dense read copies it whole,
+  while a gather of some rows copies only those rows.
 
 Example:
     >>> import tensorflow as tf
@@ -70,7 +70,7 @@ def row_block(table, start, num_rows: int) -> tf.Tensor:
 def all_finite(table) -> tf.Tensor:
     """Scalar bool: no NaN or Inf in the table, checked a block of rows at a time (a variable with
     gathers, so no dense copy of it; a sharded one shard by shard on the shard's device). One
-    `is_finite` over a whole [N, d] table would hold an [N, d] bool tensor: 0.6 GB at 10^7 x 64."""
+    `is_finite` over a whole [N, d] table would hold an [N, d] bool tensor."""
     if not is_sharded(table):
         return _all_finite(table)
     checks = []

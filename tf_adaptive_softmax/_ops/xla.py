@@ -1,9 +1,8 @@
 """One XLA computation for a kernel of many small ops, whatever compiles (or not) its caller.
 
-TensorFlow's graph executor runs every op of a kernel on its own: on CPU each op over a [B·m]
-tensor (B = 256 queries, m = 128 draws) costs 0.05–0.4 ms, so a draw made of a few dozen
-elementwise ops, gathers and short searches costs milliseconds in graph mode (MIDX's draw: 5.5 ms
-against 2.6 ms as one XLA computation, B = 256, m = 128, K = 64, 2 CPU cores). Under XLA (a
+TensorFlow's graph executor runs every op of a kernel on its own, each a pass over its [B·m]
+tensor, so a draw made of a few dozen elementwise ops, gathers and short searches costs about
+twice as much in graph mode as compiled (benchmarks/README.md, "Step cost"). Under XLA (a
 `tf.function(jit_compile=True)`, Keras `jit_compile=True`, TPUs) the caller is compiled anyway and
 the kernel is simply part of it.
 

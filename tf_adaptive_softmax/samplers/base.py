@@ -20,7 +20,7 @@ so training is reproducible from the constructor's `seed` and resumes exactly fr
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +29,7 @@ from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K, Untracked
 from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax._ops.random import per_replica, seed_pair, sub_seed, uniform_ints
+from tf_adaptive_softmax._types import TensorLike
 from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 
 __all__ = ["Sampler"]
@@ -53,11 +54,16 @@ def _parameter_server_strategy():
 
 
 class Sampler(K.layers.Layer):
-    """Base class of all proposal distributions. Subclasses implement `_sample` and `_log_prob`.
+    """Base class of all proposal distributions. Subclasses implement `_sample` and `_log_prob`
+    (and, when adaptive, `_refresh`).
 
     Args:
       num_classes: size N of the output space.
       seed: optional int; seeds the sampler's own stream used when `sample(seed=None)`.
+      **kwargs: Keras Layer arguments (`name`, ...).
+
+    Raises:
+      ValueError: num_classes below 1.
     """
 
     #: True for samplers whose distribution depends on the model (refresh changes it).
@@ -71,7 +77,7 @@ class Sampler(K.layers.Layer):
     #: codebooks). Owners (the loss layer, `AdaptiveRetrieval`) add that loss in training.
     has_auxiliary_loss: bool = False
 
-    def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs):
+    def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs: Any):
         kwargs.setdefault("dtype", "float32")
         kwargs.setdefault("trainable", False)
         super().__init__(**kwargs)
@@ -90,8 +96,15 @@ class Sampler(K.layers.Layer):
         self.embedding_dim: Optional[int] = None
 
     # -- state -------------------------------------------------------------------------------
-    def add_weight(self, *args, **kwargs):
+    def add_weight(self, *args: Any, **kwargs: Any) -> Any:
         """Keras' `add_weight`, with every state variable whole on one parameter server.
+
+        Args:
+          *args, **kwargs: Keras' `Layer.add_weight` arguments.
+
+        Returns:
+          The new variable.
+
 
         A `ParameterServerStrategy` partitioner would split [2] seeds and [N] indices into shards
         that the draw's gathers and the refresh's assigns cannot use. TensorFlow never partitions
@@ -108,7 +121,11 @@ class Sampler(K.layers.Layer):
             return super().add_weight(*args, **kwargs)
 
     def build_state(self, embedding_dim: int) -> None:
-        """Creates the d-dependent state variables. Called by the loss layer's `build`."""
+        """Creates the d-dependent state variables. Called by the loss layer's `build`.
+
+        Args:
+          embedding_dim: d, the width of the queries and class embeddings.
+        """
         self.embedding_dim = int(embedding_dim)
         self.built = True
 
@@ -130,28 +147,56 @@ class Sampler(K.layers.Layer):
         )
 
     def state_bytes(self) -> int:
-        """Bytes held by the sampler's state variables (the seed stream excluded)."""
+        """Bytes held by the sampler's state variables (the seed stream excluded).
+
+        Returns:
+          The total size in bytes.
+        """
         return sum(int(np.prod(w.shape)) * tf.as_dtype(w.dtype).size for w in self.weights if "seed" not in w.name)
 
-    def compiled_refresh(self, read_weights):
-        """A graph function refreshing from `read_weights() -> (class_embeddings, class_bias)`;
-        keep it and call it at every refresh (it only assigns) as `fn(on_nonfinite)`: the policy
-        is a Python string, so each one is traced once. It returns `refresh`'s bool."""
+    def compiled_refresh(self, read_weights: Callable[[], Tuple[Any, Any]]) -> Callable[[str], tf.Tensor]:
+        """A graph function that refreshes the sampler from the current weights.
+
+        Keep it and call it at every refresh (it only assigns) as `fn(on_nonfinite)`: the policy
+        is a Python string, so each one is traced once.
+
+        Args:
+          read_weights: () -> (class_embeddings [N, d], class_bias [N] or None).
+
+        Returns:
+          `fn(on_nonfinite) -> ` `refresh`'s scalar bool.
+        """
         return tf.function(
             lambda on_nonfinite: self.refresh(*read_weights(), on_nonfinite=check_nonfinite_policy(on_nonfinite)),
             autograph=False,
         )
 
-    def bind(self, class_embeddings, class_bias=None) -> None:
-        """Gives samplers that read the model's live weights (the `Softmax` oracle) a handle."""
+    def bind(self, class_embeddings: Any, class_bias: Any = None) -> None:
+        """Gives samplers that read the model's live weights (the `Softmax` oracle) a handle.
+
+        Args:
+          class_embeddings: the model's class table variable [N, d].
+          class_bias: its bias variable [N], or None.
+        """
 
     # -- contract ----------------------------------------------------------------------------
-    def sample(self, queries, num_samples: int, seed=None) -> Tuple[tf.Tensor, tf.Tensor]:
+    def sample(
+        self, queries: TensorLike, num_samples: int, seed: Optional[TensorLike] = None
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
         """Draws `num_samples` class ids per query with replacement.
+
+        Args:
+          queries: [B, d] float queries.
+          num_samples: m, draws per query (a Python int: it fixes the static shape).
+          seed: optional int32 [2] (or int) seed; default: the sampler's own stream.
 
         Returns:
           ids: int32 [B, num_samples].
           log_q: float32 [B, num_samples], the normalized log-probability of each draw.
+
+        Raises:
+          ValueError: queries not [B, d] with the sampler's d, or num_samples below 1.
+          TypeError: a tensor num_samples or integer queries.
         """
         num_samples = _validation.check_num_samples(num_samples)
         queries = _validation.as_queries(queries, width=self.embedding_dim)
@@ -162,13 +207,16 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
-    def sample_with_log_prob(self, queries, num_samples: int, ids, seed=None) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def sample_with_log_prob(
+        self, queries: TensorLike, num_samples: int, ids: TensorLike, seed: Optional[TensorLike] = None
+    ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """`sample(queries, num_samples, seed)` and `log_prob(queries, ids)` in one call.
 
         The draws are those `sample` makes from the same seed. Samplers that share work between
         the two override `_sample_with_log_prob`: MIDX scores the codewords and computes each
         query's normalizer once (the positives' log q is what the estimator's default
-        `correct_positive=True` needs at every step). Equal to the two calls up to float rounding.
+        `logq_correction="standard"` needs at every step). Equal to the two calls up to float
+        rounding.
 
         Args:
           queries: [B, d].
@@ -178,6 +226,9 @@ class Sampler(K.layers.Layer):
 
         Returns:
           (ids [B, m] int32, log_q [B, m], log q of `ids` [B, k]).
+
+        Raises:
+          ValueError, TypeError: as `sample`, or ids of the wrong rank or dtype.
         """
         num_samples = _validation.check_num_samples(num_samples)
         queries = _validation.as_queries(queries, width=self.embedding_dim)
@@ -188,7 +239,9 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(sampled), tf.stop_gradient(log_q), tf.stop_gradient(ids_log_q)
 
-    def sample_shared(self, queries, num_samples: int, seed=None) -> Tuple[tf.Tensor, tf.Tensor]:
+    def sample_shared(
+        self, queries: TensorLike, num_samples: int, seed: Optional[TensorLike] = None
+    ) -> Tuple[tf.Tensor, tf.Tensor]:
         """Draws `num_samples` ids shared by the whole batch (TF's `sampled_softmax_loss` layout).
 
         The draws come from the batch mixture q̄(i) = (1/B)·Σ_b q(i | h_b), which for a static
@@ -196,9 +249,17 @@ class Sampler(K.layers.Layer):
         draw, and only m rows of W get a gradient, so a step costs far less than m draws per
         query; the price is a proposal less matched to each query.
 
+        Args:
+          queries: [B, d] float queries (an empty batch draws from one zero query).
+          num_samples: m, draws for the whole batch.
+          seed: optional int32 [2] (or int) seed; default: the sampler's own stream.
+
         Returns:
           ids: int32 [num_samples].
           log_q: float32 [num_samples], log q̄ of each draw (normalized).
+
+        Raises:
+          ValueError, TypeError: as `sample`.
         """
         num_samples = _validation.check_num_samples(num_samples)
         queries = _validation.as_queries(queries, width=self.embedding_dim)
@@ -208,22 +269,50 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
-    def mixture_log_prob(self, queries, ids) -> tf.Tensor:
-        """log q̄ of `ids` (any shape) under the batch mixture of `queries` [B, d], the
-        distribution `sample_shared` draws from. Same shape as `ids`."""
+    def mixture_log_prob(self, queries: TensorLike, ids: TensorLike) -> tf.Tensor:
+        """log q̄ of `ids` under the batch mixture of `queries`, the distribution `sample_shared`
+        draws from.
+
+        Args:
+          queries: [B, d] float queries.
+          ids: integer class ids of any shape.
+
+        Returns:
+          float32, the shape of `ids`.
+
+        Raises:
+          ValueError, TypeError: queries not [B, d], or float ids.
+        """
         queries = _validation.as_queries(queries, width=self.embedding_dim)
         ids = _validation.checked_ids(_validation.as_ids(ids, "ids"), self.num_classes, name="ids")
         flat = tf.reshape(ids, [-1])
         return tf.stop_gradient(tf.reshape(self._mixture_log_prob(queries, flat), tf.shape(ids)))
 
-    def log_prob(self, queries, ids) -> tf.Tensor:
-        """Normalized log q of `ids` [B, k] (or [B], returned as [B, 1]) for each query."""
+    def log_prob(self, queries: TensorLike, ids: TensorLike) -> tf.Tensor:
+        """Normalized log q of `ids` under each query's proposal.
+
+        Args:
+          queries: [B, d] float queries.
+          ids: [B, k] (or [B]) integer class ids.
+
+        Returns:
+          float32 [B, k] ([B, 1] for [B] ids); `logsumexp` over all N classes is 0.
+
+        Raises:
+          ValueError, TypeError: queries not [B, d], ids not [B] or [B, k], or float ids.
+        """
         queries = _validation.as_queries(queries, width=self.embedding_dim)
         ids = _validation.as_label_matrix(ids, name="ids")
         ids = _validation.checked_ids(ids, self.num_classes, name="ids")
         return tf.stop_gradient(self._log_prob(queries, ids))
 
-    def auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings=None) -> tf.Tensor:
+    def auxiliary_loss(
+        self,
+        queries: TensorLike,
+        candidate_ids: TensorLike,
+        target_logits: TensorLike,
+        positive_embeddings: Optional[TensorLike] = None,
+    ) -> tf.Tensor:
         """Per-query loss [B] that trains the sampler's own trainable state; zeros for samplers
         without any (`has_auxiliary_loss` False).
 
@@ -241,6 +330,13 @@ class Sampler(K.layers.Layer):
             softmax is the self-normalized importance estimate of the model's softmax p there.
           positive_embeddings: optional [B, T, d] (or [B, d]) class embeddings of the first T
             candidates (the positives), for a sampler's reconstruction term.
+
+        Returns:
+          float32 [B].
+
+        Raises:
+          ValueError: `target_logits` not shaped like `candidate_ids`, or `positive_embeddings` of
+            the wrong shape.
         """
         queries = _validation.as_queries(queries, width=self.embedding_dim)
         if not self.has_auxiliary_loss:
@@ -273,7 +369,9 @@ class Sampler(K.layers.Layer):
     def _auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings):
         raise NotImplementedError
 
-    def refresh(self, class_embeddings, class_bias=None, on_nonfinite: str = "raise") -> tf.Tensor:
+    def refresh(
+        self, class_embeddings: TensorLike, class_bias: Optional[TensorLike] = None, on_nonfinite: str = "raise"
+    ) -> tf.Tensor:
         """Rebuilds adaptive state from the current class embeddings [N, d] and optional bias [N].
 
         Checks the shapes, then (adaptive samplers) that the values are finite, then calls
@@ -282,8 +380,17 @@ class Sampler(K.layers.Layer):
         state stays and the call returns False (eagerly it also warns). The index is never left
         half-updated. A no-op for static samplers.
 
+        Args:
+          class_embeddings: [N, d] class table (a variable, a tensor, or a sharded table).
+          class_bias: optional [N] bias (MIDX's `include_bias` folds it in). Default None.
+          on_nonfinite: "raise" (default) or "keep".
+
         Returns:
           A scalar bool tensor: True when the inputs were accepted.
+
+        Raises:
+          ValueError: embeddings not [N, d], a bias not [N], or an unknown `on_nonfinite`.
+          tf.errors.InvalidArgumentError: NaN or Inf in the inputs with "raise".
         """
         check_nonfinite_policy(on_nonfinite)
         # A float32 variable (sharded or not) stays a variable for samplers that read it a block

@@ -25,7 +25,7 @@ to `AdaptiveSampledSoftmaxLoss` when sampling from this kernel.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -87,7 +87,7 @@ def _write_group_second_moments(variable: tf.Variable, class_embeddings: tf.Tens
     Meant for XLA (`QuadraticKernel._replica_writers`), which writes each chunk into the
     variable's own buffer and leaves it readable without copies (see `_overwrite_leading_rows`).
     A [G, P] accumulator updated chunk by chunk by TensorFlow's graph executor was copied at
-    every chunk: at N = 10^7, +1.3 GB and 5.3 s against +0.1 GB and 1.2 s this way.
+    every chunk (benchmarks/README.md, "Refresh at scale").
     """
     num_classes, dim = class_embeddings.shape
     full_groups = num_classes // leaf
@@ -154,6 +154,10 @@ class QuadraticKernel(Sampler):
         stages for m = 128 draws on CPU: sqrt(N·(d+1) / 10240) rounded to a power of two, within
         [d, 512] (64 for d = 64 up to N = 10^6).
       seed: seeds the sampler's own stream.
+      **kwargs: Keras Layer arguments (`name`, ...).
+
+    Raises:
+      ValueError: alpha not above 0, or a leaf size below the embedding width.
 
     Example:
         >>> import numpy as np, tensorflow as tf
@@ -174,7 +178,7 @@ class QuadraticKernel(Sampler):
         alpha: float = 100.0,
         leaf_size: Optional[int] = None,
         seed: Optional[int] = None,
-        **kwargs,
+        **kwargs: Any,
     ):
         super().__init__(num_classes=num_classes, seed=seed, **kwargs)
         if not alpha > 0:
@@ -185,6 +189,14 @@ class QuadraticKernel(Sampler):
         self._writers = Untracked(functions=None)
 
     def build_state(self, embedding_dim: int) -> None:
+        """Creates the group sums for embedding width d (once).
+
+        Args:
+          embedding_dim: d.
+
+        Raises:
+          ValueError: a `leaf_size` below d.
+        """
         if self.embedding_dim is not None:
             return
         super().build_state(embedding_dim)
@@ -252,7 +264,7 @@ class QuadraticKernel(Sampler):
 
         A sparse read (`tf.gather` on a tf_keras weight becomes ResourceGather) would switch the
         variable to copy-on-read, after which every dense read, such as the leaf blocks of each
-        draw, copies the whole snapshot (measured: +25 ms per draw at N = 10^6).
+        draw, copies the whole snapshot.
         """
         return tf.gather(tf.convert_to_tensor(self.snapshot_embeddings), ids)
 
@@ -357,8 +369,9 @@ class QuadraticKernel(Sampler):
         for device, write in self._replica_writers():
             with tf.device(device):
                 packed_total = write(class_embeddings)
-        total = tf.gather(packed_total, _symmetric_from_upper(self.embedding_dim))
-        self.second_moment.assign(tf.reshape(total, [self.embedding_dim, self.embedding_dim]))
+        dim = int(self.embedding_dim or 0)  # built: refresh runs after build_state
+        total = tf.gather(packed_total, _symmetric_from_upper(dim))
+        self.second_moment.assign(tf.reshape(total, [dim, dim]))
 
     def _replica_writers(self) -> list:
         """[(device, write)]: for every replica of the state (one unless it is mirrored), an

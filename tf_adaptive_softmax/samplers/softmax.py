@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import tensorflow as tf
 
@@ -30,6 +30,10 @@ class Softmax(Sampler):
       num_classes: N.
       live: read the attached layer's weights directly instead of a refreshed snapshot.
       seed: seeds the sampler's own stream.
+      **kwargs: Keras Layer arguments (`name`, ...).
+
+    Raises:
+      ValueError: drawing from a snapshot before the first `refresh`.
 
     Example:
         >>> import tensorflow as tf
@@ -42,14 +46,14 @@ class Softmax(Sampler):
 
     adaptive = True
 
-    def __init__(self, num_classes: int, live: bool = True, seed: Optional[int] = None, **kwargs):
+    def __init__(self, num_classes: int, live: bool = True, seed: Optional[int] = None, **kwargs: Any):
         super().__init__(num_classes=num_classes, seed=seed, **kwargs)
         self.live = bool(live)
         self._live: Optional[Untracked] = None
-        self.snapshot_embeddings = None
-        self.snapshot_bias = None
+        self.snapshot_embeddings: Any = None
+        self.snapshot_bias: Any = None
 
-    def bind(self, class_embeddings, class_bias=None) -> None:
+    def bind(self, class_embeddings: Any, class_bias: Any = None) -> None:
         if self.live:
             self._live = Untracked(class_embeddings=class_embeddings, class_bias=class_bias)
 

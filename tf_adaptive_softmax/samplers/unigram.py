@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from tf_adaptive_softmax._keras import register_serializable
@@ -37,12 +38,18 @@ class Unigram(Sampler):
     """q_i = count_i^power / Σ_j count_j^power, the same for every query (static).
 
     `power=0.75` is word2vec's smoothing; `power=1` the raw frequency. Classes with a zero count
-    are never drawn (log q = -inf; as positives the estimator floors it, see `estimator.MIN_LOG_Q`).
+    are never drawn (log q = -inf; as positives the estimator floors it, see `estimator._MIN_LOG_Q`).
 
     Args:
       counts: per-class counts, length N. May be None only together with `num_classes` (used when
         restoring from a config: the tables then come from the saved weights).
       power: exponent applied to the counts.
+      seed: seeds the sampler's own stream.
+      num_classes: N, only to restore from a config (`counts` None).
+      **kwargs: Keras Layer arguments (`name`, ...).
+
+    Raises:
+      ValueError: counts that are empty, negative, not finite, all zero, or not N long.
 
     Example:
         >>> import tensorflow as tf
@@ -54,22 +61,22 @@ class Unigram(Sampler):
 
     def __init__(
         self,
-        counts: Optional[Sequence[float]] = None,
+        counts: Optional[npt.ArrayLike] = None,
         power: float = 1.0,
         seed: Optional[int] = None,
         num_classes: Optional[int] = None,
-        **kwargs,
+        **kwargs: Any,
     ):
         if counts is None:
             if num_classes is None:
                 raise ValueError("Unigram needs `counts` (or `num_classes` when restoring from a config).")
             counts = np.ones(num_classes)
-        counts = _check_counts(counts)
-        if num_classes is not None and num_classes != counts.size:
-            raise ValueError(f"`counts` has {counts.size} entries but `num_classes` is {num_classes}.")
-        super().__init__(num_classes=counts.size, seed=seed, **kwargs)
+        checked = _check_counts(counts)
+        if num_classes is not None and num_classes != checked.size:
+            raise ValueError(f"`counts` has {checked.size} entries but `num_classes` is {num_classes}.")
+        super().__init__(num_classes=checked.size, seed=seed, **kwargs)
         self.power = float(power)
-        log_q = _unigram_log_probs(counts, self.power)
+        log_q = _unigram_log_probs(checked, self.power)
         probability, alias = build_alias_table(np.exp(log_q))
         self.log_q_table = self._constant_state("log_q", log_q.astype(np.float32), "float32")
         self.alias_probability = self._constant_state("alias_probability", probability, "float32")

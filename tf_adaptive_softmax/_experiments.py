@@ -3,7 +3,7 @@ teacher-task student, exact test metrics, timers, and an output layer trained wi
 sampled softmax (the baseline users have today).
 
 Example:
-    >>> from tf_adaptive_softmax import datasets, experiments
+    >>> from tf_adaptive_softmax import _experiments as experiments, datasets
     >>> teacher = datasets.make_teacher(300, 8, seed=0)
     >>> train, test = datasets.train_test_split(teacher, 2_000, 300)
     >>> sampler = experiments.make_sampler("midx_rvq", 300)
@@ -210,7 +210,7 @@ class TFSampledSoftmax(AdaptiveSampledSoftmaxLoss):
       num_samples: negatives per batch.
       **kwargs: the other `AdaptiveSampledSoftmaxLoss` arguments (`tied_embedding`,
         `add_to_model_loss`, `name`, ...); not `sampler`, `shared_negatives` or
-        `correct_positive`, which TF's loss fixes.
+        `logq_correction`, which TF's loss fixes.
 
     Example:
         >>> import numpy as np
@@ -221,7 +221,7 @@ class TFSampledSoftmax(AdaptiveSampledSoftmaxLoss):
     """
 
     def __init__(self, num_classes: int, num_samples: int, **kwargs):
-        fixed = {"sampler", "shared_negatives", "correct_positive"} & set(kwargs)
+        fixed = {"sampler", "shared_negatives", "logq_correction", "correct_positive"} & set(kwargs)
         if fixed:
             raise ValueError(f"TFSampledSoftmax fixes {sorted(fixed)} (TF's loss); do not pass them.")
         super().__init__(num_classes, None, num_samples=num_samples, shared_negatives=True, **kwargs)
@@ -285,7 +285,7 @@ def train_and_evaluate(
     jit_compile: bool = False,
     verbose: int = 0,
     seed: int = 0,
-    correct_positive: bool = True,
+    logq_correction: str = "standard",
     shared_negatives: bool = False,
     refresh_every: Optional[int] = 100,
     tf_sampled: bool = False,
@@ -304,7 +304,7 @@ def train_and_evaluate(
       jit_compile: train under XLA (default False).
       verbose: Keras `fit` verbosity (default 0).
       seed: Keras' global seed (default 0).
-      correct_positive, shared_negatives: the loss layer's options (defaults True, False).
+      logq_correction, shared_negatives: the loss layer's options (defaults "standard", False).
       refresh_every: `CodebookRefresh` every n steps (default 100; epochs refresh too; None:
         at epoch starts only).
       tf_sampled: train with `tf.nn.sampled_softmax_loss` instead (`sampler` must be None).
@@ -325,7 +325,7 @@ def train_and_evaluate(
             num_classes,
             sampler,
             num_samples=num_samples,
-            correct_positive=correct_positive,
+            logq_correction=logq_correction,
             shared_negatives=shared_negatives,
         )
     loss = SampledSoftmaxLoss(output, model=model)

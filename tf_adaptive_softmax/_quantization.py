@@ -13,7 +13,7 @@ transformed copy of the whole point set is ever made.
 
 Example:
     >>> import tensorflow as tf
-    >>> from tf_adaptive_softmax import quantization
+    >>> from tf_adaptive_softmax import _quantization as quantization
     >>> points = tf.concat([tf.random.normal([50, 2]) - 5.0, tf.random.normal([50, 2]) + 5.0], 0)
     >>> init = quantization.random_rows(points, 2, seed=tf.constant([0, 1]))
     >>> centroids, codes = quantization.kmeans(points, init, iterations=10, seed=tf.constant([0, 2]))
@@ -61,8 +61,8 @@ def default_sample_size(num_centroids: int) -> int:
 
     Lloyd's iterations and the k-means++ seeding run on a uniform sample of this many points;
     every point is then assigned to its nearest centroid once, so the iterations cost the same at
-    any N. Measured on the synthetic teacher (`benchmarks/refresh_scale.py --sections kl`: MIDX,
-    d = 64, K = 64, three seeds): at N = 10^6 the KL(p‖q) of the proposal built from a 1024·K
+    any N. Measured on the synthetic teacher (`python -m benchmarks.refresh_scale --sections kl`:
+    MIDX, d = 64, K = 64, three seeds): at N = 10^6 the KL(p‖q) of the proposal built from a 1024·K
     sample was that of full-data k-means (rvq 2.63 ± 0.02 against 2.66 ± 0.05 nats, pq 2.70 ±
     0.04 against 2.73 ± 0.02), where 256·K (faiss's default bound) lost 0.08 nats with rvq and
     64·K 0.07 to 0.25; at N = 10^5 every size was within the spread between seeds. The sample's

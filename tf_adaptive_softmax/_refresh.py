@@ -9,7 +9,7 @@ fixed-shape variables, so an already compiled train step sees the new state with
 
 Example:
     >>> import numpy as np, tensorflow as tf
-    >>> from tf_adaptive_softmax import refresh, samplers
+    >>> from tf_adaptive_softmax import _refresh as refresh, samplers
     >>> table = tf.Variable(np.random.default_rng(0).normal(size=(300, 8)).astype("float32"))
     >>> owner = refresh.SamplerTarget(samplers.MIDX(300, num_codewords=8, seed=0), table)
     >>> isinstance(owner, refresh.SamplerOwner), owner.refresh_sampler()
@@ -53,8 +53,8 @@ class CompiledRefresh:
         self.sampler = sampler
         self.read_weights = read_weights
         self.owner = sampler if owner is None else owner
-        self._function = None
-        self._from_embeddings = None
+        self._function: Optional[Callable] = None
+        self._from_embeddings: Optional[Callable] = None
 
     def __call__(self, on_nonfinite: str = "raise", class_embeddings: Optional[tf.Tensor] = None) -> bool:
         """Refreshes now. NaN/Inf in the inputs raise ("raise", default) or keep the previous
