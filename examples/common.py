@@ -13,8 +13,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 
 import tf_adaptive_softmax as tfas
-from tf_adaptive_softmax import experiments, samplers
-from tf_adaptive_softmax.experiments import export_serving, pyplot  # noqa: F401  (the scripts' API)
+from tf_adaptive_softmax import _experiments as experiments
+from tf_adaptive_softmax import samplers
+from tf_adaptive_softmax._experiments import export_serving, pyplot  # noqa: F401  (the scripts' API)
 
 # Real data sets live wherever $TFAS_DATA_DIR points (none ship with the package); without it the
 # scripts use their synthetic stand-ins.
@@ -30,15 +31,15 @@ def add_training_arguments(parser: argparse.ArgumentParser, sampler="midx_rvq", 
         default=sampler,
         choices=SAMPLER_CHOICES,
         help="training loss: 'full' softmax, 'tf_sampled' (tf.nn.sampled_softmax_loss, log-uniform, shared) "
-        "or a sampler from tf_adaptive_softmax.experiments.SAMPLERS",
+        "or a sampler from tf_adaptive_softmax._experiments.SAMPLERS",
     )
     parser.add_argument("--num-samples", type=int, default=num_samples, help="m, negatives per query")
     parser.add_argument(
-        "--correct-positive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="subtract log(m·q) from the positive too (the default; --no-correct-positive "
-        "keeps it uncorrected, Blanc & Rendle's eq. 3)",
+        "--logq-correction",
+        choices=["standard", "negatives_only", "corrected"],
+        default="standard",
+        help="standard: every column minus log(m·q), the positive too (default); negatives_only: the "
+        "positive raw (Blanc & Rendle's eq. 3); corrected: Khrylchenko et al. 2025",
     )
     parser.add_argument(
         "--shared-negatives",
@@ -77,7 +78,7 @@ def make_output_layer(args, num_classes: int, counts: Optional[np.ndarray] = Non
         num_classes,
         make_sampler(args.sampler, num_classes, counts),
         num_samples=args.num_samples,
-        correct_positive=args.correct_positive,
+        logq_correction=args.logq_correction,
         shared_negatives=args.shared_negatives,
         **layer_kwargs,
     )

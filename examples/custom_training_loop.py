@@ -81,8 +81,8 @@ def main(argv=None) -> dict:
                 loss = tfas.estimator.full_softmax_loss(query, labels, class_embeddings, class_bias)
             else:
                 sampled_ids, sampled_log_q = sampler.sample(query, args.num_samples)
-                # The positive is corrected by its own log q too (the default; --no-correct-positive: eq. 3).
-                true_log_q = sampler.log_prob(query, labels) if args.correct_positive else None
+                # The positive is corrected by its own log q too ("standard"; "negatives_only": eq. 3).
+                true_log_q = sampler.log_prob(query, labels) if args.logq_correction == "standard" else None
                 loss = tfas.estimator.sampled_softmax_loss(
                     query,
                     labels,
@@ -91,7 +91,7 @@ def main(argv=None) -> dict:
                     class_embeddings,
                     class_bias,
                     true_log_q=true_log_q,
-                    correct_positive=args.correct_positive,
+                    logq_correction=args.logq_correction,
                 )
             loss = tf.reduce_mean(loss)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))

@@ -35,7 +35,7 @@ from common import (
 )
 
 import tf_adaptive_softmax as tfas
-from tf_adaptive_softmax.experiments import EpochTimer
+from tf_adaptive_softmax._experiments import EpochTimer
 
 K = tf.keras
 
@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
         args.num_labels,
         make_sampler(args.sampler, args.num_labels, counts),
         num_samples=args.num_samples,
-        correct_positive=args.correct_positive,
+        logq_correction=args.logq_correction,
         shared_negatives=args.shared_negatives,
         name="output",
     )

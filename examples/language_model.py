@@ -34,7 +34,7 @@ import tensorflow as tf
 from common import DATA_DIR, add_training_arguments, export_serving, finish, make_output_layer
 
 import tf_adaptive_softmax as tfas
-from tf_adaptive_softmax.experiments import EpochTimer
+from tf_adaptive_softmax._experiments import EpochTimer
 
 K = tf.keras
 DEFAULT_DATA = DATA_DIR / "ptb_subset.train.txt"

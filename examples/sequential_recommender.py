@@ -42,7 +42,7 @@ from common import (
 )
 
 import tf_adaptive_softmax as tfas
-from tf_adaptive_softmax.experiments import EpochTimer
+from tf_adaptive_softmax._experiments import EpochTimer
 
 K = tf.keras
 DEFAULT_DATA = DATA_DIR / "ml-100k.inter"

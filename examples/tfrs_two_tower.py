@@ -1,54 +1,46 @@
-"""TFRS two-tower retrieval: in-batch softmax vs adaptive catalogue negatives, on MovieLens 100K
-(1,682 items) or a synthetic catalogue of 100,000 items.
+"""TFRS two-tower retrieval on a real catalogue: every loss users would compare, to convergence and
+against the clock.
 
-    TFAS_DATA_DIR=/path/to/data python examples/tfrs_two_tower.py    # MovieLens 100K (~2.5 min)
-    python examples/tfrs_two_tower.py --catalogue synthetic          # 100,000 items (~5 min on 2 cores)
-    python examples/tfrs_two_tower.py --catalogue synthetic --quick  # 20,000 items, 1 epoch (~25 s)
-    python examples/tfrs_two_tower.py --quick                        # 2 epochs
-    python examples/tfrs_two_tower.py --data path/to/interactions.tsv  # user, item, [rating,] timestamp
-    python examples/tfrs_two_tower.py ... --json rows.json           # also write the table's rows
+    python examples/tfrs_two_tower.py                          # gowalla.txt from $TFAS_DATA_DIR, one seed
+    python examples/tfrs_two_tower.py --data amazon-book.txt --seeds 0,1,2 --json rows.json
+    python examples/tfrs_two_tower.py --quick                  # a slice of Gowalla, a minute
+    python examples/tfrs_two_tower.py --catalogue synthetic    # 100,000 items from a known teacher
+    python examples/tfrs_two_tower.py --only "MIDX" --dim 64   # rows whose name contains "MIDX"
 
-MovieLens is read from `ml-100k.inter` in `$TFAS_DATA_DIR` (`examples/common.py`'s `DATA_DIR`); the
-synthetic catalogue stands in when it is absent. The synthetic interactions come from a known
-two-tower teacher: user vectors u ~ N(0, I), item vectors clustered (`datasets.make_teacher`) and a
-Zipf popularity bias b, with the item ids shuffled so that they say nothing about popularity. Each
-user draws `--per-user` items from softmax(u·vᵀ + b) and keeps the distinct ones in draw order.
+Data: a one-user-a-line file (`gowalla.txt`, `amazon-book.txt`: user id, then item ids) or an
+interactions table (`ml-100k.inter`: user, item, [rating,] timestamp), told apart automatically
+(`catalogues.py`). The protocol of `../shared/data/README.md`: users with fewer than two distinct
+items dropped, one random test item per user (`--seed`), a validation item for up to
+`--validation-users` users with three or more items (early stopping); Recall@20 and NDCG@20 of the
+held-out item ranked against the full catalogue, the user's known items excluded. Counts of what
+was dropped are printed; a malformed line stops the run with its file and line.
 
-Leave-last-out: each user's last interaction is the test item. Every configuration trains the same
-towers (user-id and item-id embeddings) with the same optimizer, steps and seed (MovieLens: Adam
-1e-3, 10 epochs; synthetic: Adagrad 0.1 as in the TFRS tutorials, whose sparse updates keep a step's
-cost independent of N, 4 epochs), and is scored by Recall@10 and NDCG@10 of the held-out item
-ranked against the full catalogue with the user's training items excluded (as RecBole's full-sort
-evaluation does); users are scored in chunks against per-user history lists, so memory stays
-bounded at 100,000 items. Reference rows: ranking by training popularity and, on the synthetic
-catalogue, by the teacher's own scores (the ceiling).
+Every trained row has the same towers (user-id and item-id embeddings of width `--dim`), optimizer
+(`--optimizer`, Adam 0.01 by default), batches, seed and early stopping (best validation Recall@20,
+`--patience` epochs, at most `--epochs`). Rows (`kind` in `--json`):
 
-Configurations: `tfrs.tasks.Retrieval` with in-batch negatives, without and with the logQ
-correction from item frequency (what users have today), and `AdaptiveRetrieval` adding `m`
-catalogue negatives drawn by MIDX (adaptive, refreshed by `CodebookRefresh` in one compiled graph
-function) or Uniform, per user or shared by the batch (`shared_negatives=True`), on top of the
-logQ-corrected in-batch columns; the positive keeps TFRS's in-batch correction
-(`correct_positive=True`, the default; `--no-correct-positive` leaves it uncorrected). Two rows
-use Khrylchenko et al.'s corrected logQ (`logq_correction="corrected"`, in-batch alone and with
-MIDX), one MIDX with learned codebooks (`learn_codebooks=True`). `--only TEXT` runs only the
-configurations whose name contains TEXT.
+  Popularity                          popularity          items ranked by training count
+  Retrieval, in-batch (dot|cosine)    tfrs-in-batch       tfrs.tasks.Retrieval as users call it
+  Retrieval, in-batch + logQ (...)    tfrs-in-batch-logq  + candidate_sampling_probability (item frequency)
+  Full softmax (cosine)               full-softmax        every item scored at every step: the ceiling
+  AdaptiveRetrieval + S[, shared]     adaptive            in-batch + logQ columns plus m catalogue negatives
+                                                          from S = MIDX (adaptive) or Uniform, per query or
+                                                          shared by the batch (Uniform shared: mixed
+                                                          negative sampling, Yang et al. 2020)
 
-What it shows (benchmarks/results/tfrs_two_tower_*.md): the logQ correction is what matters most
-for in-batch negatives (MovieLens Recall@10 0.075 -> 0.125; synthetic 0.065 -> 0.090). On MovieLens
-shared catalogue negatives edge past it (0.130-0.131); on the 100,000-item catalogue, catalogue
-negatives on top of logQ-corrected in-batch columns do not beat logQ alone: MIDX comes closest
-(0.084, 0.081 shared) and Uniform loses (0.062), at 3-8x the epoch time of in-batch training
-(per-user draws the most).
+Cosine rows L2-normalize both towers and divide scores by `--temperature`; the catalogue proposal
+then sees h / τ, the model's own scale, and is refreshed on the normalized item vectors.
+Training seconds exclude evaluation and include everything else (tracing, refreshes); read
+seconds side by side within one run. Results and the conclusions: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import pathlib
-import platform
-import time
+from typing import Dict, List, Optional, Tuple
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TFRS needs tf_keras; must precede the TF import
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -56,298 +48,302 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
-from common import DATA_DIR, leave_last_out, load_interactions, ranking_metrics
+from catalogues import Catalogue, FullCatalogueRanking, Split, describe, holdout_split, read_catalogue
+from common import DATA_DIR, RESULTS_DIR
+from time_to_quality import (
+    Progress,
+    add_time_to_quality,
+    choose_rows,
+    plot,
+    popularity_scorer,
+    reference_row,
+    report_run,
+    step_times,
+    summarize,
+    table,
+    write_json,
+)
 
 from tf_adaptive_softmax import CodebookRefresh, datasets, samplers
 from tf_adaptive_softmax.tfrs import AdaptiveRetrieval
 
-DEFAULT_DATA = DATA_DIR / "ml-100k.inter"
-# Scores of one chunk of users stay under this many floats (64 MB).
-_SCORE_CHUNK_ELEMENTS = 1 << 24
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str
+    cosine: bool = True
+    log_q: bool = False
+    sampler: Optional[str] = None  # "midx" | "uniform" with AdaptiveRetrieval
+    shared: bool = False
+    optimizer: Optional[Tuple[str, float]] = None  # (name, learning rate) instead of --optimizer's
 
 
-class SyntheticCatalogue:
-    """Interactions drawn from a known two-tower teacher with a popularity skew.
+ROWS = [
+    Row("Retrieval, in-batch + logQ, dot, Adagrad 0.1", "tfrs-in-batch-logq", False, True, optimizer=("adagrad", 0.1)),
+    Row("Retrieval, in-batch, dot", "tfrs-in-batch", cosine=False),
+    Row("Retrieval, in-batch + logQ, dot", "tfrs-in-batch-logq", cosine=False, log_q=True),
+    Row("Retrieval, in-batch, cosine", "tfrs-in-batch"),
+    Row("Retrieval, in-batch + logQ, cosine", "tfrs-in-batch-logq", log_q=True),
+    Row("Full softmax, cosine", "full-softmax"),
+    Row("AdaptiveRetrieval + MIDX", "adaptive", log_q=True, sampler="midx"),
+    Row("AdaptiveRetrieval + MIDX, shared", "adaptive", log_q=True, sampler="midx", shared=True),
+    Row("AdaptiveRetrieval + Uniform", "adaptive", log_q=True, sampler="uniform"),
+    Row("AdaptiveRetrieval + Uniform, shared", "adaptive", log_q=True, sampler="uniform", shared=True),
+]
+RECOMMENDED = "AdaptiveRetrieval + MIDX, shared"
+QUICK_ROWS = ("Retrieval, in-batch + logQ, cosine", "Full softmax, cosine", RECOMMENDED)  # --quick, no --only
 
-    Args:
-      num_users: users U. num_items: items N. dim: teacher width d. per_user: draws per user
-      (duplicates dropped, so users keep slightly fewer). seed: everything derives from it.
-    """
 
-    def __init__(self, num_users: int, num_items: int, dim: int = 32, per_user: int = 20, seed: int = 0):
-        teacher = datasets.make_teacher(num_items, dim, seed=seed)  # Zipf bias by id rank
-        rng = np.random.default_rng(seed)
-        # Item ids in no particular order: id i gets the teacher's item order[i].
-        order = rng.permutation(num_items)
-        self.item_vectors = teacher.class_embeddings[order]
-        self.item_bias = teacher.class_bias[order]
-        self.user_vectors = rng.standard_normal((num_users, dim)).astype(np.float32)
-        self.num_users, self.num_items, self.per_user, self.seed = num_users, num_items, per_user, seed
+def synthetic_catalogue(num_users: int, num_items: int, dim: int, per_user: int, seed: int):
+    """(Catalogue, teacher scorer): each user's distinct draws from a two-tower teacher
+    softmax(u·vᵀ + b) with clustered items, a Zipf popularity b and shuffled item ids."""
+    teacher = datasets.make_teacher(num_items, dim, seed=seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(num_items)  # ids say nothing about popularity
+    item_vectors, item_bias = teacher.class_embeddings[order], teacher.class_bias[order]
+    user_vectors = rng.standard_normal((num_users, dim)).astype(np.float32)
 
-    def scores(self, users: np.ndarray) -> np.ndarray:
-        """Teacher logits [len(users), N]."""
-        return self.user_vectors[users] @ self.item_vectors.T + self.item_bias
+    def scores(users):
+        return user_vectors[users] @ item_vectors.T + item_bias
 
-    def interactions(self):
-        """(users, items, timestamps): each user's distinct draws, timestamps in draw order."""
-        chunk = max(1, _SCORE_CHUNK_ELEMENTS // self.num_items)
-        users, items = [], []
-        for start in range(0, self.num_users, chunk):
-            block = np.arange(start, min(self.num_users, start + chunk))
-            draws = tf.random.stateless_categorical(
-                self.scores(block), self.per_user, seed=[self.seed, start], dtype=tf.int32
-            ).numpy()
-            for user, row in zip(block, draws, strict=True):
-                _, first = np.unique(row, return_index=True)
-                kept = row[np.sort(first)]
-                users.append(np.full(len(kept), user, np.int32))
-                items.append(kept)
-        users, items = np.concatenate(users), np.concatenate(items).astype(np.int32)
-        return users, items, np.arange(len(users))
+    users, items = [], []
+    chunk = max(1, (1 << 24) // num_items)
+    for start in range(0, num_users, chunk):
+        block = np.arange(start, min(num_users, start + chunk))
+        draws = tf.random.stateless_categorical(scores(block), per_user, seed=[seed, start], dtype=tf.int32).numpy()
+        for user, row in zip(block, draws):
+            kept = np.unique(row)
+            users.append(np.full(len(kept), user, np.int32))
+            items.append(kept.astype(np.int32))
+    catalogue = Catalogue(
+        np.concatenate(users), np.concatenate(items), num_users, num_items, "synthetic teacher", {"users": num_users}
+    )
+    return catalogue, scores
 
 
 class TwoTower(tfrs.Model):
-    def __init__(self, num_users, num_items, dim, item_probability=None):
+    """User-id and item-id embeddings; cosine scores when `cosine`; `task` is the loss."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int, cosine: bool, item_probability=None, init_stddev=None):
         super().__init__()
-        self.users = tf.keras.layers.Embedding(num_users, dim)
-        self.items = tf.keras.layers.Embedding(num_items, dim)
+
+        def init():  # one initializer per table: a shared unseeded one repeats its values
+            return "uniform" if init_stddev is None else tf.keras.initializers.RandomNormal(stddev=init_stddev)
+
+        self.users = tf.keras.layers.Embedding(num_users, dim, embeddings_initializer=init())
+        self.items = tf.keras.layers.Embedding(num_items, dim, embeddings_initializer=init())
         self.users.build((None,))
         self.items.build((None,))
+        self.cosine = cosine
+        self.item_probability = None if item_probability is None else tf.constant(item_probability, tf.float32)
         self.task = None
-        self.item_probability = None if item_probability is None else tf.constant(item_probability)
+
+    def normalize(self, vectors):
+        return tf.math.l2_normalize(vectors, axis=-1) if self.cosine else vectors
+
+    def item_tower(self, ids):
+        return self.normalize(self.items(ids))
 
     def compute_loss(self, features, training=False):
         users, items = features
+        query = self.normalize(self.users(users))
+        if isinstance(self.task, FullSoftmax):
+            return self.task(query, items, self.normalize(self.items.embeddings))
         probability = None if self.item_probability is None else tf.gather(self.item_probability, items)
         kwargs = {"training": training} if isinstance(self.task, AdaptiveRetrieval) else {}
         return self.task(
-            self.users(users),
-            self.items(items),
+            query,
+            self.item_tower(items),
             candidate_ids=items,
             candidate_sampling_probability=probability,
             compute_metrics=False,
             **kwargs,
         )
 
-
-def training_history(train, num_users):
-    """Each user's training items as CSR lists (offsets [U + 1], items), not a dense [U, N] mask."""
-    order = np.argsort(train[0], kind="stable")
-    offsets = np.searchsorted(train[0][order], np.arange(num_users + 1))
-    return offsets, train[1][order]
+    def vectors(self):
+        """(user vectors, item vectors) as NumPy arrays, normalized as the scores use them."""
+        return self.normalize(self.users.embeddings).numpy(), self.normalize(self.items.embeddings).numpy()
 
 
-def evaluate(score_users, num_items, test, history, k=10):
-    """(Recall@k, NDCG@k) over the full catalogue, the user's training items excluded.
+class FullSoftmax(tf.keras.layers.Layer):
+    """The exact softmax over the whole catalogue (what sampled softmax approximates), summed over
+    the batch as TFRS's loss is."""
 
-    `score_users(users) -> [len(users), N]`; users are scored in chunks of at most 2^24 scores.
-    """
-    offsets, items = history
-    test_users, test_items = test
-    chunk = max(1, _SCORE_CHUNK_ELEMENTS // num_items)
-    recall = ndcg = 0.0
-    for start in range(0, len(test_users), chunk):
-        users = test_users[start : start + chunk]
-        scores = np.array(score_users(users), np.float32)  # a writable copy
-        lengths = offsets[users + 1] - offsets[users]
-        rows = np.repeat(np.arange(len(users)), lengths)
-        columns = np.concatenate([items[offsets[u] : offsets[u + 1]] for u in users]) if len(rows) else rows
-        scores[rows, columns] = -np.inf
-        chunk_recall, chunk_ndcg = ranking_metrics(scores, test_items[start : start + chunk], k=k)
-        recall += chunk_recall * len(users)
-        ndcg += chunk_ndcg * len(users)
-    return recall / len(test_users), ndcg / len(test_users)
+    def __init__(self, temperature: Optional[float]):
+        super().__init__()
+        self.temperature = temperature
+
+    def call(self, query, item_ids, item_table):
+        logits = tf.matmul(query, item_table, transpose_b=True)
+        if self.temperature is not None:
+            logits = logits / self.temperature
+        return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(item_ids, logits))
 
 
-def make_sampler(name, num_items, args):
-    if name in ("midx", "midx_learned"):
-        learned = name == "midx_learned"  # codewords trained by the KL loss between refreshes
-        return samplers.MIDX(num_items, num_codewords=args.num_codewords, learn_codebooks=learned, seed=args.seed)
-    return samplers.Uniform(num_items, seed=args.seed)
-
-
-def run(name, data, args, sampler=None, log_q=False, shared=False, logq_correction="standard"):
-    train, test, history, num_users, num_items = data
-    tf.keras.utils.set_random_seed(args.seed)
-    probability = None
-    if log_q:
-        counts = np.bincount(train[1], minlength=num_items).astype(np.float64)
-        probability = ((counts + 1.0) / (counts + 1.0).sum()).astype(np.float32)
-    model = TwoTower(num_users, num_items, args.dim, probability)
-    if sampler is None and logq_correction == "standard":
-        model.task = tfrs.tasks.Retrieval()
-        callbacks = []
+def make_task(row: Row, model: TwoTower, num_items: int, args, seed: int):
+    """(the task, its callbacks) for one row."""
+    temperature = args.temperature if row.cosine else None
+    if row.kind == "full-softmax":
+        return FullSoftmax(temperature), []
+    if row.sampler is None:
+        return tfrs.tasks.Retrieval(temperature=temperature), []
+    if row.sampler == "midx":
+        sampler = samplers.MIDX(num_items, num_codewords=args.num_codewords, seed=seed)
     else:
-        model.task = AdaptiveRetrieval(
-            None if sampler is None else make_sampler(sampler, num_items, args),
-            num_samples=args.num_samples,
-            candidate_embeddings=model.items,
-            shared_negatives=shared,
-            correct_positive=args.correct_positive,
-            logq_correction=logq_correction,
+        sampler = samplers.Uniform(num_items, seed=seed)
+    task = AdaptiveRetrieval(
+        sampler,
+        num_samples=args.shared_samples if row.shared else args.num_samples,
+        candidate_embeddings=model.item_tower if row.cosine else model.items,
+        catalogue_ids=np.arange(num_items, dtype=np.int32) if row.cosine else None,
+        retrieval=tfrs.tasks.Retrieval(temperature=temperature),
+        shared_negatives=row.shared,
+    )
+    return task, [CodebookRefresh(task, every_n_steps=args.refresh_every)] if sampler.adaptive else []
+
+
+def build_row(row: Row, split: Split, args, seed: int):
+    """(compiled model, shuffled batches, refresh callbacks) of one row and seed."""
+    tf.keras.utils.set_random_seed(seed)
+    counts = np.bincount(split.train[1], minlength=split.num_items).astype(np.float64)
+    probability = (counts + 1.0) / (counts + 1.0).sum() if row.log_q else None
+    model = TwoTower(split.num_users, split.num_items, args.dim, row.cosine, probability)
+    model.task, callbacks = make_task(row, model, split.num_items, args, seed)
+    name, learning_rate = row.optimizer or (args.optimizer, args.learning_rate)
+    optimizer = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}[name]
+    model.compile(optimizer=optimizer(learning_rate))
+    data = tf.data.Dataset.from_tensor_slices(split.train).shuffle(len(split.train[0]), seed=seed)
+    return model, data.batch(args.batch_size), callbacks
+
+
+def train_row(row: Row, split: Split, rankings, args, seed: int) -> dict:
+    """Trains one row with one seed: `Progress.result()` (best-validation test metrics, curve)."""
+    model, batches, callbacks = build_row(row, split, args, seed)
+    progress = Progress(model.vectors, *rankings, args.patience, f"{row.name} (seed {seed})", args.verbose)
+    model.fit(batches, epochs=args.epochs, verbose=0, callbacks=[progress, *callbacks])
+    return progress.result()
+
+
+def report_step_times(chosen: List[Row], split: Split, args) -> None:
+    """`--step-times`: every chosen row's training step timed round by round against TFRS's
+    in-batch + logQ cosine row, and its epoch estimated with the refreshes it runs."""
+    reference = next(row for row in ROWS if row.kind == "tfrs-in-batch-logq" and row.cosine)
+    rows = [reference] + [row for row in chosen if row != reference and row.kind != "full-softmax"]
+    builds = {}
+    for row in rows:
+        model, batches, callbacks = build_row(row, split, args, args.seeds[0])
+        refresh = callbacks[0].target.refresh_sampler if callbacks else None
+        builds[row.name] = (model, batches.cache(), refresh)
+    times = step_times(builds, args.step_times, 20, reference.name)
+    steps = -(-len(split.train[0]) // args.batch_size)
+    print(f"\nTraining step, median of {args.step_times} rounds of 20 steps ({steps} steps an epoch):")
+    print("| row | step ms | × in-batch step | refresh ms | epoch s (refreshes included) | × in-batch epoch |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base = steps * times[reference.name]["step_ms"] / 1000
+    for name, time_of in times.items():
+        refresh = time_of["refresh_ms"]
+        epoch = steps * time_of["step_ms"] / 1000 + (
+            0 if refresh is None else -(-steps // args.refresh_every) * refresh / 1000
         )
-        callbacks = [] if sampler is None else [CodebookRefresh(model.task, every_n_steps=args.refresh_every)]
-    optimizer = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad}[args.optimizer]
-    model.compile(optimizer=optimizer(args.learning_rate))
-    data = tf.data.Dataset.from_tensor_slices(train).shuffle(len(train[0]), seed=args.seed).batch(args.batch_size)
-    start = time.perf_counter()
-    model.fit(data, epochs=args.epochs, verbose=2 if args.verbose else 0, callbacks=callbacks)
-    seconds = (time.perf_counter() - start) / args.epochs
-    users, items = model.users.embeddings.numpy(), model.items.embeddings.numpy()
-    recall, ndcg = evaluate(lambda batch: users[batch] @ items.T, num_items, test, history)
-    print(f"{name}: Recall@10={recall:.4f} NDCG@10={ndcg:.4f} ({seconds:.1f} s/epoch)", flush=True)
-    return {"name": name, "recall_at_10": recall, "ndcg_at_10": ndcg, "seconds_per_epoch": seconds}
+        print(
+            f"| {name} | {time_of['step_ms']:.2f} | {time_of['ratio']:.2f} | "
+            f"{'—' if refresh is None else f'{refresh:.0f}'} | {epoch:.1f} | {epoch / base:.2f} |"
+        )
 
 
-def reference(name, score_users, data):
-    _, test, history, _, num_items = data
-    recall, ndcg = evaluate(score_users, num_items, test, history)
-    print(f"{name}: Recall@10={recall:.4f} NDCG@10={ndcg:.4f}", flush=True)
-    return {"name": name, "recall_at_10": recall, "ndcg_at_10": ndcg, "seconds_per_epoch": None}
-
-
-CONFIGURATIONS = [
-    ("Retrieval, in-batch", {}),
-    ("Retrieval, in-batch + logQ", {"log_q": True}),
-    ("AdaptiveRetrieval, in-batch + corrected logQ", {"log_q": True, "logq_correction": "corrected"}),
-    ("AdaptiveRetrieval, in-batch + logQ + MIDX", {"log_q": True, "sampler": "midx"}),
-    (
-        "AdaptiveRetrieval, in-batch + corrected logQ + MIDX",
-        {"log_q": True, "sampler": "midx", "logq_correction": "corrected"},
-    ),
-    ("AdaptiveRetrieval, in-batch + logQ + MIDX learned", {"log_q": True, "sampler": "midx_learned"}),
-    ("AdaptiveRetrieval, in-batch + logQ + Uniform", {"log_q": True, "sampler": "uniform"}),
-    ("AdaptiveRetrieval, in-batch + logQ + MIDX, shared", {"log_q": True, "sampler": "midx", "shared": True}),
-    ("AdaptiveRetrieval, in-batch + logQ + Uniform, shared", {"log_q": True, "sampler": "uniform", "shared": True}),
-]
-
-
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--catalogue",
-        choices=["movielens", "synthetic"],
-        default=None,
-        help="default: movielens when the data file exists, else synthetic",
-    )
-    parser.add_argument(
-        "--data",
-        type=pathlib.Path,
-        default=DEFAULT_DATA,
-        help="interactions file for --catalogue movielens (default: ml-100k.inter)",
-    )
-    parser.add_argument("--num-items", type=int, default=100_000, help="synthetic catalogue size N")
+    parser.add_argument("--data", type=pathlib.Path, default=DATA_DIR / "gowalla.txt", help="catalogue file")
+    parser.add_argument("--catalogue", choices=["file", "synthetic"], default=None, help="default: file if it exists")
+    parser.add_argument("--num-items", type=int, default=100_000, help="synthetic catalogue size")
     parser.add_argument("--num-users", type=int, default=20_000, help="synthetic users")
-    parser.add_argument("--per-user", type=int, default=20, help="synthetic draws per user")
-    parser.add_argument("--epochs", type=int, default=None, help="default: 10 (MovieLens), 4 (synthetic)")
+    parser.add_argument("--max-users", type=int, default=None, help="read only the first users of the file")
+    parser.add_argument("--seed", type=int, default=0, help="split and initialization seed")
+    parser.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 (overrides --seed)")
+    parser.add_argument("--validation-users", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
+    parser.add_argument("--patience", type=int, default=4, help="epochs without a better validation Recall@20")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-samples", type=int, default=64, help="m catalogue negatives per user (or batch)")
-    parser.add_argument("--num-codewords", type=int, default=16, help="MIDX K")
+    parser.add_argument("--temperature", type=float, default=0.2, help="τ of the cosine rows")
+    parser.add_argument("--num-samples", type=int, default=64, help="m catalogue negatives per query")
+    parser.add_argument("--shared-samples", type=int, default=1024, help="m catalogue negatives shared by a batch")
+    parser.add_argument("--num-codewords", type=int, default=None, help="MIDX K (default: from N)")
+    parser.add_argument("--refresh-every", type=int, default=200, help="MIDX refresh every n steps")
+    parser.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
+    parser.add_argument("--learning-rate", type=float, default=None, help="default: 0.01 (adam), 0.1 (adagrad)")
+    parser.add_argument("--only", default=None, help="only the rows whose name contains one of these |-separated texts")
+    parser.add_argument("--quick", action="store_true", help="the first 2,000 users, at most 2 epochs, three rows")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="write {'rows': [...]} here")
+    parser.add_argument("--plot", type=pathlib.Path, default=None, help="time-to-quality PNG")
     parser.add_argument(
-        "--refresh-every",
-        type=int,
-        default=None,
-        help="CodebookRefresh every n steps; default 50 (MovieLens), 200 (synthetic: a refresh "
-        "of 100,000 items costs about as much as 80 in-batch steps)",
+        "--step-times", type=int, default=0, metavar="ROUNDS", help="only time the rows' steps, in this many rounds"
     )
-    parser.add_argument(
-        "--correct-positive",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="AdaptiveRetrieval's correct_positive (default: the positive keeps Retrieval's "
-        "logQ; --no-correct-positive leaves it uncorrected)",
-    )
-    parser.add_argument(
-        "--optimizer",
-        choices=["adam", "adagrad"],
-        default=None,
-        help="default: adam (MovieLens, as before), adagrad (synthetic: TFRS tutorials' choice, "
-        "whose sparse updates keep a step's cost independent of the catalogue size; "
-        "tf_keras' Adam updates every row of the item table at every step)",
-    )
-    parser.add_argument("--learning-rate", type=float, default=None, help="default: 0.001 (adam), 0.1 (adagrad)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--quick", action="store_true", help="MovieLens: 2 epochs; synthetic: 1 epoch, 20,000 items, 5,000 users"
-    )
-    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the rows here")
-    parser.add_argument("--only", default=None, help="run only the configurations whose name contains this text")
-    parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True, help="a line per epoch")
     args = parser.parse_args(argv)
-    catalogue = args.catalogue or ("movielens" if args.data.exists() else "synthetic")
-    movielens = catalogue == "movielens"
-    if movielens and not args.data.exists():
-        parser.error(f"{args.data} does not exist: pass --data PATH, or --catalogue synthetic.")
-    if args.epochs is None:
-        args.epochs = 10 if movielens else 4
-    if args.refresh_every is None:
-        args.refresh_every = 50 if movielens else 200
-    if args.optimizer is None:
-        args.optimizer = "adam" if movielens else "adagrad"
+    args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
     if args.learning_rate is None:
-        args.learning_rate = 0.001 if args.optimizer == "adam" else 0.1
+        args.learning_rate = 0.01 if args.optimizer == "adam" else 0.1
     if args.quick:
-        args.epochs = 2 if movielens else 1
-        args.num_items, args.num_users = min(args.num_items, 20_000), min(args.num_users, 5_000)
+        args.max_users = min(args.max_users or 2000, 2000)
+        args.epochs, args.num_users, args.num_items = min(args.epochs, 2), min(args.num_users, 2000), 20_000
+    if args.catalogue is None:
+        args.catalogue = "file" if args.data.exists() else "synthetic"
+    if args.catalogue == "file" and not args.data.exists():
+        parser.error(f"{args.data} does not exist: pass --data PATH (or set TFAS_DATA_DIR), or --catalogue synthetic.")
+    return args
 
+
+def main(argv=None) -> List[dict]:
+    args = parse_args(argv)
     teacher = None
-    if movielens:
-        source = f"interactions from {args.data.name}"
-        users, items, timestamps = load_interactions(args.data)
-    else:
-        teacher = SyntheticCatalogue(args.num_users, args.num_items, args.dim, args.per_user, args.seed)
-        source = f"synthetic two-tower teacher (d={args.dim}, Zipf popularity, shuffled ids)"
-        users, items, timestamps = teacher.interactions()
-    num_users = int(users.max()) + 1
-    num_items = args.num_items if teacher is not None else int(items.max()) + 1
-    train, test = leave_last_out(users, items, timestamps)
-    data = (train, test, training_history(train, num_users), num_users, num_items)
-    print(
-        f"{source}: {num_users} users, {num_items} items, {len(train[0])} train / {len(test[0])} test; "
-        f"{args.epochs} epochs, d={args.dim}, batch {args.batch_size}, m={args.num_samples}, "
-        f"{args.optimizer} {args.learning_rate:g}, MIDX K={args.num_codewords} refreshed every "
-        f"{args.refresh_every} steps",
-        flush=True,
-    )
-
-    popularity = np.bincount(train[1], minlength=num_items).astype(np.float32)
-    rows = [
-        reference("Popularity (reference)", lambda batch: np.broadcast_to(popularity, (len(batch), num_items)), data)
-    ]
-    if teacher is not None:
-        rows.append(reference("Teacher scores (ceiling)", teacher.scores, data))
-    chosen = [(name, options) for name, options in CONFIGURATIONS if not args.only or args.only in name]
-    rows += [run(name, data, args, **options) for name, options in chosen]
-
-    print("\n| task | Recall@10 | NDCG@10 | s / epoch |\n|---|---:|---:|---:|")
-    for row in rows:
-        seconds = "—" if row["seconds_per_epoch"] is None else f"{row['seconds_per_epoch']:.1f}"
-        print(f"| {row['name']} | {row['recall_at_10']:.4f} | {row['ndcg_at_10']:.4f} | {seconds} |")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        # The data file by name: a result file should not record this machine's paths.
-        config = {
-            key: (value.name if isinstance(value, pathlib.Path) else value)
-            for key, value in vars(args).items()
-            if key not in ("json", "verbose")
-        }
-        args.json.write_text(
-            json.dumps(
-                {
-                    "source": source,
-                    "catalogue": catalogue,
-                    "num_users": num_users,
-                    "num_items": num_items,
-                    "num_train": len(train[0]),
-                    "num_test": len(test[0]),
-                    "config": config,
-                    "machine": f"{os.cpu_count()} CPU cores, {platform.machine()}",
-                    "rows": rows,
-                },
-                indent=2,
+    if args.catalogue == "file":
+        catalogue = read_catalogue(args.data)
+        if args.max_users is not None:
+            keep = catalogue.users < args.max_users
+            catalogue = dataclasses.replace(
+                catalogue, users=catalogue.users[keep], items=catalogue.items[keep], num_users=args.max_users
             )
+    else:
+        catalogue, teacher = synthetic_catalogue(args.num_users, args.num_items, 32, 20, args.seeds[0])
+    chosen = choose_rows(ROWS, args.only, QUICK_ROWS if args.quick else None)
+    runs: Dict[str, List[dict]] = {row.name: [] for row in chosen}
+    references: Dict[str, List[dict]] = {"Popularity": []}
+    if args.step_times:
+        split = holdout_split(catalogue, args.seeds[0], args.validation_users)
+        print(describe(catalogue, split, args.seeds[0]), flush=True)
+        report_step_times(chosen, split, args)
+        return []
+    for seed in args.seeds:
+        split = holdout_split(catalogue, seed, args.validation_users)
+        print(describe(catalogue, split, seed), flush=True)
+        rankings = (
+            FullCatalogueRanking(split.validation, split.known_for_validation, split.num_items),
+            FullCatalogueRanking(split.test, split.known_for_test, split.num_items),
         )
+        references["Popularity"].append(rankings[1].metrics_of_scores(popularity_scorer(split)))
+        if teacher is not None:
+            scores = lambda users, split=split: teacher(split.catalogue_users[users])  # noqa: E731
+            references.setdefault("Teacher scores (ceiling)", []).append(rankings[1].metrics_of_scores(scores))
+        for row in chosen:
+            runs[row.name].append(train_row(row, split, rankings, args, seed))
+            report_run(row.name, seed, runs[row.name][-1])
+    rows = [
+        reference_row(name, "popularity" if name == "Popularity" else "reference", results, args.seeds)
+        for name, results in references.items()
+    ]
+    rows += [summarize(row.name, row.kind, runs[row.name], args.seeds, row.name == RECOMMENDED) for row in chosen]
+    add_time_to_quality(rows)
+    source = args.data.name if args.catalogue == "file" else "synthetic teacher"
+    settings = (
+        f"d={args.dim}, batch {args.batch_size}, {args.optimizer} {args.learning_rate:g}, τ={args.temperature:g}, "
+        f"m={args.num_samples} per query / {args.shared_samples} shared, refresh every {args.refresh_every} steps"
+    )
+    print(f"\n{source}, seeds {args.seeds}; {settings}\n{table(rows)}")
+    plot(rows, args.plot or RESULTS_DIR / f"tfrs_two_tower_{pathlib.Path(source).stem}.png", f"{source}: {settings}")
+    if args.json is not None:
+        write_json(args.json, rows, source, settings, {k: v for k, v in vars(args).items() if k != "json"})
     return rows
 
 

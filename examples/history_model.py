@@ -1,0 +1,241 @@
+"""A history model over a real catalogue, trained through `model.compile` / `fit` with the loss layer:
+the softmax over every item that sampled softmax exists for (YouTube-DNN-style candidate generation,
+Covington et al., RecSys 2016).
+
+    python examples/history_model.py                           # gowalla.txt from $TFAS_DATA_DIR, one seed
+    python examples/history_model.py --data amazon-book.txt --seeds 0,1,2 --json rows.json
+    python examples/history_model.py --quick                   # a slice of Gowalla, under a minute
+    python examples/history_model.py --only MIDX               # rows whose name contains "MIDX"
+
+The query is computed from the user's other training items: the mean of their input embeddings (at
+most `--history` of them, a fixed random subset for longer histories; `--mlp` adds a small MLP).
+The output layer, `AdaptiveSampledSoftmaxLoss`, scores the whole catalogue with the input item
+table (`--tied`, the default; `--no-tied`: a table of its own) and a bias. Each training example
+predicts one of the user's training items from the others (the target never in its own history);
+evaluation predicts the held-out item from all the user's training items. Data, split and metrics
+as `examples/tfrs_two_tower.py` (`catalogues.py`: users with < 2 items dropped, a random test item
+per user and seed, a validation item for early stopping, Recall@20 / NDCG@20 over the full
+catalogue with the user's known items excluded).
+
+Rows, all with the same model, optimizer (Adam), batches, seeds and early stopping (`kind` in
+`--json`): the full softmax (`full-softmax`); `tf.nn.sampled_softmax_loss` as users call it
+(log-uniform, negatives shared by the batch, `tf-sampled`); Uniform, LogUniform and Unigram
+(count^0.75) per query (`static`); MIDX per query and shared, and QuadraticKernel shared
+(`adaptive`), refreshed by `CodebookRefresh`. Results and conclusions: benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+from typing import Dict, List, Optional
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import tensorflow as tf
+from catalogues import FullCatalogueRanking, Split, describe, holdout_split, read_catalogue
+from common import DATA_DIR, RESULTS_DIR
+from time_to_quality import (
+    Progress,
+    add_time_to_quality,
+    choose_rows,
+    plot,
+    popularity_scorer,
+    reference_row,
+    report_run,
+    summarize,
+    table,
+    write_json,
+)
+
+import tf_adaptive_softmax as tfas
+from tf_adaptive_softmax import _experiments as experiments
+
+K = tf.keras
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    kind: str
+    sampler: Optional[str] = None  # a key of experiments.SAMPLERS; None: full softmax or TF's loss
+    shared: bool = False
+
+
+ROWS = [
+    Row("Full softmax", "full-softmax"),
+    Row("tf.nn.sampled_softmax_loss (log-uniform, shared)", "tf-sampled", shared=True),
+    Row("Uniform", "static", "uniform"),
+    Row("LogUniform", "static", "log_uniform"),
+    Row("Unigram (count^0.75)", "static", "unigram"),
+    Row("MIDX", "adaptive", "midx_rvq"),
+    Row("MIDX, shared", "adaptive", "midx_rvq", shared=True),
+    Row("QuadraticKernel, shared", "adaptive", "quadratic_kernel", shared=True),
+]
+RECOMMENDED = "MIDX"
+QUICK_ROWS = ("Full softmax", "tf.nn.sampled_softmax_loss (log-uniform, shared)", "MIDX")  # --quick, no --only
+
+
+def histories(users: np.ndarray, split: Split, length: int, seed: int, leave_out: Optional[np.ndarray] = None):
+    """[len(users), length] int32 item ids (-1 pads) of each user's training items, `leave_out[i]`
+    (the example's own target) removed; at most `length` of them, a fixed random subset."""
+    rng = np.random.default_rng(seed + 12345)
+    order = np.argsort(split.train[0], kind="stable")
+    offsets = np.searchsorted(split.train[0][order], np.arange(split.num_users + 1))
+    items = split.train[1][order]
+    out = np.full((len(users), length), -1, np.int32)
+    for row, user in enumerate(users):
+        own = items[offsets[user] : offsets[user + 1]]
+        if leave_out is not None:
+            own = own[own != leave_out[row]]
+        if len(own) > length:
+            own = rng.choice(own, length, replace=False)
+        out[row, : len(own)] = own
+    return out
+
+
+class MeanOfItems(K.layers.Layer):
+    """Mean of the item embeddings of the ids >= 0 in each row (zeros for an empty history).
+
+    Args:
+      items: the item Embedding layer (shared with the output layer when tied).
+    """
+
+    def __init__(self, items, **kwargs):
+        super().__init__(**kwargs)
+        self.items = items
+
+    def call(self, ids):
+        mask = tf.cast(ids >= 0, tf.float32)[..., tf.newaxis]
+        embedded = self.items(tf.maximum(ids, 0)) * mask
+        return tf.reduce_sum(embedded, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+
+def build_query_model(num_items: int, length: int, dim: int, mlp: bool = False):
+    """(query model: history ids [B, length] -> query [B, dim], its item Embedding layer)."""
+    ids = K.Input((length,), dtype="int32", name="history")
+    items = K.layers.Embedding(num_items, dim, name="items")
+    query = MeanOfItems(items)(ids)
+    if mlp:
+        query = K.layers.Dense(dim, name="query")(K.layers.Dense(2 * dim, activation="relu")(query))
+    return K.Model(ids, query, name="history_model"), items
+
+
+def make_output(row: Row, num_items: int, counts: np.ndarray, args, tied) -> tfas.AdaptiveSampledSoftmaxLoss:
+    """The output layer of one row; `tied`: the item Embedding whose table it shares (or None)."""
+    if row.kind == "tf-sampled":
+        return experiments.TFSampledSoftmax(num_items, args.shared_samples, tied_embedding=tied, name="output")
+    sampler = None if row.sampler is None else experiments.make_sampler(row.sampler, num_items, counts)
+    return tfas.AdaptiveSampledSoftmaxLoss(
+        num_items,
+        sampler,
+        num_samples=args.shared_samples if row.shared else args.num_samples,
+        shared_negatives=row.shared,
+        tied_embedding=tied,
+        name="output",
+    )
+
+
+def train_row(row: Row, split: Split, data, rankings, args, seed: int) -> dict:
+    """Trains one row with one seed: `Progress.result()` (best-validation test metrics, curve)."""
+    (x, y), query_inputs = data
+    K.utils.set_random_seed(seed)
+    counts = np.bincount(split.train[1], minlength=split.num_items)
+    query_model, items = build_query_model(split.num_items, args.history, args.dim, args.mlp)
+    output = make_output(row, split.num_items, counts, args, items if args.tied else None)
+    query_model.compile(
+        optimizer=K.optimizers.Adam(args.learning_rate), loss=tfas.SampledSoftmaxLoss(output, model=query_model)
+    )
+
+    def vectors():
+        # Logits h·w + b as one dot product: [h, 1]·[w, b].
+        queries = query_model.predict(query_inputs, batch_size=4096, verbose=0)
+        weights = output.class_embeddings.numpy()
+        bias = np.zeros(len(weights), np.float32) if output.class_bias is None else output.class_bias.numpy()
+        return np.c_[queries, np.ones(len(queries), np.float32)], np.c_[weights, bias]
+
+    progress = Progress(vectors, *rankings, args.patience, f"{row.name} (seed {seed})", args.verbose)
+    callbacks = [progress]
+    if row.sampler is not None:
+        callbacks.append(tfas.CodebookRefresh(output, every_n_steps=args.refresh_every))
+    query_model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, shuffle=True, callbacks=callbacks)
+    return progress.result()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=pathlib.Path, default=DATA_DIR / "gowalla.txt", help="catalogue file")
+    parser.add_argument("--max-users", type=int, default=None, help="read only the first users of the file")
+    parser.add_argument("--seed", type=int, default=0, help="split and initialization seed")
+    parser.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 (overrides --seed)")
+    parser.add_argument("--validation-users", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
+    parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation Recall@20")
+    parser.add_argument("--history", type=int, default=50, help="at most this many history items per query")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument(
+        "--tied", action=argparse.BooleanOptionalAction, default=True, help="output layer shares the item table"
+    )
+    parser.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False, help="an MLP after the mean")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--num-samples", type=int, default=64, help="m negatives per query")
+    parser.add_argument("--shared-samples", type=int, default=1024, help="m negatives shared by a batch")
+    parser.add_argument("--refresh-every", type=int, default=100, help="adaptive refresh every n steps")
+    parser.add_argument("--only", default=None, help="only the rows whose name contains one of these |-separated texts")
+    parser.add_argument("--quick", action="store_true", help="the first 2,000 users, at most 2 epochs, three rows")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="write {'rows': [...]} here")
+    parser.add_argument("--plot", type=pathlib.Path, default=None, help="time-to-quality PNG")
+    parser.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True, help="a line per epoch")
+    args = parser.parse_args(argv)
+    args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    if args.quick:
+        args.max_users, args.epochs = min(args.max_users or 2000, 2000), min(args.epochs, 2)
+    if not args.data.exists():
+        parser.error(f"{args.data} does not exist: pass --data PATH (or set TFAS_DATA_DIR).")
+    return args
+
+
+def main(argv=None) -> List[dict]:
+    args = parse_args(argv)
+    catalogue = read_catalogue(args.data)
+    if args.max_users is not None:
+        keep = catalogue.users < args.max_users
+        catalogue = dataclasses.replace(
+            catalogue, users=catalogue.users[keep], items=catalogue.items[keep], num_users=args.max_users
+        )
+    chosen = choose_rows(ROWS, args.only, QUICK_ROWS if args.quick else None)
+    runs: Dict[str, List[dict]] = {row.name: [] for row in chosen}
+    popularity: List[dict] = []
+    for seed in args.seeds:
+        split = holdout_split(catalogue, seed, args.validation_users)
+        print(describe(catalogue, split, seed), flush=True)
+        x = histories(split.train[0], split, args.history, seed, leave_out=split.train[1])
+        data = ((x, split.train[1]), histories(np.arange(split.num_users), split, args.history, seed))
+        rankings = (
+            FullCatalogueRanking(split.validation, split.known_for_validation, split.num_items),
+            FullCatalogueRanking(split.test, split.known_for_test, split.num_items),
+        )
+        popularity.append(rankings[1].metrics_of_scores(popularity_scorer(split)))
+        for row in chosen:
+            runs[row.name].append(train_row(row, split, data, rankings, args, seed))
+            report_run(row.name, seed, runs[row.name][-1])
+    rows = [reference_row("Popularity", "popularity", popularity, args.seeds)]
+    rows += [summarize(row.name, row.kind, runs[row.name], args.seeds, row.name == RECOMMENDED) for row in chosen]
+    add_time_to_quality(rows)
+    settings = (
+        f"d={args.dim}, history {args.history}, batch {args.batch_size}, Adam {args.learning_rate:g}, "
+        f"m={args.num_samples} per query / {args.shared_samples} shared, refresh every {args.refresh_every} steps"
+    )
+    print(f"\n{args.data.name}, seeds {args.seeds}; {settings}\n{table(rows)}")
+    plot(rows, args.plot or RESULTS_DIR / f"history_model_{args.data.stem}.png", f"{args.data.name}: {settings}")
+    if args.json is not None:
+        write_json(args.json, rows, args.data.name, settings, {k: v for k, v in vars(args).items() if k != "json"})
+    return rows
+
+
+if __name__ == "__main__":
+    main()
