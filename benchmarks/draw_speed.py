@@ -1,8 +1,8 @@
 """Draw speed of every sampler: sample() and sample_shared(), graph mode against XLA.
 
-python benchmarks/draw_speed.py                   # N = 10^5 and 10^6 (about a minute on 2 cores)
-python benchmarks/draw_speed.py --sizes 100000    # one size
-python benchmarks/draw_speed.py --tag before      # names the results file draw_speed_before.md
+python -m benchmarks.draw_speed                   # N = 10^5 and 10^6 (about a minute on 2 cores)
+python -m benchmarks.draw_speed --sizes 100000    # one size
+python -m benchmarks.draw_speed --tag before      # names the results file draw_speed_before.md
 
 B = 256 queries, m = 128 draws per query (per batch for sample_shared), d = 64, MIDX with K = 64.
 Each call is timed as the median of repeated calls of a compiled function, graph mode and XLA
@@ -17,12 +17,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np
 import tensorflow as tf
-from timing import time_call, write_results
 
+from benchmarks.timing import time_call, write_results
 from tf_adaptive_softmax import samplers
 
 BATCH, NUM_SAMPLES, DIM = 256, 128, 64
@@ -88,7 +87,7 @@ def main(argv=None):
             f"| {row['N']:,} | {row['sampler']} | {row['method']}() | {row['graph_ms']:.2f} ({g[0]:.2f}–{g[1]:.2f}) "
             f"| {row['xla_ms']:.2f} ({x[0]:.2f}–{x[1]:.2f}) | {row['xla_over_graph']:.2f} |"
         )
-    header = f"Draw speed, B={BATCH}, m={NUM_SAMPLES}, d={DIM}, MIDX K=64. Command: `python benchmarks/draw_speed.py"
+    header = f"Draw speed, B={BATCH}, m={NUM_SAMPLES}, d={DIM}, MIDX K=64. Command: `python -m benchmarks.draw_speed"
     header += "".join(f" {a}" for a in (argv or [])) + "`\n\n"
     write_results("draw_speed" + (f"_{args.tag}" if args.tag else ""), rows, header + "\n".join(lines))
 

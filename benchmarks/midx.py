@@ -1,7 +1,7 @@
 """MIDX speed and memory: sample() across N (flat in N?), refresh() at N = 10^6, state bytes.
 
-python benchmarks/midx.py            # N up to 10^6 (a few minutes on 2 cores)
-python benchmarks/midx.py --quick    # N up to 10^5
+python -m benchmarks.midx            # N up to 10^6 (a few minutes on 2 cores)
+python -m benchmarks.midx --quick    # N up to 10^5
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(__file__))
 
 import numpy as np
 import tensorflow as tf
-from timing import time_call, write_results
 
+from benchmarks.timing import time_call, write_results
 from tf_adaptive_softmax import samplers
 
 

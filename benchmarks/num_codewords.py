@@ -1,10 +1,10 @@
 """MIDX codebook size K: KL(p‖q) and test cross-entropy against refresh (and draw) cost.
 
-The sweep behind `MIDX`'s default `num_codewords` (`samplers.midx.default_num_codewords`).
+The sweep behind `MIDX`'s default `num_codewords` (`samplers.midx._default_num_codewords`).
 
-    python benchmarks/num_codewords.py            # N = 10^4, 10^5, 10^6 (about 30 minutes on 2 shared cores)
-    python benchmarks/num_codewords.py --quick    # N = 10^4 only, K = 16 and 64 (under 2 minutes)
-    python benchmarks/num_codewords.py --rewrite num_codewords   # re-render the .md from the .json
+    python -m benchmarks.num_codewords            # N = 10^4, 10^5, 10^6 (about 30 minutes on 2 shared cores)
+    python -m benchmarks.num_codewords --quick    # N = 10^4 only, K = 16 and 64 (under 2 minutes)
+    python -m benchmarks.num_codewords --rewrite num_codewords   # re-render the .md from the .json
 
 Two parts, both on the synthetic teacher (`datasets.make_teacher(N, d, seed=0)`):
 
@@ -19,7 +19,7 @@ Two parts, both on the synthetic teacher (`datasets.make_teacher(N, d, seed=0)`)
    for a batch of 256 queries is timed too (graph mode). Every configuration runs in its own
    process, so its memory and first-call numbers do not depend on what ran before.
 2. Test cross-entropy (N = 10^4 and 10^5). A student (Dense relu 2d -> Dense d query tower and an
-   `AdaptiveSampledSoftmaxLoss`, m = 20, correct_positive=True, `CodebookRefresh(every_n_steps=100)`)
+   `AdaptiveSampledSoftmaxLoss`, m = 20, the standard logQ, `CodebookRefresh(every_n_steps=100)`)
    is trained on 50k teacher examples for 2 epochs (batch 256, Adam 3e-3, graph mode, seed 0) with
    each (quantizer, K), with Uniform and with the full softmax; the exact full-softmax test
    cross-entropy on 5k test examples is reported with the refresh's share of the training time.
@@ -36,10 +36,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(__file__))
 
-import timing
-from timing import RESULTS, machine, measured, memory_mb
+from benchmarks import timing
+from benchmarks.timing import RESULTS, machine, measured, memory_mb
 
 NAME = "num_codewords"
 CHUNK_CLASSES = 1 << 15
@@ -112,8 +111,8 @@ class TeacherKL:
 def worker(spec: dict) -> dict:
     import numpy as np
     import tensorflow as tf
-    from timing import time_call
 
+    from benchmarks.timing import time_call
     from tf_adaptive_softmax import datasets, samplers
 
     n, d, quantizer, k = spec["N"], spec["d"], spec["quantizer"], spec["K"]
@@ -146,7 +145,7 @@ def worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    return timing.run_worker(__file__, spec, timeout)
+    return timing.run_worker("benchmarks.num_codewords", spec, timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,7 +165,7 @@ def train_student(train, test, num_classes, sampler, args) -> dict:
     features = K.Input((dim,))
     hidden = K.layers.Dense(2 * dim, activation="relu")(features)
     model = K.Model(features, K.layers.Dense(dim)(hidden))
-    output = AdaptiveSampledSoftmaxLoss(num_classes, sampler, num_samples=NUM_SAMPLES, correct_positive=True)
+    output = AdaptiveSampledSoftmaxLoss(num_classes, sampler, num_samples=NUM_SAMPLES)
     model.compile(optimizer=K.optimizers.Adam(args.learning_rate), loss=SampledSoftmaxLoss(output, model=model))
     refresh = CodebookRefresh(output, every_n_steps=100)
     start = time.perf_counter()
@@ -284,14 +283,14 @@ def training_tables(rows) -> str:
 
 def rule_table(sizes) -> str:
     try:
-        from tf_adaptive_softmax.samplers.midx import default_num_codewords
+        from tf_adaptive_softmax.samplers.midx import _default_num_codewords
     except ImportError:  # older library: no rule yet
-        return "(no `default_num_codewords` in this version of the library)"
+        return "(no `_default_num_codewords` in this version of the library)"
 
     cells = [
         f"| N | {' | '.join(f'{n:,}' for n in sizes)} |",
         "|---|" + "---:|" * len(sizes),
-        f"| default K | {' | '.join(str(default_num_codewords(n)) for n in sizes)} |",
+        f"| default K | {' | '.join(str(_default_num_codewords(n)) for n in sizes)} |",
     ]
     return "\n".join(cells)
 
@@ -331,7 +330,7 @@ def write(name, args, command, kl_rows, train_rows, seconds, machine_line=None) 
             "## Test cross-entropy of a student trained with each proposal",
             "",
             f"{args.train_examples:,} train / {args.test_examples:,} test examples, {args.epochs} epochs, "
-            f"batch {args.batch_size}, Adam {args.learning_rate:g}, m = {NUM_SAMPLES}, correct_positive=True, "
+            f"batch {args.batch_size}, Adam {args.learning_rate:g}, m = {NUM_SAMPLES}, standard logQ, "
             f"CodebookRefresh(every_n_steps=100) (plus each epoch start), graph mode, seed {getattr(args, 'seed', 0)}. "
             "Exact "
             "full-softmax cross-entropy on the test split.",
@@ -339,7 +338,7 @@ def write(name, args, command, kl_rows, train_rows, seconds, machine_line=None) 
         ]
     text += [
         "",
-        "## The default rule (`samplers.midx.default_num_codewords`)",
+        "## The default rule (`samplers.midx._default_num_codewords`)",
         "",
         rule_table([1_000, 10_000, 100_000, 1_000_000, 10_000_000]),
     ]
@@ -388,7 +387,7 @@ def main(argv=None):
     if args.quick:
         args.sizes, args.train_sizes, args.codewords, args.extra_dim = "10000", "10000", "16,64", 0
         args.train_examples, args.test_examples, args.epochs = 10_000, 2_000, 1
-    command = "python benchmarks/num_codewords.py" + "".join(f" {shlex.quote(a)}" for a in (argv or []))
+    command = "python -m benchmarks.num_codewords" + "".join(f" {shlex.quote(a)}" for a in (argv or []))
     ks = [int(k) for k in args.codewords.split(",")]
     quantizers = args.quantizers.split(",")
     begin = time.perf_counter()

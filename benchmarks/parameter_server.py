@@ -12,9 +12,9 @@ epoch's seconds per step are reported, with the bytes of class rows a step reads
 All processes of the cluster share this machine's cores, so the ratios show the cost of the RPC
 round trips and of the table traffic, not the speed-up of more machines.
 
-    TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py            # full table
-    TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py --quick    # N = 10^5, fewer steps
-    TF_USE_LEGACY_KERAS=1 python benchmarks/parameter_server.py --methods tf_sampled --tag tf_sampled
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.parameter_server            # full table
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.parameter_server --quick    # N = 10^5, fewer steps
+    TF_USE_LEGACY_KERAS=1 python -m benchmarks.parameter_server --methods tf_sampled --tag tf_sampled
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import timing
+from benchmarks import timing
 
 METHODS = ("full", "tf_sampled", "uniform", "midx", "midx_shared")
 MODES = ("single", "parameter_server")
@@ -70,7 +70,7 @@ def _one_configuration(args) -> dict:
             "midx_shared": tfas.samplers.MIDX(n, seed=0),
         }[args.method]
         if args.method == "tf_sampled":
-            output = tfas.experiments.TFSampledSoftmax(n, num_samples=m)
+            output = tfas._experiments.TFSampledSoftmax(n, num_samples=m)
         else:
             output = tfas.AdaptiveSampledSoftmaxLoss(
                 n, sampler, num_samples=m, shared_negatives=args.method == "midx_shared"
@@ -133,7 +133,9 @@ def main() -> None:
         if method not in METHODS:
             raise SystemExit(f"Unknown method {method!r}; choose from {METHODS}.")
         for mode in MODES:
-            row = timing.run_worker(__file__, {"mode": mode, "method": method, **sizes}, timeout=1800)
+            row = timing.run_worker(
+                "benchmarks.parameter_server", {"mode": mode, "method": method, **sizes}, timeout=1800
+            )
             print(row, flush=True)
             rows.append(row)
     single = {row["method"]: row.get("step_ms") for row in rows if row["mode"] == "single"}

@@ -1,7 +1,7 @@
 """QuadraticKernel speed: sample() across N and d against the cost of full logits, refresh at 10^6.
 
-python benchmarks/quadratic_kernel.py            # N up to 10^6
-python benchmarks/quadratic_kernel.py --quick    # N up to 10^5, d=32
+python -m benchmarks.quadratic_kernel            # N up to 10^6
+python -m benchmarks.quadratic_kernel --quick    # N up to 10^5, d=32
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(__file__))
 
 import tensorflow as tf
-from timing import time_call, write_results
 
+from benchmarks.timing import time_call, write_results
 from tf_adaptive_softmax import samplers
 
 

@@ -1,10 +1,10 @@
 """Sampler refresh at scale: time and peak memory of MIDX and QuadraticKernel refreshes at N = 10^6
 and 10^7 classes, and the KL evidence behind k-means' default training-sample size.
 
-    python benchmarks/refresh_scale.py                       # both sections (about 30 min on 2 cores)
-    python benchmarks/refresh_scale.py --sections refresh    # time and memory only
-    python benchmarks/refresh_scale.py --sizes 1000000 --modes function   # a quick subset
-    python benchmarks/refresh_scale.py --rewrite             # re-render the .md from the .json
+    python -m benchmarks.refresh_scale                       # both sections (about 30 min on 2 cores)
+    python -m benchmarks.refresh_scale --sections refresh    # time and memory only
+    python -m benchmarks.refresh_scale --sizes 1000000 --modes function   # a quick subset
+    python -m benchmarks.refresh_scale --rewrite             # re-render the .md from the .json
 
 Section `refresh`: d = 64, K = 64 codewords (MIDX pq / rvq x uniform / unigram residual, 10 Lloyd
 iterations) and QuadraticKernel (default leaf size), each configuration in a fresh process, in
@@ -46,11 +46,10 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(__file__))
 
-from timing import RESULTS, machine, measured, memory_mb
-from timing import optional as _fmt
-from timing import run_worker as timing_run_worker
+from benchmarks.timing import RESULTS, machine, measured, memory_mb
+from benchmarks.timing import optional as _fmt
+from benchmarks.timing import run_worker as timing_run_worker
 
 NAME = "refresh_scale"
 SAMPLERS = ["midx_pq_uniform", "midx_pq_unigram", "midx_rvq_uniform", "midx_rvq_unigram", "quadratic_kernel"]
@@ -144,8 +143,8 @@ def refresh_worker(spec: dict) -> dict:
 # KL of the MIDX proposal against the training-sample size, in a worker process per (N, quantizer).
 def kl_worker(spec: dict) -> list:
     import tensorflow as tf
-    from num_codewords import TeacherKL
 
+    from benchmarks.num_codewords import TeacherKL
     from tf_adaptive_softmax import datasets, samplers
 
     n, d, k = spec["N"], spec["d"], spec["K"]
@@ -158,7 +157,12 @@ def kl_worker(spec: dict) -> list:
         size = n if per_centroid == "full" else min(n, int(per_centroid) * k)
         for seed in spec["seeds"]:
             sampler = samplers.MIDX(
-                n, num_codewords=k, quantizer=spec["quantizer"], include_bias=True, kmeans_sample_size=size, seed=seed
+                n,
+                num_codewords=k,
+                quantizer=spec["quantizer"],
+                include_bias=True,
+                kmeans=samplers.KMeansOptions(sample_size=size),
+                seed=seed,
             )
             refresh = sampler.compiled_refresh(lambda: (weights, bias))
             row = {**spec, "points_per_centroid": per_centroid, "sample_size": size, "seed": seed}
@@ -181,7 +185,7 @@ def kl_worker(spec: dict) -> list:
 # --------------------------------------------------------------------------------------------
 def run_worker(spec: dict, timeout: float, allocator: str = "pooling"):
     """Runs one configuration in a fresh process with the given allocator (`timing.run_worker`)."""
-    return timing_run_worker(__file__, spec, timeout, env={**os.environ, **ALLOCATORS[allocator]})
+    return timing_run_worker("benchmarks.refresh_scale", spec, timeout, env={**os.environ, **ALLOCATORS[allocator]})
 
 
 def measure_refresh(spec: dict, timeout: float, live_memory: bool) -> dict:
@@ -356,7 +360,7 @@ def main(argv=None) -> None:
     def log(message):
         print(f"[{(time.perf_counter() - begin) / 60:5.1f} min] {message}", flush=True)
 
-    command = "python benchmarks/refresh_scale.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
+    command = "python -m benchmarks.refresh_scale" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     # A run of a subset replaces only its own rows: the table keeps every configuration's latest.
     payload.update(machine=machine(), conditions=args.conditions)
     payload["command"] = command if "command" not in payload else f"{payload['command']}`, then `{command}"

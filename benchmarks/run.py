@@ -1,8 +1,8 @@
 """The benchmark runner: speed and scale of the output layer, and bias against sample size.
 
-    python benchmarks/run.py --quick        # under 5 minutes on 2 cores
-    python benchmarks/run.py                # the full grid (hours on 2 cores; see --sections)
-    python benchmarks/run.py --sections speed --sizes 10000,1000000
+    python -m benchmarks.run --quick        # under 5 minutes on 2 cores
+    python -m benchmarks.run                # the full grid (hours on 2 cores; see --sections)
+    python -m benchmarks.run --sections speed --sizes 10000,1000000
 
 Sections (each writes JSON, a markdown table and PNG plots under benchmarks/results/, with the
 machine; `--quick` writes `*_quick.*` files so it never overwrites a full run, and `--tag` names
@@ -17,11 +17,11 @@ partial runs):
   same run, and the peak memory of the configuration: resident-set growth over the process's
   resident size before it (Linux VmHWM, reset before each configuration; the variables, the
   sampler state, the compiled step and its activations).
-* `bias`: the synthetic teacher task (`tf_adaptive_softmax.experiments`' student, same optimizer,
+* `bias`: the synthetic teacher task (`tf_adaptive_softmax._experiments`' student, same optimizer,
   steps and seed for every row): exact test cross-entropy after training with each sampler at
   each m, against full-softmax training. Every row corrects the positive by log(m·q) (the
   default); a sampler name with `+eq3` (e.g. `uniform+eq3`) trains with it uncorrected
-  (`correct_positive=False`, Blanc & Rendle's eq. 3); with `+shared` (e.g.
+  (`logq_correction="negatives_only"`, Blanc & Rendle's eq. 3); with `+shared` (e.g.
   `quadratic_kernel+shared`, also in `speed`) it draws m negatives shared by the batch from the
   batch mixture (`shared_negatives=True`). Suffixes combine: `midx_rvq+shared+eq3`.
 * `ptb`: the word-level LSTM language model of `examples/language_model.py` on the PTB subset in
@@ -51,13 +51,10 @@ HERE = pathlib.Path(__file__).resolve().parent
 import numpy as np
 import tensorflow as tf
 
-from tf_adaptive_softmax import datasets, estimator, experiments, samplers
-from tf_adaptive_softmax.experiments import pyplot
-
-try:  # `python benchmarks/run.py` puts this folder on the path; `import benchmarks.run` needs the package form
-    from timing import RESULTS, machine, memory_mb, reset_peak_memory, time_call
-except ImportError:  # pragma: no cover
-    from benchmarks.timing import RESULTS, machine, memory_mb, reset_peak_memory, time_call
+from benchmarks.timing import RESULTS, machine, memory_mb, reset_peak_memory, time_call
+from tf_adaptive_softmax import _experiments as experiments
+from tf_adaptive_softmax import datasets, estimator, samplers
+from tf_adaptive_softmax._experiments import pyplot
 
 SPEED_METHODS = [
     "full",
@@ -76,7 +73,7 @@ LEARNING_RATE = 0.05
 
 
 def variant(name: str):
-    """'<sampler>[+eq3][+shared]' -> (sampler, correct_positive, shared_negatives).
+    """'<sampler>[+eq3][+shared]' -> (sampler, logq_correction, shared_negatives).
 
     The positive is corrected by default; `+eq3` trains with it uncorrected (Blanc & Rendle's
     eq. 3). `+cp` (the explicit default) is still accepted, for the names of earlier results."""
@@ -84,7 +81,7 @@ def variant(name: str):
     unknown = set(options) - {"cp", "eq3", "shared"}
     if unknown or {"cp", "eq3"} <= set(options):
         raise ValueError(f"Bad suffixes {options} in {name!r}; use +eq3 (or +cp) and/or +shared.")
-    return base, "eq3" not in options, "shared" in options
+    return base, "negatives_only" if "eq3" in options else "standard", "shared" in options
 
 
 # -- speed ---------------------------------------------------------------------------------
@@ -162,7 +159,7 @@ def make_train_step(
         if shared:
             ids = tf.broadcast_to(ids, [batch, num_samples])
         auxiliary = sampler.auxiliary_loss(query, tf.concat([positives, ids], 1), logits, tf.gather(weights, positives))
-        return estimator.multi_positive_cross_entropy(logits, 1) + auxiliary
+        return estimator._multi_positive_cross_entropy(logits, 1) + auxiliary
 
     trained = [weights, bias, query] + ([] if sampler is None else list(sampler.trainable_weights))
 
@@ -358,7 +355,7 @@ def run_teacher_bias(args, num_classes: int) -> List[dict]:
     counts = np.bincount(train[1], minlength=num_classes).astype(np.float64)
 
     def runner(name, m):
-        base, correct_positive, shared = variant(name)
+        base, logq_correction, shared = variant(name)
         tf_sampled = base == "tf_sampled"  # tf.nn.sampled_softmax_loss: log-uniform, shared by the batch
         sampler = None if base in ("full", "tf_sampled") else experiments.make_sampler(base, num_classes, counts)
         result = experiments.train_and_evaluate(
@@ -372,7 +369,7 @@ def run_teacher_bias(args, num_classes: int) -> List[dict]:
             3e-3,
             jit_compile=False,
             verbose=0,
-            correct_positive=correct_positive,
+            logq_correction=logq_correction,
             shared_negatives=shared,
             tf_sampled=tf_sampled,
         )
@@ -391,7 +388,7 @@ def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
     scratch = pathlib.Path(tempfile.mkdtemp())
 
     def runner(name, m):
-        base, correct_positive, shared = variant(name)
+        base, logq_correction, shared = variant(name)
         argv = extra + [
             "--sampler",
             base,
@@ -404,7 +401,7 @@ def run_example_bias(args, script: str, extra: List[str]) -> List[dict]:
             "--json",
             str(scratch / "metrics.json"),
         ]
-        argv += ([] if correct_positive else ["--no-correct-positive"]) + (["--shared-negatives"] if shared else [])
+        argv += ["--logq-correction", logq_correction] + (["--shared-negatives"] if shared else [])
         subprocess.run([sys.executable, str(HERE.parent / "examples" / f"{script}.py"), *argv], check=True)
         metrics = json.loads((scratch / "metrics.json").read_text())
         return {k: v for k, v in metrics.items() if isinstance(v, float)}
@@ -516,7 +513,7 @@ def main(argv=None) -> Dict[str, List[dict]]:
     tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
     suffix = args.suffix = f"_{tag}" if tag else ""
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.run " + " ".join(argv if argv is not None else sys.argv[1:])
     header = f"Machine: {machine()}; TensorFlow {tf.__version__}. Command: `{command.strip()}`\n\n"
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     results: Dict[str, List[dict]] = {}

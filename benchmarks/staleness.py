@@ -7,10 +7,10 @@ epoch starts (`CodebookRefresh(every_n_steps=None)`), beside what users have tod
 with nothing to refresh (the full softmax, `tf.nn.sampled_softmax_loss` with `--tf-samples` shared
 negatives, Uniform), and reports quality against refresh cost:
 
-    TFAS_DATA_DIR=/path/to/data python benchmarks/staleness.py   # teacher + PTB (about 15 min on 2 quiet cores)
-    python benchmarks/staleness.py --quick    # teacher N = 5,000, 1 epoch, every 10 steps / epoch (< 1 min)
-    python benchmarks/staleness.py --sections teacher --epochs 3   # one task, other settings
-    python benchmarks/staleness.py --rewrite staleness   # re-render results/staleness.md from the .json
+    TFAS_DATA_DIR=/path/to/data python -m benchmarks.staleness   # teacher + PTB (about 15 min on 2 quiet cores)
+    python -m benchmarks.staleness --quick    # teacher N = 5,000, 1 epoch, every 10 steps / epoch (< 1 min)
+    python -m benchmarks.staleness --sections teacher --epochs 3   # one task, other settings
+    python -m benchmarks.staleness --rewrite staleness   # re-render results/staleness.md from the .json
 
 Tasks (same m, optimizer, batches, epochs and seed for every row of a task):
 
@@ -25,8 +25,8 @@ Tasks (same m, optimizer, batches, epochs and seed for every row of a task):
    refreshes, the seconds spent refreshing (the first refresh's tracing and k-means++ seeding
    included) and the training seconds (exact evaluations and KL probes excluded), and their ratio.
 2. `ptb`: the LSTM language model of `examples/language_model.py` on the PTB subset in the data
-   folder (`--data-dir`, default `$TFAS_DATA_DIR`), run as `benchmarks/run.py --sections ptb` runs
-   it (one process a row, its `--json` read back), with `--refresh-every`. Per row: exact test
+   folder (`--data-dir`, default `$TFAS_DATA_DIR`), run as `python -m benchmarks.run --sections ptb`
+   runs it (one process a row, its `--json` read back), with `--refresh-every`. Per row: exact test
    cross-entropy and perplexity, refreshes, refresh seconds and fit seconds (the example's epoch
    timer, which includes its per-epoch validation). No KL: the example has no probe hook. Skipped,
    and said so, when the data is absent.
@@ -56,15 +56,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 import numpy as np
 
-from tf_adaptive_softmax import datasets, experiments
+from benchmarks.timing import RESULTS, machine, write_markdown_keeping_prose
+from benchmarks.timing import optional as _fmt
+from tf_adaptive_softmax import _experiments as experiments
+from tf_adaptive_softmax import datasets
 from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
-
-try:  # `python benchmarks/staleness.py` puts this folder on the path; an import needs the package form
-    from timing import RESULTS, machine, write_markdown_keeping_prose
-    from timing import optional as _fmt
-except ImportError:  # pragma: no cover
-    from benchmarks.timing import RESULTS, machine, write_markdown_keeping_prose
-    from benchmarks.timing import optional as _fmt
 
 NAME = "staleness"
 ADAPTIVE_SAMPLERS = "midx_rvq,quadratic_kernel"
@@ -364,7 +360,7 @@ def render(payload: dict) -> str:
             "",
             f"{teacher['train_examples']:,} train / {teacher['test_examples']:,} test examples, {args.epochs} "
             f"epoch(s) of {teacher['steps_per_epoch']:,} steps (batch {args.batch_size}, Adam {args.learning_rate:g}), "
-            f"m = {args.num_samples} per query, correct_positive=True, graph mode, seed {args.seed}; "
+            f"m = {args.num_samples} per query, standard logQ, graph mode, seed {args.seed}; "
             "`CodebookRefresh` also refreshes at every epoch start. Mean KL(p‖q): the model's softmax p "
             f"against the proposal q on {args.probe_size} test queries, after steps {teacher['kl_steps']} "
             "(one at random in each equal stratum of the run; the same for every row). Train s: training "
@@ -466,7 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         write(args.rewrite, json.loads((out_dir / f"{args.rewrite}.json").read_text()), out_dir)
         return {}
     tag = args.tag if args.tag is not None else ("quick" if args.quick else "")
-    command = "python benchmarks/staleness.py" + "".join(f" {shlex.quote(a)}" for a in argv)
+    command = "python -m benchmarks.staleness" + "".join(f" {shlex.quote(a)}" for a in argv)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     begin = time.perf_counter()
 

@@ -1,7 +1,7 @@
 """Per-query adaptive training steps against a per-query Uniform step, timed interleaved.
 
-python benchmarks/step_ratio.py                          # N = 10^5 and 10^6, graph mode and XLA
-python benchmarks/step_ratio.py --sizes 100000 --rounds 40 --tag quick
+python -m benchmarks.step_ratio                          # N = 10^5 and 10^6, graph mode and XLA
+python -m benchmarks.step_ratio --sizes 100000 --rounds 40 --tag quick
 
 The steps are `run.py`'s (`make_train_step`: the output layer's forward, backward and SGD on the
 rows touched; B = 256, m = 128, d = 64, MIDX K = 64). `run.py` times one method after another,
@@ -24,10 +24,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(__file__))
 
-from run import make_train_step
-from timing import optional, write_results
+from benchmarks.run import make_train_step
+from benchmarks.timing import optional, write_results
 
 BATCH, NUM_SAMPLES, DIM = 256, 128, 64
 BASELINE = "uniform"
@@ -127,7 +126,7 @@ def main(argv=None) -> None:
     header = (
         f"Training steps interleaved round by round, B={BATCH}, m={NUM_SAMPLES}, d={DIM}, MIDX K=64, "
         f"{args.rounds} rounds (the full softmax: {ALONE_ROUNDS} calls after them, its range min–max). "
-        f"Command: `python benchmarks/step_ratio.py{''.join(' ' + a for a in (argv or []))}`\n\n"
+        f"Command: `python -m benchmarks.step_ratio{''.join(' ' + a for a in (argv or []))}`\n\n"
     )
     write_results("step_ratio" + (f"_{args.tag}" if args.tag else ""), rows, header + "\n".join(lines))
 

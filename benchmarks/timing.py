@@ -12,7 +12,8 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # the repository root: `python -m benchmarks.NAME` runs from here
+RESULTS = ROOT / "benchmarks" / "results"
 #: Prose written below this line of a results .md survives re-runs of its benchmark.
 PROSE_MARKER = "<!-- prose: kept across re-runs -->"
 
@@ -89,12 +90,13 @@ def optional(value, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def run_worker(script: str, spec: dict, timeout: float, env: Optional[Dict[str, str]] = None) -> dict:
-    """Runs `script --worker <spec as JSON>` in a fresh process and returns the dict it printed on
-    a `RESULT <json>` line (a list for some workers), or `spec` with a `skipped` reason."""
-    command = [sys.executable, os.path.abspath(script), "--worker", json.dumps(spec)]
+def run_worker(module: str, spec: dict, timeout: float, env: Optional[Dict[str, str]] = None) -> dict:
+    """Runs `python -m <module> --worker <spec as JSON>` (e.g. `benchmarks.num_codewords`) in a
+    fresh process from the repository root and returns the dict it printed on a `RESULT <json>`
+    line (a list for some workers), or `spec` with a `skipped` reason."""
+    command = [sys.executable, "-m", module, "--worker", json.dumps(spec)]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {**spec, "skipped": f"over the {timeout:.0f} s limit per configuration"}
     for line in done.stdout.splitlines():

@@ -3,10 +3,14 @@ benchmarks, not tests) and its summaries compute what they claim."""
 
 import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from benchmarks import run as runner  # `python -m pytest` runs from the repository root
+from benchmarks import timing
 
 
 @pytest.mark.slow
@@ -83,11 +87,11 @@ def test_two_percent_summary_picks_the_smallest_m_within_two_percent():
 
 
 def test_variant_suffixes_parse_and_misspellings_fail_fast():
-    assert runner.variant("midx_rvq") == ("midx_rvq", True, False)
-    assert runner.variant("midx_rvq+shared+cp") == ("midx_rvq", True, True)
-    assert runner.variant("uniform+cp") == ("uniform", True, False)
-    assert runner.variant("uniform") == ("uniform", True, False)
-    assert runner.variant("midx_rvq+eq3+shared") == ("midx_rvq", False, True)
+    assert runner.variant("midx_rvq") == ("midx_rvq", "standard", False)
+    assert runner.variant("midx_rvq+shared+cp") == ("midx_rvq", "standard", True)
+    assert runner.variant("uniform+cp") == ("uniform", "standard", False)
+    assert runner.variant("uniform") == ("uniform", "standard", False)
+    assert runner.variant("midx_rvq+eq3+shared") == ("midx_rvq", "negatives_only", True)
     with pytest.raises(ValueError, match="suffix"):
         runner.parse_args(["--bias-samplers", "uniform+shraed"])
 
@@ -191,3 +195,18 @@ def test_interleaved_step_ratios_are_per_round_ratios_to_uniform():
     low, high = by_method["midx_rvq"]["ratio_quartiles"]
     assert 0 < low <= by_method["midx_rvq"]["ratio_to_uniform"] <= high
     assert all(row["N"] == 600 and row["mode"] == "graph" and row["median_ms"] > 0 for row in rows)
+
+
+def test_workers_run_as_modules_from_the_repository_root(monkeypatch):
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append((command, kwargs))
+        return subprocess.CompletedProcess(command, 0, stdout='RESULT {"ok": 1}\n', stderr="")
+
+    monkeypatch.setattr(timing.subprocess, "run", fake_run)
+    assert timing.run_worker("benchmarks.num_codewords", {"N": 10}, timeout=5) == {"ok": 1}
+    [(command, kwargs)] = calls
+    assert command == [sys.executable, "-m", "benchmarks.num_codewords", "--worker", '{"N": 10}']
+    assert pathlib.Path(kwargs["cwd"]) == pathlib.Path(__file__).resolve().parents[1]
+    assert (pathlib.Path(kwargs["cwd"]) / "benchmarks" / "__init__.py").is_file()
