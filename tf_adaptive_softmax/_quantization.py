@@ -4,12 +4,9 @@ Everything here runs inside a graph function (a sampler's `refresh`): the iterat
 shapes are static, the nearest-centroid search is chunked so that [N, K] distances never sit in
 memory at once, and empty clusters are re-seeded with random points so every codeword stays used.
 
-k-means trains on a sample and assigns everything: Lloyd's iterations (and the k-means++ seeding)
-run on at most `sample_size` points drawn uniformly (`default_sample_size`: 1024 per centroid),
-then one chunked nearest-centroid pass gives the code of every point. At N = 10^7 that is one
-pass over the points instead of one per iteration. A `view` (a column half for product
-quantization, the residual for residual quantization) is applied chunk by chunk, so no
-transformed copy of the whole point set is ever made.
+k-means trains on a uniform sample (`default_sample_size`: 1024 per centroid) and assigns every
+point in one chunked pass: at N = 10^7 one pass instead of one per iteration. A `view` (a column
+half for PQ, the residual for RVQ) is applied chunk by chunk, never to a whole copy.
 
 Example:
     >>> import tensorflow as tf
@@ -59,14 +56,9 @@ PointView = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 def default_sample_size(num_centroids: int) -> int:
     """Points k-means trains on when `sample_size` is None: 1024 per centroid (65,536 for K = 64).
 
-    Lloyd's iterations and the k-means++ seeding run on a uniform sample of this many points;
-    every point is then assigned to its nearest centroid once, so the iterations cost the same at
-    any N. Measured on the synthetic teacher (`python -m benchmarks.refresh_scale --sections kl`:
-    MIDX, d = 64, K = 64, three seeds): at N = 10^6 the KL(p‖q) of the proposal built from a 1024·K
-    sample was that of full-data k-means (rvq 2.63 ± 0.02 against 2.66 ± 0.05 nats, pq 2.70 ±
-    0.04 against 2.73 ± 0.02), where 256·K (faiss's default bound) lost 0.08 nats with rvq and
-    64·K 0.07 to 0.25; at N = 10^5 every size was within the spread between seeds. The sample's
-    Lloyd iterations cost about 0.5 s for K = 64 on 2 cores.
+    Lloyd's iterations and the k-means++ seeding run on a uniform sample of this many points, so
+    they cost the same at any N; the proposal it gives matches full-data k-means' (benchmarks/
+    README.md, "Refresh at scale"; 256·K, faiss's default bound, loses measurably).
 
     Args:
       num_centroids: K.

@@ -25,7 +25,7 @@ import tensorflow as tf
 from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
 from tf_adaptive_softmax.samplers.base import Sampler
 
-__all__ = ["CompiledRefresh", "SamplerOwner", "SamplerTarget"]
+__all__ = ["CompiledRefresh", "SamplerOwner", "SamplerTarget", "refresh_on_schedule"]
 
 _ReadWeights = Callable[[], Tuple[tf.Tensor, Optional[tf.Tensor]]]
 
@@ -98,3 +98,31 @@ class SamplerTarget:
         if self.sampler.adaptive and self.sampler.embedding_dim is None:  # state is created eagerly, once
             self.sampler.build_state(int(self._read().shape[-1]))
         return self._refresh(on_nonfinite)
+
+
+def refresh_on_schedule(sampler: Sampler, read_weights: _ReadWeights, counter: tf.Variable, every_n: int) -> list:
+    """Inside a training step: refreshes `sampler` when the step counter is a multiple of
+    `every_n` (keeping the previous state on NaN/Inf, since a compiled step cannot raise), then
+    counts the step. Returns the ops the step's draws must follow.
+
+    Raises:
+      ValueError: under a multi-replica strategy, whose mirrored variables TensorFlow cannot
+        update inside a conditional.
+    """
+    strategy = tf.distribute.get_strategy()
+    parameter_servers = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
+    if strategy.num_replicas_in_sync > 1 and not parameter_servers:
+        raise ValueError(
+            f"`refresh_every_n_steps` cannot run under {type(strategy).__name__} with "
+            f"{strategy.num_replicas_in_sync} replicas: TensorFlow does not update mirrored variables "
+            "inside a conditional. Use `CodebookRefresh(every_n_steps=...)` instead."
+        )
+    due = tf.equal(tf.math.floormod(counter.read_value(), every_n), 0)
+    accepted = tf.cond(
+        due,
+        lambda: tf.convert_to_tensor(sampler.refresh(*read_weights(), on_nonfinite="keep")),
+        lambda: tf.constant(True),
+    )
+    with tf.control_dependencies([accepted]):
+        counted = counter.assign_add(1, read_value=False)
+    return [accepted] if counted is None else [accepted, counted]

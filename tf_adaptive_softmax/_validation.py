@@ -135,6 +135,38 @@ def check_embedding_shape(class_embeddings: tf.Tensor, num_classes: int, dim: in
 NONFINITE_POLICIES = ("raise", "keep")
 
 
+def as_class_bias(class_bias, num_classes: int) -> tf.Tensor | None:
+    """A float32 [N] bias, or None; raises naming `class_bias` for any other shape."""
+    if class_bias is None:
+        return None
+    class_bias = tf.convert_to_tensor(class_bias)
+    if class_bias.shape.rank != 1 or class_bias.shape[0] not in (None, num_classes):
+        raise ValueError(f"`class_bias` must have shape [{num_classes}]; got {class_bias.shape}.")
+    return tf.cast(class_bias, tf.float32)
+
+
+def auxiliary_loss_inputs(candidate_ids, target_logits, positive_embeddings, num_classes: int, dim: int | None):
+    """Checked, gradient-stopped (ids [B, S], target logits [B, S], positives [B, T, d] or None)."""
+    ids = checked_ids(as_label_matrix(candidate_ids, name="candidate_ids"), num_classes, name="candidate_ids")
+    target_logits = tf.cast(tf.convert_to_tensor(target_logits), tf.float32)
+    if target_logits.shape.rank != 2 or (
+        None not in (target_logits.shape[1], ids.shape[1]) and target_logits.shape[1] != ids.shape[1]
+    ):
+        raise ValueError(
+            f"`target_logits` must have shape [batch, {ids.shape[1]}] like `candidate_ids`; got {target_logits.shape}."
+        )
+    if positive_embeddings is not None:
+        positive_embeddings = tf.cast(tf.convert_to_tensor(positive_embeddings), tf.float32)
+        if positive_embeddings.shape.rank == 2:
+            positive_embeddings = positive_embeddings[:, tf.newaxis, :]
+        if positive_embeddings.shape.rank != 3 or positive_embeddings.shape[-1] != dim:
+            raise ValueError(
+                f"`positive_embeddings` must have shape [batch, num_true, {dim}]; got {positive_embeddings.shape}."
+            )
+        positive_embeddings = tf.stop_gradient(positive_embeddings)
+    return tf.stop_gradient(ids), tf.stop_gradient(target_logits), positive_embeddings
+
+
 def check_nonfinite_policy(on_nonfinite: str) -> str:
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"`on_nonfinite` must be one of {NONFINITE_POLICIES}; got {on_nonfinite!r}.")

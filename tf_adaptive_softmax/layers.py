@@ -17,7 +17,7 @@ from tf_adaptive_softmax._keras import (
     serialize,
 )
 from tf_adaptive_softmax._ops import tables
-from tf_adaptive_softmax._refresh import CompiledRefresh
+from tf_adaptive_softmax._refresh import CompiledRefresh, refresh_on_schedule
 from tf_adaptive_softmax._types import TensorLike
 from tf_adaptive_softmax.samplers.base import Sampler
 
@@ -32,52 +32,37 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
     `(query, labels)` (optionally `(query, labels, sample_weight)`) it returns the per-example loss
     [B] (for sequence models: query [B, T, d] with labels [B, T] gives a [B, T] loss):
 
-    * in training (`training=True`, as inside `fit`): the sampled-softmax loss over the positives
-      and `num_samples` negatives per query drawn from `sampler`, each negative corrected by
-      -log(m·q) (see `tf_adaptive_softmax.estimator`);
-    * in inference (`evaluate`, `predict`, plain calls): the exact full-softmax cross-entropy, so
-      validation numbers are honest whatever the sampler.
+    in training (inside `fit`) the sampled softmax over the positives and `num_samples` negatives
+    per query drawn from `sampler`, corrected by -log(m·q) (`tf_adaptive_softmax.estimator`); in
+    inference (`evaluate`, `predict`) the exact full-softmax cross-entropy.
 
-    With `sampler=None` training uses the full softmax too (the baseline to compare against).
-    `logits(query)` and `top_k(query, k)` serve predictions; they never touch the sampler, so
-    exported serving graphs contain no sampling ops.
+    With `sampler=None` training uses the full softmax too. `logits(query)` and `top_k(query, k)`
+    serve predictions without the sampler, so serving graphs contain no sampling ops.
 
     Args:
       num_classes: N.
       sampler: a `tf_adaptive_softmax.samplers.Sampler` built for `num_classes`, or None.
       num_samples: m, negatives per query (a Python int >= 1).
       use_bias: learn a per-class bias b.
-      tied_embedding: an existing Embedding layer (input_dim=N) whose table serves as W, for weight
-        tying in language models. Such a model saves with `save_weights` / checkpoints; its `.keras`
-        config cannot express the tie.
+      tied_embedding: an existing Embedding layer (input_dim=N) whose table serves as W (weight
+        tying); save such a model with `save_weights` / checkpoints (`.keras` cannot express it).
       remove_accidental_hits: mask negatives equal to one of the row's positives.
-      add_to_model_loss: also `add_loss` the batch mean, for functional models compiled without a
-        loss.
-      absolute_softmax: apply |o| to the logits in training and inference (Blanc & Rendle's
-        recommendation when sampling from a symmetric kernel such as `QuadraticKernel`).
+      add_to_model_loss: also `add_loss` the batch mean (functional models compiled without a loss).
+      absolute_softmax: |o| as the logits everywhere (Blanc & Rendle, with `QuadraticKernel`).
       shared_negatives: draw one set of `num_samples` negatives for the whole batch (as
-        `tf.nn.sampled_softmax_loss` does) instead of `num_samples` per query. An adaptive
-        sampler then draws from the batch mixture q̄ = mean_b q(· | h_b), and log q̄ corrects.
-        Much cheaper per step (one [B, d] x [d, m] matmul, m gradient rows), less adapted to
-        each query: use it with a larger `num_samples`.
+        `tf.nn.sampled_softmax_loss` does) from the batch mixture q̄ = mean_b q(· | h_b): cheaper
+        per step, less adapted to each query; use it with a larger `num_samples`.
       embeddings_initializer: initializer of W when the layer owns it.
       refresh_every_n_steps: refresh an adaptive sampler inside the training step, on the
-        layer's training calls 0, n, 2n, ... (counted by a non-trainable `training_steps` weight,
-        checkpointed with the model), before that step draws. Default None: refreshes come from
-        `CodebookRefresh` or `refresh_sampler()`. Use it where batch callbacks cannot keep a step
-        schedule: `steps_per_execution > 1` (Keras calls batch hooks only between executions,
-        the usual setting on TPUs), `ParameterServerStrategy` (no batch callbacks at all), and
-        custom loops. It runs in one process or on parameter servers, in graph mode and under
-        XLA; multi-replica strategies (`MirroredStrategy`, `MultiWorkerMirroredStrategy`) are
-        refused, since TensorFlow cannot update their variables inside a conditional: use
-        `CodebookRefresh` there. NaN/Inf in W or b keep the previous state (a compiled step
-        cannot raise); the loss itself then shows them. A step that refreshes costs one refresh
-        (`python -m benchmarks.refresh_scale`).
-      logq_correction: "standard" (default: every column minus log(m·q), the positive included,
-        as TF and TFRS do), "negatives_only" (the positive raw, Blanc & Rendle's eq. 3) or
-        "corrected" (Khrylchenko et al. 2025; needs `remove_accidental_hits=True`). See
-        `tf_adaptive_softmax.estimator`. Configs saved with the deprecated `correct_positive` load
-        with the same estimator.
+        layer's training calls 0, n, 2n, ... (a checkpointed `training_steps` weight counts them),
+        before that step draws. Default None: `CodebookRefresh` or `refresh_sampler()` refresh.
+        For `steps_per_execution > 1` (TPUs), `ParameterServerStrategy` and custom loops, where
+        batch callbacks cannot keep a step schedule; refused under multi-replica strategies
+        (TensorFlow cannot update mirrored variables in a conditional). NaN/Inf in W or b keep the
+        previous state (a compiled step cannot raise).
+      logq_correction: "standard" (default, as TF and TFRS), "negatives_only" or "corrected"
+        (needs `remove_accidental_hits=True`); see `tf_adaptive_softmax.estimator`. Configs saved
+        with the deprecated `correct_positive` load with the same estimator.
       **kwargs: Keras Layer arguments (`name`, `dtype`, ...).
 
     Raises:
@@ -151,14 +136,9 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         self.embedding_dim: Optional[int] = None
         self._refresh: Optional[CompiledRefresh] = None
 
-    # -- weights -----------------------------------------------------------------------------
     def build(self, input_shape):
-        query_shape = (
-            input_shape[0]
-            if isinstance(input_shape, (list, tuple)) and not isinstance(input_shape[0], (int, type(None)))
-            else input_shape
-        )
-        dim = query_shape[-1]
+        nested = isinstance(input_shape, (list, tuple)) and not isinstance(input_shape[0], (int, type(None)))
+        dim = (input_shape[0] if nested else input_shape)[-1]
         if dim is None:
             raise ValueError("The query's last dimension (the embedding width) must be known.")
         self.build_for_dim(int(dim))
@@ -228,7 +208,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
     def _logit_transform(self):
         return tf.abs if self.absolute_softmax else None
 
-    # -- losses ------------------------------------------------------------------------------
     def call(self, inputs, training=None):
         if not isinstance(inputs, (list, tuple)) or len(inputs) not in (2, 3):
             raise ValueError("Call the layer on `(query, labels)` or `(query, labels, sample_weight)`.")
@@ -251,8 +230,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
           training: the sampled loss when True and a sampler is set. Default False.
 
         Returns:
-          float32 [B] ([B, T] for a [B, T, d] query). Rows with a label outside [0, N) are NaN
-          (under XLA, which drops the assert that raises otherwise).
+          float32 [B] ([B, T] for a [B, T, d] query); NaN rows for labels outside [0, N) under XLA.
 
         Raises:
           ValueError, TypeError: queries not [B, d] with the layer's d, labels of the wrong rank
@@ -303,8 +281,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         return _reduction.weighted(_validation.poison_invalid_rows(loss, valid), sample_weight)
 
     def _sampler_loss(self, query, labels, sampled_ids, logits, weights) -> tf.Tensor:
-        """The sampler's own training loss [B] (MIDX's learned codebooks), fitted to this step's
-        corrected logits over the positives and draws; its gradient reaches only the sampler."""
+        """The sampler's own loss [B] (learned codebooks) on this step's logits; trains only it."""
         if sampled_ids.shape.rank == 1:  # shared by the batch
             sampled_ids = tf.broadcast_to(sampled_ids, tf.stack([tf.shape(labels)[0], sampled_ids.shape[0]]))
         candidates = tf.concat([labels, sampled_ids], axis=1)
@@ -316,8 +293,7 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         labels = tf.convert_to_tensor(labels)
         if labels.shape.rank not in (2, 3):
             raise ValueError(
-                "With a [batch, time, dim] query, `labels` must have shape [batch, time] or "
-                f"[batch, time, num_true]; got shape {labels.shape}."
+                f"With a [batch, time, dim] query, `labels` must be [batch, time(, num_true)]; got {labels.shape}."
             )
         leading = tf.shape(query)[:2]
         flat_labels = tf.reshape(labels, [-1] if labels.shape.rank == 2 else [-1, labels.shape[-1]])
@@ -327,7 +303,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         )
         return tf.reshape(loss, leading)
 
-    # -- serving -----------------------------------------------------------------------------
     def logits(self, query: TensorLike) -> tf.Tensor:
         """All N logits, whose softmax is the prediction distribution (no sampler involved).
 
@@ -369,34 +344,18 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         scores, ids = tf.math.top_k(self.logits(query), k=k)
         return scores, ids
 
-    # -- sampler state -----------------------------------------------------------------------
     def _refresh_if_due(self) -> list:
         """With `refresh_every_n_steps`: refreshes the sampler when this training call's index is
         a multiple of it, then counts the call; returns the ops the step's draws must follow."""
         if self._training_steps is None:
             return []
-        strategy = tf.distribute.get_strategy()
-        parameter_servers = isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy)
-        if strategy.num_replicas_in_sync > 1 and not parameter_servers:
-            raise ValueError(
-                f"`refresh_every_n_steps` cannot run under {type(strategy).__name__} with "
-                f"{strategy.num_replicas_in_sync} replicas: TensorFlow does not update mirrored variables "
-                "inside a conditional. Use `CodebookRefresh(every_n_steps=...)` instead."
-            )
-        counter = raw_variable(self._training_steps)
-        due = tf.equal(tf.math.floormod(counter.read_value(), self.refresh_every_n_steps), 0)
-        accepted = tf.cond(
-            due,
-            lambda: tf.convert_to_tensor(self.sampler.refresh(*self._weights(), on_nonfinite="keep")),
-            lambda: tf.constant(True),
+        assert self.sampler is not None and self.refresh_every_n_steps is not None  # set in build
+        return refresh_on_schedule(
+            self.sampler, self._weights, raw_variable(self._training_steps), self.refresh_every_n_steps
         )
-        with tf.control_dependencies([accepted]):
-            counted = counter.assign_add(1, read_value=False)
-        return [accepted] if counted is None else [accepted, counted]
 
     def refresh_sampler(self, on_nonfinite: str = "raise") -> bool:
-        """Rebuilds the sampler's adaptive state from the current W and b (one compiled graph
-        function, built at the first call; what `CodebookRefresh` calls).
+        """Rebuilds the sampler's adaptive state from W and b (what `CodebookRefresh` calls).
 
         Args:
           on_nonfinite: NaN/Inf in W or b raise ("raise", default) or keep the previous state with
@@ -416,7 +375,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             self._refresh = CompiledRefresh(self.sampler, self._weights, owner=self)
         return self._refresh(on_nonfinite)
 
-    # -- config ------------------------------------------------------------------------------
     def get_config(self) -> dict:
         config = super().get_config()
         config.update(

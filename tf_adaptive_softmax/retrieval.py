@@ -5,28 +5,21 @@ here, against `num_samples` negatives per query drawn from the whole catalogue b
 
     scores = [ q cᵀ / τ − log(C·p)   |   <q, e(s_j)> / τ − log(m · q(s_j | q / τ)) ]     labels = eye(B, C + m)
 
-In-batch columns follow TFRS's conventions exactly (temperature before the correction, p clipped at
-1e-6, accidental hits = other columns carrying the row's positive id); catalogue columns subtract
-the exact, unclipped log expected count and mask draws equal to the row's positive id. Every column
-subtracts the log of its expected count, C·p in-batch (TFRS subtracts log p alone, the same up to
-a constant within its own softmax, but catalogue negatives would then weigh C times too little) and
-m·q in the catalogue. The catalogue proposal sees q / τ: the model's softmax over the catalogue is
-exp(<q, e> / τ), and a proposal built on q itself would be on the wrong scale.
+In-batch columns follow TFRS's conventions (temperature first, p clipped at 1e-6, accidental hits
+masked) but subtract log(C·p), their expected count: log p alone would weigh the catalogue columns
+C times too little. Catalogue columns subtract the exact log(m·q) and mask the row's positive. The
+proposal sees q / τ, since the model's softmax over the catalogue is exp(<q, e> / τ).
 
 The positive (query i's in-batch column i) is an in-batch draw, never a catalogue one:
-`logq_correction` decides whether it keeps TFRS's in-batch correction ("standard", the default and
-TFRS's own), stays raw ("negatives_only", Blanc & Rendle's eq. 3), or stays raw out of the
-negatives' log-sum with the loss weighted by the estimated miss probability ("corrected",
-Khrylchenko et al. 2025; it needs `candidate_sampling_probability`). Correcting the positive by the
-catalogue proposal too would count it twice, and measured worse (benchmarks/README.md). Without a
-sampler and with the default, the scores are exactly `tfrs.tasks.Retrieval`'s.
-`tf_adaptive_softmax.tfrs.AdaptiveRetrieval` builds on these functions; in Keras 3 call
-`mixed_negatives_loss` from `Model.compute_loss`, as keras-rs retrieval examples do.
+`logq_correction` decides whether it keeps TFRS's in-batch correction ("standard", the default),
+stays raw ("negatives_only") or follows Khrylchenko et al. 2025 ("corrected"; it needs
+`candidate_sampling_probability`). Without a sampler, the scores are exactly `tfrs.tasks.Retrieval`'s.
+`tfrs.AdaptiveRetrieval` builds on these functions; in Keras 3 call `mixed_negatives_loss` from
+`Model.compute_loss`.
 
 References:
-  Yi et al., "Sampling-bias-corrected neural modeling for large corpus item recommendations",
-  RecSys 2019 (in-batch logQ). Yang et al., "Mixed negative sampling for learning two-tower neural
-  networks in recommendations", WWW 2020 (in-batch plus catalogue negatives).
+  Yi et al., "Sampling-bias-corrected neural modeling for large corpus item recommendations", RecSys
+  2019. Yang et al., "Mixed negative sampling for learning two-tower neural networks", WWW 2020.
 
 Example:
     >>> import tensorflow as tf

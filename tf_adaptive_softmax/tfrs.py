@@ -12,12 +12,9 @@ whole catalogue by `sampler` (mixed negatives):
                in-batch columns (TFRS)             catalogue columns (exact, unclipped log q)
 
 In-batch columns keep TFRS's `candidate_sampling_probability` semantics; catalogue columns subtract
-the log expected count of each draw, never clipped (TFRS clips p at 1e-6, wrong for catalogues
-above ~1M items). `logq_correction` decides the positive's correction (`tf_adaptive_softmax.retrieval`).
-Catalogue draws equal to the row's positive id are masked. Factorized metrics see only the B true
-pairs (the query, its candidate, its id), which sidesteps tensorflow/recommenders#642.
-`refresh_sampler` (what `CodebookRefresh(task)` calls) embeds the catalogue and refreshes the
-sampler in one graph function, traced once.
+the log expected count of each draw, never clipped (TFRS clips p at 1e-6, wrong past ~1M items).
+Catalogue draws equal to the row's positive are masked; factorized metrics see only the B true
+pairs, which sidesteps tensorflow/recommenders#642.
 """
 
 from __future__ import annotations
@@ -48,15 +45,8 @@ __all__ = ["AdaptiveRetrieval"]
 
 
 #: `tfrs.tasks.Retrieval`'s own arguments, once taken directly (deprecated: pass `retrieval=`).
-_RETRIEVAL_ARGUMENTS = (
-    "loss",
-    "metrics",
-    "batch_metrics",
-    "loss_metrics",
-    "temperature",
-    "num_hard_negatives",
-    "remove_accidental_hits",
-)
+_RETRIEVAL_ARGUMENTS = ("loss", "metrics", "batch_metrics", "loss_metrics", "temperature")
+_RETRIEVAL_ARGUMENTS += ("num_hard_negatives", "remove_accidental_hits")
 
 
 def _retrieval_task(retrieval, deprecated: dict) -> tfrs.tasks.Retrieval:
@@ -100,24 +90,18 @@ class AdaptiveRetrieval(K.layers.Layer, tfrs.tasks.base.Task):
         Default None: `tfrs.tasks.Retrieval()`. With a temperature τ the catalogue proposal sees
         h / τ, the model's own scale.
       shared_negatives: draw the `num_samples` catalogue negatives once for the whole batch from
-        the batch mixture (one matmul, and the candidate tower embeds m ids instead of B·m).
-        Default False.
-      logq_correction: "standard" (default: the positive keeps Retrieval's in-batch -log p, TFRS's
-        convention), "negatives_only" (the positive raw, Blanc & Rendle's eq. 3) or "corrected"
-        (Khrylchenko et al., RecSys 2025: the positive raw and out of the negatives' log-sum, each
-        query's loss weighted by its estimated miss probability; training only, needs
-        `candidate_sampling_probability` and `candidate_ids`, removes accidental hits, cannot be
-        combined with hard-negative mining). See `tf_adaptive_softmax.retrieval`. No effect
-        without `candidate_sampling_probability`.
+        the batch mixture (the tower embeds m ids instead of B·m). Default False.
+      logq_correction: "standard" (default: the positive keeps Retrieval's in-batch -log p),
+        "negatives_only" (the positive raw) or "corrected" (Khrylchenko et al., RecSys 2025;
+        training only, needs `candidate_sampling_probability` and `candidate_ids`, no hard-negative
+        mining); see `tf_adaptive_softmax.retrieval`. No effect without sampling probabilities.
       cross_replica_candidates: under a multi-replica strategy (MirroredStrategy, TPUStrategy), use
         every replica's positives as extra in-batch negatives (equal per-replica batch sizes:
         batch with `drop_remainder=True`). Default False.
-      refresh_batch_size: ids per call of the callable when embedding the catalogue (the graph
-        loops over fixed-size chunks, so memory stays at one chunk's activations). Default 4096.
+      refresh_batch_size: ids per tower call when embedding the catalogue. Default 4096.
       name: the layer's name. Default None.
-      **deprecated: `Retrieval`'s own arguments (loss, metrics, batch_metrics, loss_metrics,
-        temperature, num_hard_negatives, remove_accidental_hits) and `correct_positive`, accepted
-        for one release with a DeprecationWarning.
+      **deprecated: `Retrieval`'s own arguments and `correct_positive`, accepted for one release
+        with a DeprecationWarning.
 
     Raises:
       TypeError: a `sampler` that is not a `Sampler`, or a `retrieval` that is not a Retrieval.

@@ -1,20 +1,10 @@
 """The contract every proposal distribution keeps (DESIGN §3.2).
 
-A sampler is a Keras layer (so its state travels with `.keras` files, checkpoints and
-`save_weights`) exposing three methods:
-
-* `sample(queries [B, d], num_samples m, seed=None) -> (ids [B, m] int32, log_q [B, m] float32)`:
-  m draws per query, with replacement, with the normalized log-probability of each under the
-  distribution actually used for the draw.
-* `log_prob(queries [B, d], ids [B, k]) -> [B, k]`: the same normalized log-probability for any ids.
-* `refresh(class_embeddings [N, d], class_bias=None, on_nonfinite="raise")`: rebuild adaptive
-  state from the current model. Static samplers ignore it. It only `assign`s to fixed-shape
-  variables, so an already traced (or XLA-compiled) train step sees the new state without
-  retracing. NaN or Inf in the inputs raises before any state changes, or with
-  `on_nonfinite="keep"` leaves the previous state in place (the call returns False).
-
-Randomness is stateless with int32 seeds (XLA cannot compile int64 seeds). With `seed=None` the
-sampler draws from its own seed stream, a non-trainable [2] int32 variable advanced once per call,
+A sampler is a Keras layer (its state travels with `.keras` files, checkpoints and `save_weights`)
+with `sample`, `log_prob` (normalized over all N classes), their shared-negatives forms and
+`refresh`, which rebuilds adaptive state by assigning to fixed-shape variables, so an already
+compiled train step sees the new state without retracing. Randomness is stateless with int32 seeds
+(XLA cannot compile int64 ones); `seed=None` draws from the sampler's own seed stream, a variable,
 so training is reproducible from the constructor's `seed` and resumes exactly from a checkpoint.
 """
 
@@ -28,29 +18,12 @@ import tensorflow as tf
 from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import ONLY_FIRST_REPLICA, K, Untracked
 from tf_adaptive_softmax._ops import tables
-from tf_adaptive_softmax._ops.random import per_replica, seed_pair, sub_seed, uniform_ints
+from tf_adaptive_softmax._ops.random import per_replica, seed_pair
 from tf_adaptive_softmax._types import TensorLike
-from tf_adaptive_softmax._validation import check_nonfinite_policy, warn_if_kept
+from tf_adaptive_softmax._validation import check_nonfinite_policy
+from tf_adaptive_softmax.samplers import _mixture, _state
 
 __all__ = ["Sampler"]
-
-
-def _one_query(queries: tf.Tensor) -> tf.Tensor:
-    """A single zero query of the batch's width: what a static sampler's draw is conditioned on."""
-    return tf.zeros(tf.stack([1, tf.shape(queries)[1]]), queries.dtype)
-
-
-def _at_least_one_query(queries: tf.Tensor) -> tf.Tensor:
-    """The batch, or one zero query when it is empty: a mixture over no queries is undefined, and
-    an empty batch (the last shard of a dataset) must still trace and run."""
-    missing = tf.maximum(1 - tf.shape(queries)[0], 0)
-    return tf.concat([queries, tf.zeros(tf.stack([missing, tf.shape(queries)[1]]), queries.dtype)], 0)
-
-
-def _parameter_server_strategy():
-    """The active `ParameterServerStrategy` (which may partition new variables), else None."""
-    strategy = tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
-    return strategy if isinstance(strategy, tf.distribute.experimental.ParameterServerStrategy) else None
 
 
 class Sampler(K.layers.Layer):
@@ -68,13 +41,10 @@ class Sampler(K.layers.Layer):
 
     #: True for samplers whose distribution depends on the model (refresh changes it).
     adaptive: bool = False
-    #: True for samplers whose `_refresh` reads the class table a block of rows at a time (through
-    #: `_ops.tables`, or inside XLA): a float32 variable or `ShardedVariable` reaches them as is,
-    #: never densely read by TensorFlow, which copies a variable whole once training has read it
-    #: sparsely (copy-on-read); others receive one tensor.
+    #: True for samplers whose `_refresh` reads the class table a block of rows at a time: a float32
+    #: (sharded) variable reaches them as is, since a dense read copies it whole (copy-on-read).
     reads_table_in_blocks: bool = False
-    #: True for samplers with trainable state that `auxiliary_loss` trains (MIDX's learned
-    #: codebooks). Owners (the loss layer, `AdaptiveRetrieval`) add that loss in training.
+    #: True for samplers with state that `auxiliary_loss` trains; owners add that loss in training.
     has_auxiliary_loss: bool = False
 
     def __init__(self, num_classes: int, seed: Optional[int] = None, **kwargs: Any):
@@ -95,24 +65,21 @@ class Sampler(K.layers.Layer):
         )
         self.embedding_dim: Optional[int] = None
 
-    # -- state -------------------------------------------------------------------------------
     def add_weight(self, *args: Any, **kwargs: Any) -> Any:
         """Keras' `add_weight`, with every state variable whole on one parameter server.
+
+        A `ParameterServerStrategy` partitioner would split [2] seeds and [N] indices into shards
+        that the draw's gathers and the refresh's assigns cannot use; TensorFlow never partitions
+        a variable created beside a scalar anchor. The anchor is not a weight, so checkpoints and
+        `.keras` files keep the same variables under every strategy.
 
         Args:
           *args, **kwargs: Keras' `Layer.add_weight` arguments.
 
         Returns:
           The new variable.
-
-
-        A `ParameterServerStrategy` partitioner would split [2] seeds and [N] indices into shards
-        that the draw's gathers and the refresh's assigns cannot use. TensorFlow never partitions
-        a variable created beside another one, so the state is colocated with a scalar anchor
-        (scalars are never partitioned); the anchor is not a weight, so checkpoints and `.keras`
-        files keep the same variables under every strategy. Elsewhere this is `add_weight`.
         """
-        strategy = _parameter_server_strategy()
+        strategy = _state.parameter_server_strategy()
         if strategy is None:
             return super().add_weight(*args, **kwargs)
         if self._placement.anchor is None:
@@ -179,7 +146,6 @@ class Sampler(K.layers.Layer):
           class_bias: its bias variable [N], or None.
         """
 
-    # -- contract ----------------------------------------------------------------------------
     def sample(
         self, queries: TensorLike, num_samples: int, seed: Optional[TensorLike] = None
     ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -212,11 +178,8 @@ class Sampler(K.layers.Layer):
     ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """`sample(queries, num_samples, seed)` and `log_prob(queries, ids)` in one call.
 
-        The draws are those `sample` makes from the same seed. Samplers that share work between
-        the two override `_sample_with_log_prob`: MIDX scores the codewords and computes each
-        query's normalizer once (the positives' log q is what the estimator's default
-        `logq_correction="standard"` needs at every step). Equal to the two calls up to float
-        rounding.
+        The draws are those `sample` makes from the same seed; samplers that share work between
+        the two (MIDX's codeword scores and normalizer) override `_sample_with_log_prob`.
 
         Args:
           queries: [B, d].
@@ -341,30 +304,10 @@ class Sampler(K.layers.Layer):
         queries = _validation.as_queries(queries, width=self.embedding_dim)
         if not self.has_auxiliary_loss:
             return tf.zeros(tf.shape(queries)[:1])
-        ids = _validation.checked_ids(
-            _validation.as_label_matrix(candidate_ids, name="candidate_ids"), self.num_classes, name="candidate_ids"
+        ids, target_logits, positive_embeddings = _validation.auxiliary_loss_inputs(
+            candidate_ids, target_logits, positive_embeddings, self.num_classes, self.embedding_dim
         )
-        target_logits = tf.cast(tf.convert_to_tensor(target_logits), tf.float32)
-        if target_logits.shape.rank != 2 or (
-            None not in (target_logits.shape[1], ids.shape[1]) and target_logits.shape[1] != ids.shape[1]
-        ):
-            raise ValueError(
-                f"`target_logits` must have shape [batch, {ids.shape[1]}] like `candidate_ids`; "
-                f"got {target_logits.shape}."
-            )
-        if positive_embeddings is not None:
-            positive_embeddings = tf.cast(tf.convert_to_tensor(positive_embeddings), tf.float32)
-            if positive_embeddings.shape.rank == 2:
-                positive_embeddings = positive_embeddings[:, tf.newaxis, :]
-            if positive_embeddings.shape.rank != 3 or positive_embeddings.shape[-1] != self.embedding_dim:
-                raise ValueError(
-                    f"`positive_embeddings` must have shape [batch, num_true, {self.embedding_dim}]; "
-                    f"got {positive_embeddings.shape}."
-                )
-            positive_embeddings = tf.stop_gradient(positive_embeddings)
-        return self._auxiliary_loss(
-            tf.stop_gradient(queries), tf.stop_gradient(ids), tf.stop_gradient(target_logits), positive_embeddings
-        )
+        return self._auxiliary_loss(tf.stop_gradient(queries), ids, target_logits, positive_embeddings)
 
     def _auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings):
         raise NotImplementedError
@@ -403,34 +346,11 @@ class Sampler(K.layers.Layer):
         if self.embedding_dim is None and shape.rank == 2 and shape[-1] is not None:
             self.build_state(int(shape[-1]))
         _validation.check_embedding_shape(class_embeddings, self.num_classes, self.embedding_dim, "class_embeddings")
-        if class_bias is not None:
-            class_bias = tf.convert_to_tensor(class_bias)
-            if class_bias.shape.rank != 1 or class_bias.shape[0] not in (None, self.num_classes):
-                raise ValueError(f"`class_bias` must have shape [{self.num_classes}]; got {class_bias.shape}.")
-            class_bias = tf.cast(class_bias, tf.float32)
+        class_bias = _validation.as_class_bias(class_bias, self.num_classes)
         if not self.adaptive:
             return tf.constant(True)
         embeddings = class_embeddings if in_blocks else tf.cast(class_embeddings, tf.float32)
-        finite = tables.all_finite(embeddings)
-        if class_bias is not None:
-            finite = finite & tf.reduce_all(tf.math.is_finite(class_bias))
-
-        def rebuild():
-            self._refresh(embeddings, class_bias)
-            return tf.constant(True)
-
-        if on_nonfinite == "raise":
-            assertion = tf.debugging.Assert(
-                finite,
-                ["`class_embeddings` or `class_bias` contains NaN or Inf values."],
-                name="check_class_embeddings_finite",
-            )
-            # Every op of the rebuild (seed advance included) waits for the check.
-            with tf.control_dependencies([assertion]):
-                return rebuild()
-        if tf.executing_eagerly():
-            return rebuild() if warn_if_kept(finite, self) else tf.constant(False)
-        return tf.cond(finite, rebuild, lambda: tf.constant(False))
+        return _state.refresh_if_finite(self, embeddings, class_bias, on_nonfinite)
 
     def _refresh(self, class_embeddings: tf.Tensor, class_bias) -> None:
         """Assigns new adaptive state; `class_embeddings` is validated, float32 and finite."""
@@ -447,27 +367,11 @@ class Sampler(K.layers.Layer):
         raise NotImplementedError
 
     def _sample_shared(self, queries, num_samples, seed):
-        """Generic batch-mixture draw: each draw picks a query uniformly, then draws from its q."""
-        if not self.adaptive:
-            ids, log_q = self._sample(_one_query(queries), num_samples, seed)
-            return ids[0], log_q[0]
-        queries = _at_least_one_query(queries)
-        owners = uniform_ints([num_samples], tf.shape(queries)[0], sub_seed(seed, 0))
-        ids, _ = self._sample(tf.gather(queries, owners), 1, sub_seed(seed, 1))
-        ids = ids[:, 0]
-        return ids, self._mixture_log_prob(queries, ids)
+        return _mixture.shared_draw(self, queries, num_samples, seed)
 
     def _mixture_log_prob(self, queries, ids):
-        """log q̄ of flat ids [k]: log-mean-exp over the batch of each query's log q."""
-        if not self.adaptive:
-            return self._log_prob(_one_query(queries), ids[tf.newaxis])[0]
-        queries = _at_least_one_query(queries)
-        batch = tf.shape(queries)[0]
-        width = ids.shape[0] if ids.shape[0] is not None else tf.size(ids)  # static where known (XLA)
-        per_query = self._log_prob(queries, tf.broadcast_to(ids, tf.stack([batch, width])))
-        return tf.reduce_logsumexp(per_query, axis=0) - tf.math.log(tf.cast(batch, tf.float32))
+        return _mixture.mixture_log_prob(self, queries, ids)
 
-    # -- helpers -----------------------------------------------------------------------------
     def _next_seed(self) -> tf.Tensor:
         seed = tf.identity(self._seed_state)
         self._seed_state.assign_add(tf.constant([0, 1], dtype=tf.int32))

@@ -35,7 +35,8 @@ from tf_adaptive_softmax._keras import Untracked, raw_variable, register_seriali
 from tf_adaptive_softmax._ops import tables
 from tf_adaptive_softmax._ops.discrete import draw_from_cdf_rows
 from tf_adaptive_softmax._ops.random import sub_seed, uniform
-from tf_adaptive_softmax.samplers.base import Sampler, _at_least_one_query
+from tf_adaptive_softmax.samplers._mixture import at_least_one_query
+from tf_adaptive_softmax.samplers.base import Sampler
 
 __all__ = ["QuadraticKernel"]
 
@@ -329,7 +330,7 @@ class QuadraticKernel(Sampler):
         c = (1/B)·Σ_b 1 / Z_b. So a shared draw costs one [G, d²] matvec plus m leaf scans, not
         B query-specific group scorings.
         """
-        queries = _at_least_one_query(queries)
+        queries = at_least_one_query(queries)
         inverse_z = tf.exp(-self._log_normalizer(queries))[:, 0]
         batch = tf.cast(tf.shape(queries)[0], tf.float32)
         form = tf.einsum("b,bd,be->de", inverse_z, queries, queries) / batch

@@ -16,7 +16,8 @@ from tf_adaptive_softmax import _validation
 from tf_adaptive_softmax._keras import register_serializable
 from tf_adaptive_softmax._ops.discrete import search_buckets
 from tf_adaptive_softmax._ops.random import sub_seed
-from tf_adaptive_softmax.samplers.base import Sampler, _at_least_one_query
+from tf_adaptive_softmax.samplers._mixture import at_least_one_query
+from tf_adaptive_softmax.samplers.base import Sampler
 from tf_adaptive_softmax.samplers.midx import _draw, _learned
 from tf_adaptive_softmax.samplers.midx._index import build_bucket_index
 from tf_adaptive_softmax.samplers.midx.options import (
@@ -235,7 +236,7 @@ class MIDX(Sampler):
     def _sample_shared(self, queries, num_samples, seed):
         """m draws from the batch mixture q̄(i) = M[k1(i), k2(i)] · w_i: a bucket from the K² masses
         M·W, then a class inside it (`_draw.draw_shared_buckets`, B·K² work whatever N and m)."""
-        inputs = self._kernel_inputs(_at_least_one_query(queries))
+        inputs = self._kernel_inputs(at_least_one_query(queries))
         start, end, in_bucket, log_mixture = _draw.DRAW_SHARED_BUCKETS(
             inputs[0], seed, *inputs[1:], num_samples=num_samples, layout=self._layout()
         )
@@ -243,7 +244,7 @@ class MIDX(Sampler):
         return ids, log_mixture + self._class_log_weight(ids)
 
     def _mixture_log_prob(self, queries, ids):
-        scores1, scores2 = self._codeword_scores(_at_least_one_query(queries))
+        scores1, scores2 = self._codeword_scores(at_least_one_query(queries))
         _, log_normalizer = self._first_marginal(scores1, scores2)
         log_mixture = tf.reshape(_draw.LOG_BUCKET_MIXTURE(scores1, scores2, log_normalizer), [-1])
         return tf.gather(log_mixture, tf.gather(self.class_bucket, ids)) + self._class_log_weight(ids)
