@@ -13,6 +13,7 @@ from benchmarks import run as runner  # `python -m pytest` runs from the reposit
 from benchmarks import timing
 
 
+@pytest.mark.keras3_pass
 @pytest.mark.slow
 def test_tiny_speed_and_bias_run_writes_tables_json_and_plots(tmp_path):
     results = runner.main(
@@ -96,6 +97,7 @@ def test_variant_suffixes_parse_and_misspellings_fail_fast():
         runner.parse_args(["--bias-samplers", "uniform+shraed"])
 
 
+@pytest.mark.keras3_pass
 @pytest.mark.slow
 def test_tiny_staleness_run_reports_quality_kl_and_refresh_cost(tmp_path):
     from benchmarks import staleness

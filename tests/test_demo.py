@@ -8,6 +8,7 @@ import pytest
 from tf_adaptive_softmax import demo
 
 
+@pytest.mark.keras3_pass
 def test_demo_rows_table_and_summary_on_a_tiny_task(tmp_path, capsys):
     rows = demo.main(
         [
@@ -55,6 +56,7 @@ def test_demo_rows_table_and_summary_on_a_tiny_task(tmp_path, capsys):
     assert [r["key"] for r in written] == ["full", "tf_sampled", "midx"]
 
 
+@pytest.mark.keras3_pass
 @pytest.mark.slow
 def test_quick_demo_runs_end_to_end_under_a_minute_and_writes_its_plot(tmp_path):
     start = time.perf_counter()

@@ -70,6 +70,7 @@ def _run(script, args, tmp_path):
     return result.stdout
 
 
+@pytest.mark.keras3_pass
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(EXAMPLES))
 def test_example_runs_and_reports(script, tmp_path):

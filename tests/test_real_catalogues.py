@@ -202,6 +202,6 @@ def test_tfrs_two_tower_quick_run_writes_rows(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("TF_USE_LEGACY_KERAS") == "1", reason="once a suite: a Keras 3 example")
 def test_history_model_quick_run_writes_rows(tmp_path):
-    stdout, result = _run_quick("history_model.py", tmp_path)
+    stdout, result = _run_quick("history_model.py", tmp_path, "--epochs", "1")
     _check_rows(result["rows"], {"popularity", "full-softmax", "tf-sampled", "static", "adaptive"})
     assert "users dropped (< 2 items)" in stdout and (tmp_path / "curve.png").exists()
