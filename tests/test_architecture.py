@@ -201,6 +201,17 @@ def test_public_callables_are_annotated_and_documented():
     assert not problems, problems
 
 
+def test_no_public_signature_over_twelve_parameters():
+    # Related options travel grouped (KMeansOptions, LearnedCodebooks, TFRS's own Retrieval).
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    too_wide = {}
+    for name, obj in _public_callables():
+        named = [p for p in inspect.signature(obj).parameters.values() if p.kind not in variadic and p.name != "self"]
+        if len(named) > 12:
+            too_wide[name] = len(named)
+    assert not too_wide, too_wide
+
+
 def test_no_figures_in_docstrings():
     # Timings and benchmark figures live in benchmarks/README.md, not in the code.
     pattern = re.compile(r"\d+(\.\d+)?\s?(ms|s per|seconds|GB|MB|x faster|× faster)\b")
