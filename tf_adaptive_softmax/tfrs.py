@@ -20,7 +20,7 @@ pairs, which sidesteps tensorflow/recommenders#642.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 import tensorflow as tf
 
@@ -45,7 +45,7 @@ __all__ = ["AdaptiveRetrieval"]
 
 
 #: `tfrs.tasks.Retrieval`'s own arguments, once taken directly (deprecated: pass `retrieval=`).
-_RETRIEVAL_ARGUMENTS = ("loss", "metrics", "batch_metrics", "loss_metrics", "temperature")
+_RETRIEVAL_ARGUMENTS: Tuple[str, ...] = ("loss", "metrics", "batch_metrics", "loss_metrics", "temperature")
 _RETRIEVAL_ARGUMENTS += ("num_hard_negatives", "remove_accidental_hits")
 
 
