@@ -281,6 +281,26 @@ def test_refresh_through_a_candidate_tower_embeds_the_catalogue(capsys):
 
 
 @pytestmark_legacy
+def test_an_l2_normalizing_tower_refreshes_on_the_normalized_embeddings():
+    # Cosine retrieval: the sampler must see the unit vectors the model scores, not the raw table.
+    table = tf.keras.layers.Embedding(N, D)
+    table.build((None,))
+    sampler = samplers.Softmax(N, live=False)
+    task = AdaptiveRetrieval(
+        sampler,
+        num_samples=4,
+        candidate_embeddings=lambda ids: tf.math.l2_normalize(table(ids), axis=-1),
+        catalogue_ids=np.arange(N, dtype=np.int32),
+        retrieval=tfrs.tasks.Retrieval(temperature=0.2),
+    )
+    task.refresh_sampler()
+    raw = table.embeddings.numpy()
+    snapshot = sampler.snapshot_embeddings.numpy()
+    np.testing.assert_allclose(snapshot, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(snapshot, axis=1), 1.0, rtol=1e-5)
+
+
+@pytestmark_legacy
 def test_refresh_with_an_index_embeds_the_catalogue_once():
     table = np.random.default_rng(4).standard_normal((N, D)).astype(np.float32)
     chunks_embedded = tf.Variable(0)
