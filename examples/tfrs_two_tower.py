@@ -28,6 +28,11 @@ Every trained row has the same towers (user-id and item-id embeddings of width `
                                                           shared by the batch (Uniform shared: mixed
                                                           negative sampling, Yang et al. 2020)
 
+Optimizers: every row uses the same one, so its cost is the same in every row. tf_keras' Adam
+decays both moments of the whole embedding table at every step, whatever rows the loss touched;
+`--optimizer adagrad` updates only the touched rows (sparse updates), and the dot-product row
+labelled "Adagrad 0.1" is the 0.1.0 example's recipe, kept for comparison.
+
 Cosine rows L2-normalize both towers and divide scores by `--temperature`; the catalogue proposal
 then sees h / τ, the model's own scale, and is refreshed on the normalized item vectors.
 Training seconds exclude evaluation and include everything else (tracing, refreshes); read
