@@ -54,7 +54,7 @@ import tensorflow as tf
 from benchmarks.timing import RESULTS, machine, memory_mb, reset_peak_memory, time_call
 from tf_adaptive_softmax import _experiments as experiments
 from tf_adaptive_softmax import datasets, estimator, samplers
-from tf_adaptive_softmax._experiments import pyplot
+from tf_adaptive_softmax._experiments import pyplot, save_figure
 
 SPEED_METHODS = [
     "full",
@@ -433,9 +433,7 @@ def plot_speed(rows: List[dict], path: pathlib.Path) -> None:
     axes[0].set_ylabel("training steps / s")
     axes[0].legend(fontsize=7, loc="lower left")  # graph mode has every method (TF's has no XLA kernel)
     figure.suptitle(f"Output-layer training step ({machine()})", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def plot_bias(rows: List[dict], metric: str, label: str, path: pathlib.Path, title: str) -> None:
@@ -451,9 +449,7 @@ def plot_bias(rows: List[dict], metric: str, label: str, path: pathlib.Path, tit
     axis.set(xscale="log", xlabel="m (samples per query)", ylabel=label, title=title)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 # -- main ----------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -115,6 +115,15 @@ def read_catalogue(path: pathlib.Path) -> Catalogue:
         source=path.name,
         counts={"rows": len(users), "repeated items dropped": len(users) - len(pairs)},
     )
+
+
+def first_users(catalogue: Catalogue, max_users: Optional[int]) -> Catalogue:
+    """The interactions of users `0 .. max_users - 1` (`--max-users`); the item ids keep their
+    range, so the catalogue ranked is still the whole one. `None`: the catalogue unchanged."""
+    if max_users is None:
+        return catalogue
+    keep = catalogue.users < max_users
+    return dataclasses.replace(catalogue, users=catalogue.users[keep], items=catalogue.items[keep], num_users=max_users)
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import tf_adaptive_softmax as tfas
 from tf_adaptive_softmax import _experiments as experiments
 from tf_adaptive_softmax import samplers
-from tf_adaptive_softmax._experiments import export_serving, pyplot  # noqa: F401  (the scripts' API)
+from tf_adaptive_softmax._experiments import export_serving, pyplot, save_figure  # noqa: F401  (the scripts' API)
 
 # Real data sets live wherever $TFAS_DATA_DIR points (none ship with the package); without it the
 # scripts use their synthetic stand-ins.
@@ -167,11 +167,7 @@ def plot_curves(curves: Dict[str, Sequence[float]], path: pathlib.Path, title: s
         axis.set_title(name)
         axis.grid(alpha=0.3)
     figure.suptitle(title)
-    figure.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
+    path = save_figure(figure, path)
     print(f"Training curves: {path}")
     return path
 

@@ -53,7 +53,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
-from catalogues import Catalogue, FullCatalogueRanking, Split, describe, holdout_split, read_catalogue
+from catalogues import Catalogue, FullCatalogueRanking, Split, describe, first_users, holdout_split, read_catalogue
 from common import DATA_DIR, RESULTS_DIR
 from time_to_quality import (
     Progress,
@@ -306,12 +306,7 @@ def main(argv=None) -> List[dict]:
     args = parse_args(argv)
     teacher = None
     if args.catalogue == "file":
-        catalogue = read_catalogue(args.data)
-        if args.max_users is not None:
-            keep = catalogue.users < args.max_users
-            catalogue = dataclasses.replace(
-                catalogue, users=catalogue.users[keep], items=catalogue.items[keep], num_users=args.max_users
-            )
+        catalogue = first_users(read_catalogue(args.data), args.max_users)
     else:
         catalogue, teacher = synthetic_catalogue(args.num_users, args.num_items, 32, 20, args.seeds[0])
     chosen = choose_rows(ROWS, args.only, QUICK_ROWS if args.quick else None)

@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -90,6 +92,14 @@ def pytest_collection_modifyitems(config, items):
 def _seed():
     K.utils.set_random_seed(0)
     yield
+
+
+def run_python(*args, cwd=None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs `python *args` in a fresh interpreter (a script, `-m module` or `-c code`); a non-zero
+    exit fails the test with the end of its stderr. Returns the finished process (text output)."""
+    result = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
 
 
 keras3_only = pytest.mark.skipif(not IS_KERAS_3, reason="Keras 3 only")

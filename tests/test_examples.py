@@ -4,12 +4,11 @@ full-softmax metrics, writes its training-curve PNG and JSON, and exports a serv
 import json
 import math
 import pathlib
-import subprocess
 import sys
 
 import pytest
 import tensorflow as tf
-from conftest import SAMPLER_OPS, op_types
+from conftest import SAMPLER_OPS, op_types, run_python
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,27 +46,9 @@ EXAMPLES = {
 
 
 def _run(script, args, tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / f"{script}.py"),
-            *args,
-            "--epochs",
-            "2",
-            "--verbose",
-            "0",
-            "--plot",
-            str(tmp_path / "curves.png"),
-            "--json",
-            str(tmp_path / "metrics.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+    example = ROOT / "examples" / f"{script}.py"
+    outputs = ["--plot", tmp_path / "curves.png", "--json", tmp_path / "metrics.json"]
+    return run_python(example, *args, "--epochs", "2", "--verbose", "0", *outputs, cwd=tmp_path).stdout
 
 
 @pytest.mark.keras3_pass

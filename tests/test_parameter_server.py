@@ -5,11 +5,10 @@ as in TensorFlow's parameter-server tutorial) runs in a subprocess, bounded by a
 servers die with it.
 """
 
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_python
 
 from tf_adaptive_softmax._keras import IS_KERAS_3
 
@@ -198,8 +197,7 @@ RETRIEVAL_SCRIPT = CLUSTER + textwrap.dedent("""
 
 def _run(script: str, marker: str, tmp_path) -> None:
     script = f"CHECKPOINT_DIR = {str(tmp_path)!r}\n" + script
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert marker in result.stdout, result.stderr[-4000:]
+    assert marker in run_python("-c", script).stdout
 
 
 def test_loss_layer_trains_evaluates_refreshes_and_checkpoints_on_sharded_tables(tmp_path):

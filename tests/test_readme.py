@@ -4,10 +4,9 @@ import doctest
 import importlib
 import pathlib
 import re
-import subprocess
-import sys
 
 import pytest
+from conftest import run_python
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The README's blocks and those of the docs pages it links to.
@@ -27,10 +26,7 @@ MODULES = sorted(
 @pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_block_runs(index):
-    result = subprocess.run(
-        [sys.executable, "-c", BLOCKS[index]], capture_output=True, text=True, cwd=ROOT, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_python("-c", BLOCKS[index], cwd=ROOT)
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -2,13 +2,12 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import run_python
 
 from tf_adaptive_softmax import CodebookRefresh, samplers
 from tf_adaptive_softmax._keras import IS_KERAS_3
@@ -484,8 +483,7 @@ def test_mirrored_strategy_fit_and_evaluate():
         np.testing.assert_allclose(per_replica[1], full[2:4][:, [2, 3, 0, 1]], rtol=1e-5)
         print("MIRRORED_OK", strategy.num_replicas_in_sync)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert "MIRRORED_OK 2" in result.stdout, result.stderr[-4000:]
+    assert "MIRRORED_OK 2" in run_python("-c", script).stdout
 
 
 @pytestmark_legacy
@@ -493,40 +491,11 @@ def test_two_tower_example_runs_on_a_synthetic_catalogue(tmp_path):
     # The real-catalogue runs are in test_real_catalogues.py; this one needs no data folder and
     # checks the teacher's own scores, the ceiling only a synthetic catalogue has.
     root = pathlib.Path(__file__).resolve().parents[1]
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(root / "examples" / "tfrs_two_tower.py"),
-            "--catalogue",
-            "synthetic",
-            "--quick",
-            "--epochs",
-            "1",
-            "--num-items",
-            "300",
-            "--num-users",
-            "200",
-            "--validation-users",
-            "40",
-            "--batch-size",
-            "32",
-            "--num-samples",
-            "8",
-            "--shared-samples",
-            "32",
-            "--only",
-            "in-batch + logQ, cosine|MIDX, shared",
-            "--json",
-            str(tmp_path / "rows.json"),
-            "--plot",
-            str(tmp_path / "curve.png"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=root,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    tiny = ["--num-items", "300", "--num-users", "200", "--validation-users", "40", "--batch-size", "32"]
+    samples = ["--num-samples", "8", "--shared-samples", "32", "--only", "in-batch + logQ, cosine|MIDX, shared"]
+    outputs = ["--json", tmp_path / "rows.json", "--plot", tmp_path / "curve.png"]
+    example = root / "examples" / "tfrs_two_tower.py"
+    run_python(example, "--catalogue", "synthetic", "--quick", "--epochs", "1", *tiny, *samples, *outputs, cwd=root)
     rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
     names = [row["name"] for row in rows]
     assert names[0] == "Popularity" and "Teacher scores (ceiling)" in names

@@ -313,6 +313,18 @@ def pyplot():
     return plt
 
 
+def save_figure(figure, path, dpi: int = 90) -> pathlib.Path:
+    """Lays out `figure`, writes it to `path` (its folder created) and closes it."""
+    figure.tight_layout()
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi)
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel  (only with a figure)
+
+    plt.close(figure)
+    return path
+
+
 def export_serving(
     path, query_model, output_layer: AdaptiveSampledSoftmaxLoss, input_signature, k: int = 10
 ) -> pathlib.Path:

@@ -250,11 +250,7 @@ def plot(rows: Sequence[dict], path: pathlib.Path, title: str) -> Optional[pathl
     axis.xaxis.set_minor_formatter(plt.NullFormatter())
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return experiments.save_figure(figure, path, dpi=100)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
