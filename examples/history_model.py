@@ -36,7 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from catalogues import FullCatalogueRanking, Split, describe, holdout_split, read_catalogue
+from catalogues import FullCatalogueRanking, Split, describe, first_users, holdout_split, read_catalogue
 from common import DATA_DIR, RESULTS_DIR
 from time_to_quality import (
     Progress,
@@ -162,7 +162,25 @@ def train_row(row: Row, split: Split, data, rankings, args, seed: int) -> dict:
     if row.sampler is not None:
         callbacks.append(tfas.CodebookRefresh(output, every_n_steps=args.refresh_every))
     query_model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, shuffle=True, callbacks=callbacks)
-    return progress.result()
+    result = progress.result()
+    if args.diagnostics and isinstance(getattr(output, "sampler", None), tfas.samplers.Sampler):
+        result["proposal"] = proposal_on_test_queries(query_model, output, query_inputs, split, args, seed)
+    return result
+
+
+def proposal_on_test_queries(query_model, output, query_inputs, split: Split, args, seed: int) -> Dict[str, float]:
+    """`proposal_diagnostics` of the trained row's proposal (refreshed on the final table) against
+    the model's softmax, on 512 test users' queries, and Uniform's KL(p‖q) on the same queries."""
+    users = np.random.default_rng(seed).choice(len(split.test[0]), min(512, len(split.test[0])), replace=False)
+    queries = query_model.predict(query_inputs[split.test[0][users]], batch_size=512, verbose=0)
+    labels, table, bias = split.test[1][users], output.class_embeddings, output.class_bias
+    output.refresh_sampler()
+    measured = tfas.diagnostics.proposal_diagnostics(queries, labels, table, bias, output.sampler, args.num_samples)
+    uniform = tfas.samplers.Uniform(split.num_items)
+    measured["uniform_kl_p_q"] = tfas.diagnostics.proposal_diagnostics(
+        queries, labels, table, bias, uniform, args.num_samples, repeats=1
+    )["kl_p_q"]
+    return measured
 
 
 def parse_args(argv=None):
@@ -185,6 +203,12 @@ def parse_args(argv=None):
     parser.add_argument("--num-samples", type=int, default=64, help="m negatives per query")
     parser.add_argument("--shared-samples", type=int, default=1024, help="m negatives shared by a batch")
     parser.add_argument("--refresh-every", type=int, default=100, help="adaptive refresh every n steps")
+    parser.add_argument(
+        "--diagnostics",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="after training, the sampled rows' proposal_diagnostics (KL(p‖q), ESS) on test queries",
+    )
     parser.add_argument("--only", default=None, help="only the rows whose name contains one of these |-separated texts")
     parser.add_argument("--quick", action="store_true", help="the first 2,000 users, at most 2 epochs, three rows")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="write {'rows': [...]} here")
@@ -201,12 +225,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> List[dict]:
     args = parse_args(argv)
-    catalogue = read_catalogue(args.data)
-    if args.max_users is not None:
-        keep = catalogue.users < args.max_users
-        catalogue = dataclasses.replace(
-            catalogue, users=catalogue.users[keep], items=catalogue.items[keep], num_users=args.max_users
-        )
+    catalogue = first_users(read_catalogue(args.data), args.max_users)
     chosen = choose_rows(ROWS, args.only, QUICK_ROWS if args.quick else None)
     runs: Dict[str, List[dict]] = {row.name: [] for row in chosen}
     popularity: List[dict] = []

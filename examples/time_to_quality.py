@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 from catalogues import FullCatalogueRanking
-from common import pyplot
+from common import pyplot, save_figure
 
 K = 20  # Recall@K, NDCG@K
 RECALL, NDCG = f"recall_at_{K}", f"ndcg_at_{K}"
@@ -93,6 +93,8 @@ def report_run(name: str, seed: int, result: dict) -> None:
         f"{result['epochs']} epochs, {result['train_seconds']:.0f} s ({result['seconds_per_epoch']:.1f} s/epoch)",
         flush=True,
     )
+    if "proposal" in result:
+        print("  proposal on test queries: " + ", ".join(f"{k}={v:.3g}" for k, v in result["proposal"].items()))
 
 
 def summarize(name: str, kind: str, runs: List[dict], seeds: Sequence[int], recommended: bool = False) -> dict:
@@ -104,6 +106,8 @@ def summarize(name: str, kind: str, runs: List[dict], seeds: Sequence[int], reco
         row[key] = statistics.fmean(values)
         row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     row["curve"], row["curves"] = runs[0]["curve"], [run["curve"] for run in runs]
+    if all("proposal" in run for run in runs):  # `proposal_diagnostics` at the end of training
+        row["proposal"] = {key: statistics.fmean(run["proposal"][key] for run in runs) for key in runs[0]["proposal"]}
     if recommended:
         row["recommended"] = True
     return row
@@ -242,12 +246,7 @@ def plot(rows: List[dict], path: pathlib.Path, title: str) -> None:
     axis.set_title(title, fontsize=8)
     axis.grid(alpha=0.3)
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)
-    print(f"Time-to-quality plot: {path}")
+    print(f"Time-to-quality plot: {save_figure(figure, path)}")
 
 
 def write_json(path: pathlib.Path, rows: List[dict], source: str, settings: str, config: dict) -> None:

@@ -5,6 +5,8 @@ the model, and CodebookRefresh schedules step refreshes by the optimizer's globa
 restored run draws the same negatives and refreshes at the same steps as an uninterrupted one.
 """
 
+import functools
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -92,6 +94,7 @@ def _assert_same_run(losses, reference, model, reference_model):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6, err_msg=got.name)
 
 
+@functools.cache  # both save formats resume against one reference run
 def _uninterrupted(sampler_name, optimizer="adam", epochs=1, on_epoch_begin=False):
     model = _model(sampler_name, optimizer)
     x, y = _data()

@@ -5,11 +5,10 @@ import importlib
 import json
 import os
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DATA = pathlib.Path(os.environ.get("TFAS_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -156,26 +155,10 @@ def test_history_features_never_hold_the_target_or_held_out_items(monkeypatch):
 def _run_quick(script, tmp_path, *extra):
     if not (DATA / "gowalla.txt").exists():
         pytest.skip("gowalla.txt is not in $TFAS_DATA_DIR")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "examples" / script),
-            "--data",
-            str(DATA / "gowalla.txt"),
-            "--quick",
-            "--json",
-            str(tmp_path / "rows.json"),
-            "--plot",
-            str(tmp_path / "curve.png"),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout, json.loads((tmp_path / "rows.json").read_text())
+    outputs = ["--json", tmp_path / "rows.json", "--plot", tmp_path / "curve.png"]
+    quick = ["--data", DATA / "gowalla.txt", "--quick", "--max-users", "600", *outputs, *extra]
+    stdout = run_python(ROOT / "examples" / script, *quick, cwd=tmp_path, timeout=300).stdout
+    return stdout, json.loads((tmp_path / "rows.json").read_text())
 
 
 def _check_rows(rows, kinds):
@@ -202,6 +185,11 @@ def test_tfrs_two_tower_quick_run_writes_rows(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("TF_USE_LEGACY_KERAS") == "1", reason="once a suite: a Keras 3 example")
 def test_history_model_quick_run_writes_rows(tmp_path):
-    stdout, result = _run_quick("history_model.py", tmp_path, "--epochs", "1")
+    stdout, result = _run_quick("history_model.py", tmp_path, "--epochs", "1", "--diagnostics")
     _check_rows(result["rows"], {"popularity", "full-softmax", "tf-sampled", "static", "adaptive"})
+    # The proposal measured against the trained softmax: MIDX only (TF's loss has no proposal).
+    measured = {row["name"]: row.get("proposal") for row in result["rows"]}
+    assert measured["Full softmax"] is None and measured["tf.nn.sampled_softmax_loss (log-uniform, shared)"] is None
+    assert measured["MIDX"]["kl_p_q"] >= 0 and measured["MIDX"]["uniform_kl_p_q"] >= 0
+    assert 0 < measured["MIDX"]["ess_ratio"] <= 1 and "proposal on test queries: kl_p_q=" in stdout
     assert "users dropped (< 2 items)" in stdout and (tmp_path / "curve.png").exists()
