@@ -65,7 +65,7 @@ EQUIVALENCE_SCRIPT = textwrap.dedent("""
         for label, strategy in [("single", tf.distribute.get_strategy()), ("mirrored", mirrored)]:
             with strategy.scope():
                 sampler = None if name is None else experiments.SAMPLERS[name](N, counts)
-                run = experiments.train_and_evaluate(train, test, N, sampler, 20, 3, 64, 3e-3, False, 0, seed=0)
+                run = experiments.train_and_evaluate(train, test, N, sampler, 20, 2, 64, 3e-3, False, 0, seed=0)
             results[f"{name}/{label}"] = run["test_cross_entropy"]
     print("RESULTS", json.dumps(results))
 """)
