@@ -43,8 +43,9 @@ class Compiled:
         self._function = function
         self._compiled: Optional[Callable] = None
 
-    # Kernels are plain TensorFlow (no Python control flow on tensors): AutoGraph converting them
-    # and all they call, at every trace of a caller that runs AutoGraph, took seconds a trace.
+    # Kernels are plain TensorFlow (no Python control flow on tensors). Called inside an XLA
+    # context whose caller runs AutoGraph, they and all they call were converted at the first
+    # such trace in a process: seconds spent for nothing.
     @tf.autograph.experimental.do_not_convert
     def __call__(self, *args, **kwargs):
         if in_xla_context():
