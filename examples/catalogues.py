@@ -8,7 +8,7 @@ Two file formats are read (`read_catalogue` tells them apart by their first line
 * an interactions table, as MovieLens' `ml-100k.inter`: user, item, [rating,] timestamp, tab- or
   comma-separated, with or without a header (`common.load_interactions`).
 
-The protocol (`../shared/data/README.md`): duplicate items of a user count once, users with fewer
+The protocol (LightGCN's release, He et al. 2020, one held-out item): duplicate items count once, users with fewer
 than two distinct items are dropped, and each remaining user's test item is drawn at random with
 the split's seed. Users with at least three items may also give a validation item (a random subset
 of them, `validation_users`), for early stopping and the choice of temperature. Everything else

@@ -9,7 +9,7 @@ against the clock.
 
 Data: a one-user-a-line file (`gowalla.txt`, `amazon-book.txt`: user id, then item ids) or an
 interactions table (`ml-100k.inter`: user, item, [rating,] timestamp), told apart automatically
-(`catalogues.py`). The protocol of `../shared/data/README.md`: users with fewer than two distinct
+(`catalogues.py`). The protocol (LightGCN's release, one held-out item): users with fewer than two distinct
 items dropped, one random test item per user (`--seed`), a validation item for up to
 `--validation-users` users with three or more items (early stopping); Recall@20 and NDCG@20 of the
 held-out item ranked against the full catalogue, the user's known items excluded. Counts of what
