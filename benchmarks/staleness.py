@@ -153,13 +153,19 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
         "bayes_floor": teacher.cross_entropy(*test),
         "rows": [],
     }
-    runs = [(name, None) for name in args.reference_list]
-    runs += [(name, every) for name in args.sampler_list for every in args.schedule_list]
-    for index, (name, every) in enumerate(runs, 1):
-        row = {"sampler": name, "schedule": schedule_label(every), "every_n_steps": every}
+    runs = [(name, None, None) for name in args.reference_list]
+    runs += [
+        (name, every, kmeans)
+        for name in args.sampler_list
+        for every in args.schedule_list
+        for kmeans in (args.kmeans_list if name.startswith("midx") else [None])
+    ]
+    for index, (name, every, kmeans) in enumerate(runs, 1):
+        label = name if kmeans is None else f"{name}, k-means {kmeans[0]} it. / tolerance {kmeans[1]:g}"
+        row = {"sampler": label, "schedule": schedule_label(every), "every_n_steps": every}
         if every is not None and every >= total_steps:
             section["rows"].append({**row, "same_as": "epoch only"})
-            log(f"teacher [{index}/{len(runs)}] {name}, {row['schedule']}: = epoch only ({total_steps} steps)")
+            log(f"teacher [{index}/{len(runs)}] {label}, {row['schedule']}: = epoch only ({total_steps} steps)")
             continue
         probes: List[SteppedProposalDiagnostics] = []
 
@@ -168,11 +174,17 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
             return probes
 
         tf_sampled = name == "tf_sampled"
+        sampler = None if tf_sampled else experiments.make_sampler(name, n, counts, args.num_codewords)
+        if kmeans is not None:
+            iterations, tolerance = kmeans
+            sampler = type(sampler).from_config(
+                {**sampler.get_config(), "kmeans": {"iterations": iterations, "tolerance": tolerance}}
+            )
         result = experiments.train_and_evaluate(
             train,
             test,
             n,
-            None if tf_sampled else experiments.make_sampler(name, n, counts, args.num_codewords),
+            sampler,
             args.tf_samples if tf_sampled else args.num_samples,
             args.epochs,
             batch_size=args.batch_size,
@@ -415,6 +427,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--references", default=",".join(REFERENCES), help="reference rows ('' for none)")
     parser.add_argument("--num-codewords", type=int, default=None, help="MIDX K (default: its N-based default)")
+    parser.add_argument(
+        "--kmeans",
+        default="",
+        help="teacher: MIDX rows once per ITERATIONS:TOLERANCE pair, e.g. 10:0,10:0.1 (default: KMeansOptions())",
+    )
     parser.add_argument("--num-clusters", type=int, default=None, help="teacher class clusters (default ~sqrt(N))")
     parser.add_argument("--num-classes", type=int, default=100_000, help="teacher N")
     parser.add_argument("--dim", type=int, default=32, help="teacher d")
@@ -448,6 +465,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.sampler_list = [s for s in args.samplers.split(",") if s]
     args.reference_list = [s for s in args.references.split(",") if s]
     args.schedule_list = parse_schedules(args.schedules)
+    args.kmeans_list = [
+        (int(it), float(tol)) for it, tol in (pair.split(":") for pair in args.kmeans.split(",") if pair)
+    ] or [None]
     unknown = sorted(set(args.sampler_list) - set(experiments.SAMPLERS))
     if unknown:
         raise SystemExit(f"Unknown sampler(s) {unknown}; choose from {sorted(experiments.SAMPLERS)}.")
@@ -470,7 +490,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         print(f"[{(time.perf_counter() - begin) / 60:5.1f} min] {message}", flush=True)
 
     payload: dict = {"machine": machine(), "command": command}
-    stored_args = {k: v for k, v in vars(args).items() if k not in ("sampler_list", "schedule_list", "reference_list")}
+    lists = ("sampler_list", "schedule_list", "reference_list", "kmeans_list")
+    stored_args = {k: v for k, v in vars(args).items() if k not in lists}
     if "teacher" in sections:
         payload["teacher"] = teacher_section(args, log)
     if "ptb" in sections:

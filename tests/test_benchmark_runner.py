@@ -189,6 +189,13 @@ def test_tiny_staleness_run_reports_quality_kl_and_refresh_cost(tmp_path):
     assert json.loads((tmp_path / "staleness_tiny.json").read_text())["teacher"]["rows"]
 
 
+def test_staleness_kmeans_variants_parse_as_iteration_tolerance_pairs():
+    from benchmarks import staleness
+
+    assert staleness.parse_args(["--kmeans", "10:0,3:0.1"]).kmeans_list == [(10, 0.0), (3, 0.1)]
+    assert staleness.parse_args([]).kmeans_list == [None]  # the sampler's own KMeansOptions
+
+
 def test_interleaved_step_ratios_are_per_round_ratios_to_uniform():
     from benchmarks import step_ratio
 

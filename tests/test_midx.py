@@ -502,8 +502,14 @@ def test_refresh_on_a_kmeans_sample_keeps_exact_codes_and_the_law(monkeypatch, q
 
 def test_kmeans_sample_size_is_checked_and_kept_in_the_config():
     sampler = samplers.MIDX(1_000, num_codewords=8, kmeans=samplers.KMeansOptions(sample_size=100), seed=0)
-    assert sampler.get_config()["kmeans"] == {"iterations": 10, "sample_size": 100}
-    assert samplers.MIDX.from_config(sampler.get_config()).kmeans.sample_size == 100
+    assert sampler.get_config()["kmeans"] == {"iterations": 10, "sample_size": 100, "tolerance": 0.1}
+    assert samplers.MIDX.from_config(sampler.get_config()).kmeans == sampler.kmeans
+    # Saved before `tolerance` existed: loads with 0.0, every refresh running all its iterations.
+    saved_then = {**sampler.get_config(), "kmeans": {"iterations": 10, "sample_size": 100}}
+    assert samplers.MIDX.from_config(saved_then).kmeans.tolerance == 0.0
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match=r"kmeans\.tolerance"):
+            samplers.KMeansOptions(tolerance=bad)
     assert samplers.MIDX(1_000, num_codewords=8).get_config()["kmeans"]["sample_size"] is None
     with pytest.raises(ValueError, match=r"kmeans\.sample_size"):
         samplers.MIDX(1_000, num_codewords=8, kmeans=samplers.KMeansOptions(sample_size=7))
@@ -511,6 +517,23 @@ def test_kmeans_sample_size_is_checked_and_kept_in_the_config():
         samplers.KMeansOptions(sample_size=0)
     with pytest.raises(TypeError, match="kmeans"):
         samplers.MIDX(1_000, num_codewords=8, kmeans={"iterations": 3})
+
+
+@pytest.mark.parametrize("quantizer", ["pq", "rvq"])
+def test_refresh_stops_lloyd_at_the_kmeans_tolerance(quantizer):
+    # tolerance 1.0 stops after the first iteration: the refresh of at most one iteration, exactly;
+    # the default tolerance runs more on this table, and fewer than a tolerance of 0.0 does.
+    table = np.random.default_rng(2).normal(size=(N, 8)).astype(np.float32)
+
+    def codebooks(**options):
+        sampler = _midx(quantizer, k=8, kmeans=samplers.KMeansOptions(**options))
+        sampler.refresh(table)
+        return np.concatenate([c.numpy().ravel() for c in sampler.codebooks])
+
+    one = codebooks(iterations=1, tolerance=0.0)
+    np.testing.assert_array_equal(codebooks(iterations=10, tolerance=1.0), one)
+    default, every = codebooks(iterations=10), codebooks(iterations=10, tolerance=0.0)
+    assert not np.allclose(default, one) and not np.allclose(default, every)
 
 
 def test_configs_and_arguments_of_the_flat_options_still_load():
@@ -523,7 +546,7 @@ def test_configs_and_arguments_of_the_flat_options_still_load():
         "reconstruction_weight": 0.2, "counts": None,
     }  # fmt: skip
     restored = samplers.MIDX.from_config(old)
-    assert restored.kmeans == samplers.KMeansOptions(iterations=4, sample_size=200)
+    assert restored.kmeans == samplers.KMeansOptions(iterations=4, sample_size=200, tolerance=0.0)
     assert restored.learned == samplers.LearnedCodebooks(loss_weight=0.5, reconstruction_weight=0.2)
     assert restored.quantizer == "pq" and restored.include_bias and restored.num_codewords == 8
     assert samplers.MIDX.from_config({**old, "learn_codebooks": False}).learned is None

@@ -24,14 +24,20 @@ def _numpy_nearest(points, centroids):
     return distances.argmin(axis=1)
 
 
-def _numpy_lloyd(points, centroids, iterations):
-    """Full-data Lloyd iterations in NumPy (data chosen so that no cluster empties)."""
-    centroids = np.asarray(centroids, np.float64)
-    for _ in range(iterations):
+def _numpy_lloyd(points, centroids, iterations, tolerance=None):
+    """Full-data Lloyd iterations in NumPy (data chosen so that no cluster empties); with a
+    tolerance, stop after the first iteration that moved at most that fraction of the points.
+    Returns (centroids, codes, iterations run)."""
+    centroids, previous, ran = np.asarray(centroids, np.float64), None, 0
+    while ran < iterations:
         codes = _numpy_nearest(points, centroids)
         assert len(np.unique(codes)) == len(centroids), "a cluster emptied: pick other data"
         centroids = np.stack([points[codes == c].mean(axis=0) for c in range(len(centroids))])
-    return centroids, _numpy_nearest(points, centroids)
+        ran += 1
+        if tolerance is not None and previous is not None and np.mean(codes != previous) <= tolerance:
+            break
+        previous = codes
+    return centroids, _numpy_nearest(points, centroids), ran
 
 
 @pytest.fixture
@@ -77,13 +83,29 @@ def test_kmeans_within_the_sample_size_is_full_data_lloyd():
     points, _ = _clustered(300, 4, clusters=5, seed=2)
     initial = points[[0, 60, 120, 180, 240]]
     centroids, codes = quantization.kmeans(points, initial, iterations=6, seed=SEED)  # 300 <= 1024·5
-    expected_centroids, expected_codes = _numpy_lloyd(points, initial, 6)
+    expected_centroids, expected_codes, _ = _numpy_lloyd(points, initial, 6)
     np.testing.assert_allclose(centroids.numpy(), expected_centroids, atol=1e-5)
     np.testing.assert_array_equal(codes.numpy(), expected_codes)
     # An explicit sample size of at least N is the same computation, bit for bit.
     again, again_codes = quantization.kmeans(points, initial, iterations=6, seed=SEED, sample_size=300)
     np.testing.assert_array_equal(again.numpy(), centroids.numpy())
     np.testing.assert_array_equal(again_codes.numpy(), codes.numpy())
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 0.02, 0.1])
+def test_lloyd_stops_at_the_first_iteration_that_moves_at_most_a_tolerance(tolerance):
+    # Overlapping clusters and poor seeds: the points settle over several iterations.
+    points, _ = _clustered(400, 2, clusters=4, spread=2.0, seed=5)
+    initial = points[:4]
+    expected, expected_codes, ran = _numpy_lloyd(points, initial, 40, tolerance)
+    _, _, converged = _numpy_lloyd(points, initial, 40, 0.0)
+    centroids, codes = quantization.kmeans(points, initial, iterations=40, seed=SEED, tolerance=tolerance)
+    np.testing.assert_allclose(centroids.numpy(), expected, atol=1e-4)
+    np.testing.assert_array_equal(codes.numpy(), expected_codes)
+    _, iterations_run = quantization._lloyd(tf.constant(points), initial, 40, SEED, tolerance)
+    assert int(iterations_run) == ran
+    # The data make the tolerance matter: a looser one stops earlier than full convergence.
+    assert (ran < converged) == (tolerance > 0.0), (ran, converged)
 
 
 def test_kmeans_on_a_sample_codes_every_point_by_its_nearest_centroid(tiny_chunks):

@@ -1,6 +1,6 @@
 """k-means, product and residual quantization in TensorFlow: fixed shapes, XLA-compilable.
 
-Everything here runs inside a graph function (a sampler's `refresh`): the iteration count is fixed,
+Everything here runs inside a graph function (a sampler's `refresh`): the iteration count is bounded,
 shapes are static, the nearest-centroid search is chunked so that [N, K] distances never sit in
 memory at once, and empty clusters are re-seeded with random points so every codeword stays used.
 
@@ -229,38 +229,48 @@ def _resolved_sample_size(sample_size: Optional[int], num_centroids: int) -> int
     return sample_size
 
 
-def _lloyd(points: tf.Tensor, initial_centroids: tf.Tensor, iterations: int, seed: tf.Tensor) -> tf.Tensor:
-    """[K, d] centroids after a fixed number of Lloyd iterations on `points` (all of them).
+def _lloyd(
+    points: tf.Tensor, initial_centroids: tf.Tensor, iterations: int, seed: tf.Tensor, tolerance: float = 0.0
+) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(centroids [K, d], int32 iterations run): at most `iterations` Lloyd iterations on `points`.
 
-    A cluster left empty is re-seeded with a random point.
+    The iterations stop early once an iteration moves at most a fraction `tolerance` of the points
+    to another centroid (that iteration's means are kept): warm-started from the previous refresh's
+    codebooks, a refresh often stops well before the cap. A cluster left empty is re-seeded with a
+    random point (and the iterations go on).
 
     Args:
       points: [S, d], the points to fit (a training sample: each iteration reads all of them).
       initial_centroids: [K, d], where the iterations start.
-      iterations: a fixed number of iterations (no convergence test: static graphs).
+      iterations: the most iterations.
       seed: int32 [2] stateless seed (the re-seeding of empty clusters).
+      tolerance: the fraction of reassigned points at or below which the iterations stop
+        (default 0.0: only when no point moved).
     """
     num_centroids = initial_centroids.shape[0]
     num_points = tf.shape(points)[0]
 
-    def step(iteration, centroids):
+    def step(iteration, centroids, previous_codes, _):
         codes = nearest_centroid(points, centroids)
+        moved = tf.reduce_mean(tf.cast(tf.not_equal(codes, previous_codes), tf.float32))
         sums = tf.math.unsorted_segment_sum(points, codes, num_centroids)
         counts = tf.math.unsorted_segment_sum(tf.ones_like(codes, tf.float32), codes, num_centroids)
         reseed_ids = uniform_ints([num_centroids], num_points, sub_seed(seed, iteration))
         reseeded = tf.gather(points, reseed_ids)
         means = sums / tf.maximum(counts, 1.0)[:, tf.newaxis]
-        return iteration + 1, tf.where(counts[:, tf.newaxis] > 0, means, reseeded)
+        # An empty cluster is re-seeded: the iterations are not done yet.
+        stable = tf.logical_and(moved <= tolerance, tf.reduce_all(counts > 0))
+        return iteration + 1, tf.where(counts[:, tf.newaxis] > 0, means, reseeded), codes, stable
 
-    _, centroids = tf.while_loop(
-        lambda iteration, _: iteration < iterations,
+    ran, centroids, _, _ = tf.while_loop(
+        lambda iteration, _, __, stable: tf.logical_and(iteration < iterations, tf.logical_not(stable)),
         step,
-        (tf.constant(0), tf.convert_to_tensor(initial_centroids)),
+        (tf.constant(0), tf.convert_to_tensor(initial_centroids), tf.fill([num_points], -1), tf.constant(False)),
         maximum_iterations=iterations,
         # Iterations depend on each other anyway; running ahead would only hold more buffers.
         parallel_iterations=1,
     )
-    return centroids
+    return centroids, ran
 
 
 def kmeans(
@@ -270,6 +280,7 @@ def kmeans(
     seed: tf.Tensor,
     sample_size: Optional[int] = None,
     view: Optional[PointView] = None,
+    tolerance: float = 0.0,
 ) -> Tuple[tf.Tensor, tf.Tensor]:
     """k-means warm-started from `initial_centroids`: Lloyd's iterations on a uniform sample of at
     most `sample_size` points, then every point assigned to its nearest centroid.
@@ -280,13 +291,15 @@ def kmeans(
     Args:
       points: [N, d].
       initial_centroids: [K, d'], where Lloyd's iterations start.
-      iterations: a fixed number of Lloyd iterations (no convergence test: static graphs).
+      iterations: the most Lloyd iterations.
       seed: int32 [2] stateless seed (the sample, and the re-seeding of empty clusters).
       sample_size: the most points the iterations read. Default None: `default_sample_size(K)`,
         1024 per centroid (the centroids of such a sample are as good as full-data ones, and the
         cost of the iterations stops growing with N).
       view: optional `view(rows [R, d], row_ids [R]) -> [R, d']`: cluster this view of the
         points (a column half, a residual), computed chunk by chunk (see `nearest_centroid`).
+      tolerance: stop once an iteration reassigns at most this fraction of the sample (`_lloyd`;
+        default 0.0).
 
     Returns:
       (centroids [K, d'], codes [N] int32), codes the nearest centroid of each point under the
@@ -294,7 +307,7 @@ def kmeans(
     """
     size = _resolved_sample_size(sample_size, initial_centroids.shape[0])
     sample = _training_sample(points, size, sub_seed(seed, _SAMPLE_STREAM), view)
-    centroids = _lloyd(sample, initial_centroids, iterations, seed)
+    centroids, _ = _lloyd(sample, initial_centroids, iterations, seed, tolerance)
     return centroids, nearest_centroid(points, centroids, view)
 
 
@@ -325,6 +338,7 @@ def two_codebook_quantize(
     warm_start=True,
     sample_size: Optional[int] = None,
     train=True,
+    tolerance: float = 0.0,
 ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
     """Product ("pq") or residual ("rvq") quantization with two codebooks of K codewords.
 
@@ -340,7 +354,7 @@ def two_codebook_quantize(
       codebook1, codebook2: the current codebooks [K, d1] and [K, d2] (d1 + d2 = d for pq, d each
         for rvq).
       quantizer: "pq" or "rvq".
-      iterations: Lloyd iterations per codebook.
+      iterations: the most Lloyd iterations per codebook.
       seed: int32 [2] stateless seed.
       warm_start: a bool (tensor): start k-means from the given codebooks; otherwise from
         k-means++ seeds. Default True.
@@ -348,6 +362,8 @@ def two_codebook_quantize(
         `default_sample_size(K)`.
       train: a bool (tensor): run k-means (default True); False keeps the given codebooks and
         only assigns every class to them (codebooks learned by gradient, `MIDX(learn_codebooks=True)`).
+      tolerance: each codebook's Lloyd iterations stop once one reassigns at most this fraction of
+        its sample (default 0.0: when none moved).
 
     Returns:
       (codebook1, codebook2, codes1 [N], codes2 [N]).
@@ -362,7 +378,7 @@ def two_codebook_quantize(
         def trained():
             sample = _training_sample(embeddings, size, sub_seed(kmeans_seed, _SAMPLE_STREAM), view)
             initial = _warm_or_random_start(sample, codebook, warm_start, sub_seed(seed, 10 + index))
-            return _lloyd(sample, initial, iterations, kmeans_seed)
+            return _lloyd(sample, initial, iterations, kmeans_seed, tolerance)[0]
 
         if isinstance(train, bool):
             centroids = trained() if train else codebook

@@ -87,7 +87,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--shared-samples", type=int, default=512, help="m shared by the batch, TF's row included (default 512)"
     )
-    parser.add_argument("--refresh-every", type=int, default=100, help="adaptive refresh every n steps")
+    parser.add_argument(
+        "--refresh-every",
+        type=int,
+        default=None,
+        help="adaptive refresh every n steps (default 100; 20 with --quick: 4-5 refreshes a run either way)",
+    )
     parser.add_argument("--rows", default=",".join(ROW_KEYS), help=f"any of {', '.join(ROW_KEYS)}")
     parser.add_argument(
         "--frequency-sorted-ids",
@@ -113,6 +118,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.quick:
         args.num_classes, args.train_examples, args.test_examples = 20_000, 10_000, 1_000
         args.epochs, args.shared_samples, args.evaluations_per_epoch = 2, 256, 1
+    if args.refresh_every is None:
+        # --quick has 40 steps an epoch: every 20 steps refreshes 4 times a run (the full run, every
+        # 100 of 314 steps, 5 times), and not only on the first epoch's random initial table.
+        args.refresh_every = 20 if args.quick else 100
     args.row_keys = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = sorted(set(args.row_keys) - set(ROW_KEYS))
     if unknown:

@@ -220,6 +220,7 @@ def _corrected_logq_cross_entropy(logits: tf.Tensor, num_true: int, log_negative
 
 
 @_validation.accepts_correct_positive
+@tf.autograph.experimental.do_not_convert
 def sampled_softmax_logits(
     query: TensorLike,
     labels: TensorLike,
@@ -269,6 +270,7 @@ def sampled_softmax_logits(
 
 
 @_validation.accepts_correct_positive
+@tf.autograph.experimental.do_not_convert
 def sampled_softmax_loss(
     query: TensorLike,
     labels: TensorLike,
@@ -333,6 +335,7 @@ def _sampled_cross_entropy(logits: tf.Tensor, num_true: int, logq_correction: st
     return _multi_positive_cross_entropy(logits, num_true)
 
 
+@tf.autograph.experimental.do_not_convert
 def full_softmax_loss(
     query: TensorLike,
     labels: TensorLike,

@@ -146,6 +146,7 @@ class Sampler(K.layers.Layer):
           class_bias: its bias variable [N], or None.
         """
 
+    @tf.autograph.experimental.do_not_convert
     def sample(
         self, queries: TensorLike, num_samples: int, seed: Optional[TensorLike] = None
     ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -173,6 +174,7 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
+    @tf.autograph.experimental.do_not_convert
     def sample_with_log_prob(
         self, queries: TensorLike, num_samples: int, ids: TensorLike, seed: Optional[TensorLike] = None
     ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -202,6 +204,7 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(sampled), tf.stop_gradient(log_q), tf.stop_gradient(ids_log_q)
 
+    @tf.autograph.experimental.do_not_convert
     def sample_shared(
         self, queries: TensorLike, num_samples: int, seed: Optional[TensorLike] = None
     ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -232,6 +235,7 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
+    @tf.autograph.experimental.do_not_convert
     def mixture_log_prob(self, queries: TensorLike, ids: TensorLike) -> tf.Tensor:
         """log q̄ of `ids` under the batch mixture of `queries`, the distribution `sample_shared`
         draws from.
@@ -251,6 +255,7 @@ class Sampler(K.layers.Layer):
         flat = tf.reshape(ids, [-1])
         return tf.stop_gradient(tf.reshape(self._mixture_log_prob(queries, flat), tf.shape(ids)))
 
+    @tf.autograph.experimental.do_not_convert
     def log_prob(self, queries: TensorLike, ids: TensorLike) -> tf.Tensor:
         """Normalized log q of `ids` under each query's proposal.
 
@@ -269,6 +274,7 @@ class Sampler(K.layers.Layer):
         ids = _validation.checked_ids(ids, self.num_classes, name="ids")
         return tf.stop_gradient(self._log_prob(queries, ids))
 
+    @tf.autograph.experimental.do_not_convert
     def auxiliary_loss(
         self,
         queries: TensorLike,
@@ -312,6 +318,7 @@ class Sampler(K.layers.Layer):
     def _auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings):
         raise NotImplementedError
 
+    @tf.autograph.experimental.do_not_convert
     def refresh(
         self, class_embeddings: TensorLike, class_bias: Optional[TensorLike] = None, on_nonfinite: str = "raise"
     ) -> tf.Tensor:

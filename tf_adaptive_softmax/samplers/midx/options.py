@@ -17,15 +17,19 @@ class KMeansOptions:
     """The k-means a MIDX refresh runs (warm-started from the previous codebooks).
 
     Args:
-      iterations: Lloyd iterations per refresh. Default 10.
+      iterations: the most Lloyd iterations per codebook and refresh. Default 10.
       sample_size: classes each codebook's Lloyd iterations read per refresh (a uniform sample;
         every class is then assigned to its nearest codeword once). Default None: 1024 per
         codeword, with which the proposal matched full-data k-means on the synthetic teacher
         (benchmarks/README.md, "Refresh at scale"); catalogues of at most that many classes train
         on all of them.
+      tolerance: the iterations stop once one moves at most this fraction of the sample to another
+        codeword. Default 0.1: warm-started refreshes then stop early with the proposal of ten
+        iterations (benchmarks/README.md, "Staleness"); 0.0 runs all `iterations` unless no point
+        moves. Configs saved before this option existed load with 0.0, as they ran.
 
     Raises:
-      ValueError: `iterations` or `sample_size` below 1.
+      ValueError: `iterations` or `sample_size` below 1, `tolerance` outside [0, 1].
 
     Example:
         >>> from tf_adaptive_softmax import samplers
@@ -36,11 +40,14 @@ class KMeansOptions:
 
     iterations: int = 10
     sample_size: Optional[int] = None
+    tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         _validation.check_positive_int(self.iterations, "kmeans.iterations")
         if self.sample_size is not None:
             _validation.check_positive_int(self.sample_size, "kmeans.sample_size")
+        if not 0.0 <= self.tolerance <= 1.0:
+            raise ValueError(f"`kmeans.tolerance` must be a fraction in [0, 1]; got {self.tolerance!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +97,10 @@ def _options_from_config(config: Dict[str, Any]) -> Dict[str, Any]:
         key: config.pop(f"kmeans_{key}") for key in ("iterations", "sample_size") if f"kmeans_{key}" in config
     }
     if isinstance(kmeans, dict):
-        config["kmeans"] = KMeansOptions(**kmeans)
+        # Saved before `tolerance` existed: every refresh ran all its iterations.
+        config["kmeans"] = KMeansOptions(**{"tolerance": 0.0, **kmeans})
     elif flat_kmeans:
-        config["kmeans"] = KMeansOptions(**flat_kmeans)
+        config["kmeans"] = KMeansOptions(**flat_kmeans, tolerance=0.0)
     learned = config.pop("learn_codebooks", False)
     flat_learned = {
         new: config.pop(old)

@@ -294,6 +294,7 @@ class MIDX(Sampler):
             sample_size=self.kmeans.sample_size,
             # Learned codebooks: k-means only initialises them; later refreshes re-assign codes.
             train=tf.logical_not(self.initialized) if self.learn_codebooks else True,
+            tolerance=self.kmeans.tolerance,
         )
         log_weight = self._refreshed_log_weight(class_bias)
         index = build_bucket_index(codes1, codes2, log_weight, self.num_codewords, self.weighted)
