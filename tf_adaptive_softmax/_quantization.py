@@ -4,9 +4,8 @@ Everything here runs inside a graph function (a sampler's `refresh`): the iterat
 shapes are static, the nearest-centroid search is chunked so that [N, K] distances never sit in
 memory at once, and empty clusters are re-seeded with random points so every codeword stays used.
 
-k-means trains on a uniform sample (`default_sample_size`: 1024 per centroid) and assigns every
-point in one chunked pass: at N = 10^7 one pass instead of one per iteration. A `view` (a column
-half for PQ, the residual for RVQ) is applied chunk by chunk, never to a whole copy.
+k-means trains on a uniform sample (`default_sample_size`: 1024 per centroid), then assigns every
+point in one chunked pass. A `view` (a half for PQ, the residual for RVQ) is applied chunk by chunk.
 
 Example:
     >>> import tensorflow as tf
@@ -84,16 +83,14 @@ def kmeans_plus_plus(points: tf.Tensor, num_centroids: int, seed: tf.Tensor, sam
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007) on a random subsample of the points.
 
     Each round draws 2 + ln K candidates with probability ∝ their squared distance to the nearest
-    chosen centroid and keeps the one that lowers the total distance most. This spreads the seeds
-    over the clusters (random seeds often put two in one cluster and leave Lloyd's iterations
-    stuck). The subsample keeps the K sequential rounds cheap at any N.
+    chosen centroid and keeps the one that lowers the total distance most: the seeds spread over
+    the clusters. The subsample keeps the K sequential rounds cheap at any N.
 
     Args:
       points: [N, d].
       num_centroids: K, the seeds to choose.
       seed: int32 [2] stateless seed.
-      sample_size: points the seeding looks at (a uniform subsample when N is larger; default
-        4096).
+      sample_size: points the seeding looks at (a uniform subsample when N is larger; default 4096).
 
     Returns:
       [K, d] initial centroids.
@@ -196,8 +193,7 @@ def _training_sample(
     """The points k-means iterates on: `sample_size` rows drawn uniformly (with replacement) and
     viewed, or every point (viewed) when N <= `sample_size`.
 
-    The draw is one [S] integer draw and a gather, so it costs the same at any N, and only the
-    sampled rows are viewed (for residual quantization: the residuals of those rows only).
+    One [S] integer draw and a gather: the same cost at any N; only the sampled rows are viewed.
 
     Args:
       points: [N, d].
@@ -210,7 +206,6 @@ def _training_sample(
     """
     num_points = points.shape[0]
     if num_points is None or num_points <= sample_size:
-        # Small catalogues (and unknown sizes) train on everything: results as without sampling.
         points = tf.convert_to_tensor(points)  # a sharded table this small is read whole
         row_ids = tf.range(tf.shape(points)[0])
         return points if view is None else view(points, row_ids)
@@ -235,17 +230,14 @@ def _lloyd(
     """(centroids [K, d], int32 iterations run): at most `iterations` Lloyd iterations on `points`.
 
     The iterations stop early once an iteration moves at most a fraction `tolerance` of the points
-    to another centroid (that iteration's means are kept): warm-started from the previous refresh's
-    codebooks, a refresh often stops well before the cap. A cluster left empty is re-seeded with a
-    random point (and the iterations go on).
+    to another centroid (its means are kept). A cluster left empty is re-seeded with a random point
+    (and the iterations go on).
 
     Args:
       points: [S, d], the points to fit (a training sample: each iteration reads all of them).
-      initial_centroids: [K, d], where the iterations start.
-      iterations: the most iterations.
+      initial_centroids: [K, d], where the iterations start; iterations: the most iterations.
       seed: int32 [2] stateless seed (the re-seeding of empty clusters).
-      tolerance: the fraction of reassigned points at or below which the iterations stop
-        (default 0.0: only when no point moved).
+      tolerance: the fraction of reassigned points at which they stop (default 0.0: none moved).
     """
     num_centroids = initial_centroids.shape[0]
     num_points = tf.shape(points)[0]
@@ -285,8 +277,7 @@ def kmeans(
     """k-means warm-started from `initial_centroids`: Lloyd's iterations on a uniform sample of at
     most `sample_size` points, then every point assigned to its nearest centroid.
 
-    A cluster left empty is re-seeded with a random point of the sample. With N <= `sample_size`
-    the iterations run on all points, exactly as full-data k-means.
+    Empty clusters are re-seeded; with N <= `sample_size` it is full-data k-means.
 
     Args:
       points: [N, d].
@@ -298,8 +289,7 @@ def kmeans(
         cost of the iterations stops growing with N).
       view: optional `view(rows [R, d], row_ids [R]) -> [R, d']`: cluster this view of the
         points (a column half, a residual), computed chunk by chunk (see `nearest_centroid`).
-      tolerance: stop once an iteration reassigns at most this fraction of the sample (`_lloyd`;
-        default 0.0).
+      tolerance: stop once an iteration reassigns at most this fraction of the sample (default 0).
 
     Returns:
       (centroids [K, d'], codes [N] int32), codes the nearest centroid of each point under the
@@ -351,19 +341,15 @@ def two_codebook_quantize(
 
     Args:
       embeddings: [N, d] class embeddings.
-      codebook1, codebook2: the current codebooks [K, d1] and [K, d2] (d1 + d2 = d for pq, d each
-        for rvq).
+      codebook1, codebook2: the current codebooks [K, d1], [K, d2] (pq: d1 + d2 = d; rvq: d each).
       quantizer: "pq" or "rvq".
       iterations: the most Lloyd iterations per codebook.
       seed: int32 [2] stateless seed.
-      warm_start: a bool (tensor): start k-means from the given codebooks; otherwise from
-        k-means++ seeds. Default True.
-      sample_size: points each codebook's k-means trains on (`kmeans`). Default None:
-        `default_sample_size(K)`.
-      train: a bool (tensor): run k-means (default True); False keeps the given codebooks and
-        only assigns every class to them (codebooks learned by gradient, `MIDX(learn_codebooks=True)`).
-      tolerance: each codebook's Lloyd iterations stop once one reassigns at most this fraction of
-        its sample (default 0.0: when none moved).
+      warm_start: a bool (tensor): start from the given codebooks, else k-means++ (default True).
+      sample_size: points each codebook's `kmeans` trains on (default `default_sample_size(K)`).
+      train: a bool (tensor): run k-means (default True); False only assigns every class to the
+        given codebooks (codebooks learned by gradient, `MIDX(learn_codebooks=True)`).
+      tolerance: as `kmeans`', per codebook (default 0.0).
 
     Returns:
       (codebook1, codebook2, codes1 [N], codes2 [N]).

@@ -220,7 +220,6 @@ def _corrected_logq_cross_entropy(logits: tf.Tensor, num_true: int, log_negative
 
 
 @_validation.accepts_correct_positive
-@tf.autograph.experimental.do_not_convert
 def sampled_softmax_logits(
     query: TensorLike,
     labels: TensorLike,
@@ -270,7 +269,6 @@ def sampled_softmax_logits(
 
 
 @_validation.accepts_correct_positive
-@tf.autograph.experimental.do_not_convert
 def sampled_softmax_loss(
     query: TensorLike,
     labels: TensorLike,
@@ -335,7 +333,6 @@ def _sampled_cross_entropy(logits: tf.Tensor, num_true: int, logq_correction: st
     return _multi_positive_cross_entropy(logits, num_true)
 
 
-@tf.autograph.experimental.do_not_convert
 def full_softmax_loss(
     query: TensorLike,
     labels: TensorLike,

@@ -218,7 +218,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
             self.add_loss(tf.reduce_mean(loss))
         return loss
 
-    @tf.autograph.experimental.do_not_convert
     def per_example_loss(
         self, query: TensorLike, labels: TensorLike, sample_weight: Optional[TensorLike] = None, training: bool = False
     ) -> tf.Tensor:
@@ -304,7 +303,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         )
         return tf.reshape(loss, leading)
 
-    @tf.autograph.experimental.do_not_convert
     def logits(self, query: TensorLike) -> tf.Tensor:
         """All N logits, whose softmax is the prediction distribution (no sampler involved).
 
@@ -327,7 +325,6 @@ class AdaptiveSampledSoftmaxLoss(K.layers.Layer):
         weights, bias = self._weights()
         return estimator._full_logits(query, weights, bias, self._logit_transform())
 
-    @tf.autograph.experimental.do_not_convert
     def top_k(self, query: TensorLike, k: int = 10) -> Tuple[tf.Tensor, tf.Tensor]:
         """The k highest logits of each query over all N classes, best first (serving).
 

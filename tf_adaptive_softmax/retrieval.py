@@ -145,7 +145,6 @@ def _logq_choice(logq_correction: str, candidate_sampling_probability) -> str:
 
 
 @_validation.accepts_correct_positive
-@tf.autograph.experimental.do_not_convert
 def mixed_negatives_scores(
     query_embeddings: TensorLike,
     candidate_embeddings: TensorLike,
@@ -344,7 +343,6 @@ def _mixed_negatives_per_query_loss(scores, labels, column_ids, sampler, logq_co
 
 
 @_validation.accepts_correct_positive
-@tf.autograph.experimental.do_not_convert
 def mixed_negatives_loss(
     query_embeddings: TensorLike,
     candidate_embeddings: TensorLike,

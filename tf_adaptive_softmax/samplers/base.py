@@ -1,11 +1,9 @@
 """The contract every proposal distribution keeps (DESIGN §3.2).
 
-A sampler is a Keras layer (its state travels with `.keras` files, checkpoints and `save_weights`)
-with `sample`, `log_prob` (normalized over all N classes), their shared-negatives forms and
-`refresh`, which rebuilds adaptive state by assigning to fixed-shape variables, so an already
-compiled train step sees the new state without retracing. Randomness is stateless with int32 seeds
-(XLA cannot compile int64 ones); `seed=None` draws from the sampler's own seed stream, a variable,
-so training is reproducible from the constructor's `seed` and resumes exactly from a checkpoint.
+A sampler is a Keras layer (its state travels with `.keras` files and checkpoints) with `sample`,
+`log_prob` (normalized over all N classes), their shared-negatives forms and `refresh`, which
+assigns to fixed-shape variables: a compiled step sees the new state without retracing. Seeds are
+stateless int32 (XLA); `seed=None` draws from the sampler's own seed stream, a variable.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ __all__ = ["Sampler"]
 
 
 class Sampler(K.layers.Layer):
-    """Base class of all proposal distributions. Subclasses implement `_sample` and `_log_prob`
-    (and, when adaptive, `_refresh`).
+    """Base of all proposal distributions: subclasses implement `_sample`, `_log_prob`, `_refresh`.
 
     Args:
       num_classes: size N of the output space.
@@ -41,8 +38,7 @@ class Sampler(K.layers.Layer):
 
     #: True for samplers whose distribution depends on the model (refresh changes it).
     adaptive: bool = False
-    #: True for samplers whose `_refresh` reads the class table a block of rows at a time: a float32
-    #: (sharded) variable reaches them as is, since a dense read copies it whole (copy-on-read).
+    #: True for samplers whose `_refresh` reads the table in row blocks (a dense read copies it whole).
     reads_table_in_blocks: bool = False
     #: True for samplers with state that `auxiliary_loss` trains; owners add that loss in training.
     has_auxiliary_loss: bool = False
@@ -146,7 +142,6 @@ class Sampler(K.layers.Layer):
           class_bias: its bias variable [N], or None.
         """
 
-    @tf.autograph.experimental.do_not_convert
     def sample(
         self, queries: TensorLike, num_samples: int, seed: Optional[TensorLike] = None
     ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -174,7 +169,6 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
-    @tf.autograph.experimental.do_not_convert
     def sample_with_log_prob(
         self, queries: TensorLike, num_samples: int, ids: TensorLike, seed: Optional[TensorLike] = None
     ) -> Tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -204,7 +198,6 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [queries.shape[0], num_samples])
         return tf.stop_gradient(sampled), tf.stop_gradient(log_q), tf.stop_gradient(ids_log_q)
 
-    @tf.autograph.experimental.do_not_convert
     def sample_shared(
         self, queries: TensorLike, num_samples: int, seed: Optional[TensorLike] = None
     ) -> Tuple[tf.Tensor, tf.Tensor]:
@@ -235,7 +228,6 @@ class Sampler(K.layers.Layer):
         log_q = tf.ensure_shape(log_q, [num_samples])
         return tf.stop_gradient(ids), tf.stop_gradient(log_q)
 
-    @tf.autograph.experimental.do_not_convert
     def mixture_log_prob(self, queries: TensorLike, ids: TensorLike) -> tf.Tensor:
         """log q̄ of `ids` under the batch mixture of `queries`, the distribution `sample_shared`
         draws from.
@@ -255,7 +247,6 @@ class Sampler(K.layers.Layer):
         flat = tf.reshape(ids, [-1])
         return tf.stop_gradient(tf.reshape(self._mixture_log_prob(queries, flat), tf.shape(ids)))
 
-    @tf.autograph.experimental.do_not_convert
     def log_prob(self, queries: TensorLike, ids: TensorLike) -> tf.Tensor:
         """Normalized log q of `ids` under each query's proposal.
 
@@ -274,7 +265,6 @@ class Sampler(K.layers.Layer):
         ids = _validation.checked_ids(ids, self.num_classes, name="ids")
         return tf.stop_gradient(self._log_prob(queries, ids))
 
-    @tf.autograph.experimental.do_not_convert
     def auxiliary_loss(
         self,
         queries: TensorLike,
@@ -318,7 +308,6 @@ class Sampler(K.layers.Layer):
     def _auxiliary_loss(self, queries, candidate_ids, target_logits, positive_embeddings):
         raise NotImplementedError
 
-    @tf.autograph.experimental.do_not_convert
     def refresh(
         self, class_embeddings: TensorLike, class_bias: Optional[TensorLike] = None, on_nonfinite: str = "raise"
     ) -> tf.Tensor:
@@ -404,3 +393,8 @@ class Sampler(K.layers.Layer):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
+
+
+# No Python control flow on tensors: not transpiled by AutoGraph (1.5 s of a draw's first trace).
+for _method in ("sample", "sample_with_log_prob", "sample_shared", "mixture_log_prob", "log_prob", "refresh"):
+    setattr(Sampler, _method, tf.autograph.experimental.do_not_convert(getattr(Sampler, _method)))
