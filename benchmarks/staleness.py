@@ -59,7 +59,7 @@ import numpy as np
 from benchmarks.timing import RESULTS, machine, write_markdown_keeping_prose
 from benchmarks.timing import optional as _fmt
 from tf_adaptive_softmax import _experiments as experiments
-from tf_adaptive_softmax import datasets
+from tf_adaptive_softmax import datasets, samplers
 from tf_adaptive_softmax.diagnostics import ProposalDiagnostics
 
 NAME = "staleness"
@@ -174,17 +174,12 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
             return probes
 
         tf_sampled = name == "tf_sampled"
-        sampler = None if tf_sampled else experiments.make_sampler(name, n, counts, args.num_codewords)
-        if kmeans is not None:
-            iterations, tolerance = kmeans
-            sampler = type(sampler).from_config(
-                {**sampler.get_config(), "kmeans": {"iterations": iterations, "tolerance": tolerance}}
-            )
+        options = None if kmeans is None else samplers.KMeansOptions(iterations=kmeans[0], tolerance=kmeans[1])
         result = experiments.train_and_evaluate(
             train,
             test,
             n,
-            sampler,
+            None if tf_sampled else experiments.make_sampler(name, n, counts, args.num_codewords, options),
             args.tf_samples if tf_sampled else args.num_samples,
             args.epochs,
             batch_size=args.batch_size,
@@ -211,7 +206,7 @@ def teacher_section(args, log: Callable[[str], None]) -> dict:
         )
         section["rows"].append(row)
         log(
-            f"teacher [{index}/{len(runs)}] {name}, {row['schedule']}: test CE {row['test_cross_entropy']:.4f}, "
+            f"teacher [{index}/{len(runs)}] {label}, {row['schedule']}: test CE {row['test_cross_entropy']:.4f}, "
             f"mean KL {_fmt(row['kl_mean'], '.3f')}, {row['refresh_count']} refreshes "
             f"{row['refresh_seconds']:.1f} s of {training_seconds:.1f} s ({row['refresh_share']:.1%})"
         )

@@ -80,3 +80,13 @@ def test_a_sharded_table_goes_to_tf_loss_as_its_row_blocks(monkeypatch):
     monkeypatch.setattr(type(layer), "_weights", lambda self: (uneven, sharded_bias))
     with pytest.raises(ValueError, match=r"class table's shards.*\[25, 25\].*\[30, 20\]"):
         layer.per_example_loss(query, labels, training=True)
+
+
+def test_make_sampler_overrides_midx_codebook_size_and_kmeans_only():
+    from tf_adaptive_softmax import samplers
+
+    options = samplers.KMeansOptions(iterations=3, tolerance=0.0)
+    midx = experiments.make_sampler("midx_rvq", 5_000, num_codewords=16, kmeans=options)
+    assert midx.num_codewords == 16 and midx.kmeans == options and midx.include_bias  # the registry's own
+    assert experiments.make_sampler("midx_rvq", 5_000).kmeans == samplers.KMeansOptions()
+    assert isinstance(experiments.make_sampler("uniform", 5_000, kmeans=options), samplers.Uniform)

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import statistics
@@ -84,7 +85,11 @@ SAMPLERS: Dict[str, _SamplerFactory] = {
 
 
 def make_sampler(
-    name: str, num_classes: int, counts: Optional[np.ndarray] = None, num_codewords: Optional[int] = None
+    name: str,
+    num_classes: int,
+    counts: Optional[np.ndarray] = None,
+    num_codewords: Optional[int] = None,
+    kmeans: Optional[samplers.KMeansOptions] = None,
 ) -> Optional[samplers.Sampler]:
     """The sampler registered as `name` (None for "full", the full softmax).
 
@@ -93,6 +98,7 @@ def make_sampler(
       num_classes: N.
       counts: per-class training counts (used by "unigram"; default: all ones).
       num_codewords: K for the MIDX entries (default: their N-based default); ignored by others.
+      kmeans: the MIDX entries' `KMeansOptions` (default: theirs); ignored by others.
     """
     if name == "full":
         return None
@@ -100,8 +106,10 @@ def make_sampler(
         raise ValueError(f"Unknown sampler {name!r}; choose from {['full'] + sorted(SAMPLERS)}.")
     counts = np.ones(num_classes) if counts is None else np.asarray(counts, np.float64)
     sampler = SAMPLERS[name](num_classes, counts)
-    if num_codewords is not None and isinstance(sampler, samplers.MIDX):
-        sampler = samplers.MIDX.from_config({**sampler.get_config(), "num_codewords": num_codewords})
+    overrides = {"num_codewords": num_codewords, "kmeans": None if kmeans is None else dataclasses.asdict(kmeans)}
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    if overrides and isinstance(sampler, samplers.MIDX):
+        sampler = samplers.MIDX.from_config({**sampler.get_config(), **overrides})
     return sampler
 
 
