@@ -3,6 +3,12 @@ import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The suite runs on 2 cores as 2 pytest-xdist workers: one intra-op thread each avoids two
+# spinning thread pools per core. LLVM's optimization level changes how fast XLA's CPU code runs,
+# not which programs compile or what they compute; the suite compiles hundreds and runs each a few
+# times. Both are set before TensorFlow loads and are inherited by the scripts tests run.
+os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 import numpy as np
 import pytest

@@ -35,7 +35,7 @@ def test_same_seed_same_draws_in_graph_mode_and_under_xla(name):
 )
 def test_same_seed_same_training_curve(sampler_name, jit_compile):
     teacher = datasets.make_teacher(200, 8, seed=0)
-    train, test = datasets.train_test_split(teacher, 2_000, 500)
+    train, test = datasets.train_test_split(teacher, 2_048, 512)  # whole batches: one compile a run
     counts = np.bincount(train[1], minlength=200).astype(np.float64)
     results = []
     for _ in range(2):

@@ -23,8 +23,15 @@ MODULES = sorted(
 )
 
 
+# A block that sets TF_USE_LEGACY_KERAS itself runs the same program in both passes: once is enough.
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
+@pytest.mark.parametrize(
+    "index",
+    [
+        pytest.param(index, marks=[pytest.mark.keras3_pass] if 'os.environ["TF_USE_LEGACY_KERAS"]' in block else [])
+        for index, block in enumerate(BLOCKS)
+    ],
+)
 def test_readme_block_runs(index):
     run_python("-c", BLOCKS[index], cwd=ROOT)
 
