@@ -29,21 +29,24 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import pathlib
 from typing import Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from catalogues import FullCatalogueRanking, Split, describe, first_users, holdout_split, read_catalogue
-from common import DATA_DIR, RESULTS_DIR
+from catalogues import Split, describe, first_users, holdout_split, read_catalogue
+from common import RESULTS_DIR
 from time_to_quality import (
     Progress,
+    add_protocol_arguments,
+    add_report_arguments,
     add_time_to_quality,
     choose_rows,
+    finish_arguments,
     plot,
     popularity_scorer,
+    rankings,
     reference_row,
     report_run,
     summarize,
@@ -139,7 +142,7 @@ def make_output(row: Row, num_items: int, counts: np.ndarray, args, tied) -> tfa
     )
 
 
-def train_row(row: Row, split: Split, data, rankings, args, seed: int) -> dict:
+def train_row(row: Row, split: Split, data, evaluation, args, seed: int) -> dict:
     """Trains one row with one seed: `Progress.result()` (best-validation test metrics, curve)."""
     (x, y), query_inputs = data
     K.utils.set_random_seed(seed)
@@ -157,7 +160,7 @@ def train_row(row: Row, split: Split, data, rankings, args, seed: int) -> dict:
         bias = np.zeros(len(weights), np.float32) if output.class_bias is None else output.class_bias.numpy()
         return np.c_[queries, np.ones(len(queries), np.float32)], np.c_[weights, bias]
 
-    progress = Progress(vectors, *rankings, args.patience, f"{row.name} (seed {seed})", args.verbose)
+    progress = Progress(vectors, *evaluation, args.patience, f"{row.name} (seed {seed})", args.verbose)
     callbacks = [progress]
     if row.sampler is not None:
         callbacks.append(tfas.CodebookRefresh(output, every_n_steps=args.refresh_every))
@@ -189,13 +192,7 @@ def proposal_on_test_queries(query_model, output, query_inputs, split: Split, ar
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=pathlib.Path, default=DATA_DIR / "gowalla.txt", help="catalogue file")
-    parser.add_argument("--max-users", type=int, default=None, help="read only the first users of the file")
-    parser.add_argument("--seed", type=int, default=0, help="split and initialization seed")
-    parser.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 (overrides --seed)")
-    parser.add_argument("--validation-users", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
-    parser.add_argument("--patience", type=int, default=3, help="epochs without a better validation Recall@20")
+    add_protocol_arguments(parser, patience=3)
     parser.add_argument("--history", type=int, default=50, help="at most this many history items per query")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument(
@@ -213,15 +210,8 @@ def parse_args(argv=None):
         default=False,
         help="after training, the sampled rows' proposal_diagnostics (KL(p‖q), ESS) on test queries",
     )
-    parser.add_argument("--only", default=None, help="only the rows whose name contains one of these |-separated texts")
-    parser.add_argument("--quick", action="store_true", help="the first 2,000 users, at most 2 epochs, three rows")
-    parser.add_argument("--json", type=pathlib.Path, default=None, help="write {'rows': [...]} here")
-    parser.add_argument("--plot", type=pathlib.Path, default=None, help="time-to-quality PNG")
-    parser.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True, help="a line per epoch")
-    args = parser.parse_args(argv)
-    args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
-    if args.quick:
-        args.max_users, args.epochs = min(args.max_users or 2000, 2000), min(args.epochs, 2)
+    add_report_arguments(parser)
+    args = finish_arguments(parser.parse_args(argv))
     if not args.data.exists():
         parser.error(f"{args.data} does not exist: pass --data PATH (or set TFAS_DATA_DIR).")
     return args
@@ -238,13 +228,10 @@ def main(argv=None) -> List[dict]:
         print(describe(catalogue, split, seed), flush=True)
         x = histories(split.train[0], split, args.history, seed, leave_out=split.train[1])
         data = ((x, split.train[1]), histories(np.arange(split.num_users), split, args.history, seed))
-        rankings = (
-            FullCatalogueRanking(split.validation, split.known_for_validation, split.num_items),
-            FullCatalogueRanking(split.test, split.known_for_test, split.num_items),
-        )
-        popularity.append(rankings[1].metrics_of_scores(popularity_scorer(split)))
+        validation_and_test = rankings(split)
+        popularity.append(validation_and_test[1].metrics_of_scores(popularity_scorer(split)))
         for row in chosen:
-            runs[row.name].append(train_row(row, split, data, rankings, args, seed))
+            runs[row.name].append(train_row(row, split, data, validation_and_test, args, seed))
             report_run(row.name, seed, runs[row.name][-1])
     rows = [reference_row("Popularity", "popularity", popularity, args.seeds)]
     rows += [summarize(row.name, row.kind, runs[row.name], args.seeds, row.name == RECOMMENDED) for row in chosen]

@@ -53,14 +53,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
-from catalogues import Catalogue, FullCatalogueRanking, Split, describe, first_users, holdout_split, read_catalogue
-from common import DATA_DIR, RESULTS_DIR
+from catalogues import Catalogue, Split, describe, first_users, holdout_split, read_catalogue
+from common import RESULTS_DIR
 from time_to_quality import (
     Progress,
+    add_protocol_arguments,
+    add_report_arguments,
     add_time_to_quality,
     choose_rows,
+    finish_arguments,
     plot,
     popularity_scorer,
+    rankings,
     reference_row,
     report_run,
     step_times,
@@ -224,10 +228,10 @@ def build_row(row: Row, split: Split, args, seed: int):
     return model, data.batch(args.batch_size), callbacks
 
 
-def train_row(row: Row, split: Split, rankings, args, seed: int) -> dict:
+def train_row(row: Row, split: Split, evaluation, args, seed: int) -> dict:
     """Trains one row with one seed: `Progress.result()` (best-validation test metrics, curve)."""
     model, batches, callbacks = build_row(row, split, args, seed)
-    progress = Progress(model.vectors, *rankings, args.patience, f"{row.name} (seed {seed})", args.verbose)
+    progress = Progress(model.vectors, *evaluation, args.patience, f"{row.name} (seed {seed})", args.verbose)
     model.fit(batches, epochs=args.epochs, verbose=0, callbacks=[progress, *callbacks])
     return progress.result()
 
@@ -261,16 +265,10 @@ def report_step_times(chosen: List[Row], split: Split, args) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=pathlib.Path, default=DATA_DIR / "gowalla.txt", help="catalogue file")
+    add_protocol_arguments(parser, patience=4)
     parser.add_argument("--catalogue", choices=["file", "synthetic"], default=None, help="default: file if it exists")
     parser.add_argument("--num-items", type=int, default=100_000, help="synthetic catalogue size")
     parser.add_argument("--num-users", type=int, default=20_000, help="synthetic users")
-    parser.add_argument("--max-users", type=int, default=None, help="read only the first users of the file")
-    parser.add_argument("--seed", type=int, default=0, help="split and initialization seed")
-    parser.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 (overrides --seed)")
-    parser.add_argument("--validation-users", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
-    parser.add_argument("--patience", type=int, default=4, help="epochs without a better validation Recall@20")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.2, help="τ of the cosine rows")
@@ -280,21 +278,15 @@ def parse_args(argv=None):
     parser.add_argument("--refresh-every", type=int, default=200, help="MIDX refresh every n steps")
     parser.add_argument("--optimizer", choices=["adam", "adagrad"], default="adam")
     parser.add_argument("--learning-rate", type=float, default=None, help="default: 0.01 (adam), 0.1 (adagrad)")
-    parser.add_argument("--only", default=None, help="only the rows whose name contains one of these |-separated texts")
-    parser.add_argument("--quick", action="store_true", help="the first 2,000 users, at most 2 epochs, three rows")
-    parser.add_argument("--json", type=pathlib.Path, default=None, help="write {'rows': [...]} here")
-    parser.add_argument("--plot", type=pathlib.Path, default=None, help="time-to-quality PNG")
+    add_report_arguments(parser)
     parser.add_argument(
         "--step-times", type=int, default=0, metavar="ROUNDS", help="only time the rows' steps, in this many rounds"
     )
-    parser.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True, help="a line per epoch")
-    args = parser.parse_args(argv)
-    args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    args = finish_arguments(parser.parse_args(argv))
     if args.learning_rate is None:
         args.learning_rate = 0.01 if args.optimizer == "adam" else 0.1
     if args.quick:
-        args.max_users = min(args.max_users or 2000, 2000)
-        args.epochs, args.num_users, args.num_items = min(args.epochs, 2), min(args.num_users, 2000), 20_000
+        args.num_users, args.num_items = min(args.num_users, 2000), 20_000
     if args.catalogue is None:
         args.catalogue = "file" if args.data.exists() else "synthetic"
     if args.catalogue == "file" and not args.data.exists():
@@ -320,16 +312,16 @@ def main(argv=None) -> List[dict]:
     for seed in args.seeds:
         split = holdout_split(catalogue, seed, args.validation_users)
         print(describe(catalogue, split, seed), flush=True)
-        rankings = (
-            FullCatalogueRanking(split.validation, split.known_for_validation, split.num_items),
-            FullCatalogueRanking(split.test, split.known_for_test, split.num_items),
-        )
-        references["Popularity"].append(rankings[1].metrics_of_scores(popularity_scorer(split)))
+        validation_and_test = rankings(split)
+        test = validation_and_test[1]
+        references["Popularity"].append(test.metrics_of_scores(popularity_scorer(split)))
         if teacher is not None:
             scores = lambda users, split=split: teacher(split.catalogue_users[users])  # noqa: E731
-            references.setdefault("Teacher scores (ceiling)", []).append(rankings[1].metrics_of_scores(scores))
+            references.setdefault("Teacher scores (ceiling)", []).append(
+                validation_and_test[1].metrics_of_scores(scores)
+            )
         for row in chosen:
-            runs[row.name].append(train_row(row, split, rankings, args, seed))
+            runs[row.name].append(train_row(row, split, validation_and_test, args, seed))
             report_run(row.name, seed, runs[row.name][-1])
     rows = [
         reference_row(name, "popularity" if name == "Popularity" else "reference", results, args.seeds)

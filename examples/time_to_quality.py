@@ -9,6 +9,7 @@ when a seed never got there.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
@@ -19,8 +20,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
-from catalogues import FullCatalogueRanking
-from common import pyplot, save_figure
+from catalogues import FullCatalogueRanking, Split
+from common import DATA_DIR, pyplot, save_figure
 
 K = 20  # Recall@K, NDCG@K
 RECALL, NDCG = f"recall_at_{K}", f"ndcg_at_{K}"
@@ -166,6 +167,42 @@ def step_times(builds: Dict[str, tuple], rounds: int, steps: int, reference: str
         }
         for name in builds
     }
+
+
+def add_protocol_arguments(parser: argparse.ArgumentParser, patience: int) -> None:
+    """The catalogue, split and early-stopping flags every real-catalogue example takes."""
+    parser.add_argument("--data", type=pathlib.Path, default=DATA_DIR / "gowalla.txt", help="catalogue file")
+    parser.add_argument("--max-users", type=int, default=None, help="read only the first users of the file")
+    parser.add_argument("--seed", type=int, default=0, help="split and initialization seed")
+    parser.add_argument("--seeds", default=None, help="several seeds, e.g. 0,1,2 (overrides --seed)")
+    parser.add_argument("--validation-users", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=30, help="at most this many epochs")
+    parser.add_argument("--patience", type=int, default=patience, help="epochs without a better validation Recall@20")
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Row choice and outputs: --only, --quick, --json, --plot, --verbose."""
+    parser.add_argument("--only", default=None, help="only the rows whose name contains one of these |-separated texts")
+    parser.add_argument("--quick", action="store_true", help="the first 2,000 users, at most 2 epochs, three rows")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="write {'rows': [...]} here")
+    parser.add_argument("--plot", type=pathlib.Path, default=None, help="time-to-quality PNG")
+    parser.add_argument("--verbose", action=argparse.BooleanOptionalAction, default=True, help="a line per epoch")
+
+
+def finish_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Parses --seeds into a list and applies --quick (2,000 users, at most 2 epochs)."""
+    args.seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [args.seed]
+    if args.quick:
+        args.max_users, args.epochs = min(args.max_users or 2000, 2000), min(args.epochs, 2)
+    return args
+
+
+def rankings(split: Split) -> Tuple[FullCatalogueRanking, FullCatalogueRanking]:
+    """(validation, test) rankings over the full catalogue, each user's known items excluded."""
+    return (
+        FullCatalogueRanking(split.validation, split.known_for_validation, split.num_items),
+        FullCatalogueRanking(split.test, split.known_for_test, split.num_items),
+    )
 
 
 def choose_rows(rows: Sequence, only: Optional[str], quick: Optional[Sequence[str]] = None) -> list:

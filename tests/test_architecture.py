@@ -1,6 +1,7 @@
 """The package's layers point one way: no module imports from a higher floor (docs/design.md §2)."""
 
 import ast
+import importlib.util
 import inspect
 import pathlib
 import re
@@ -12,6 +13,7 @@ import tf_adaptive_softmax
 from tf_adaptive_softmax._keras import IS_KERAS_3
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "tf_adaptive_softmax"
+_KERAS_RS = IS_KERAS_3 and importlib.util.find_spec("keras_rs") is not None
 
 # Ground floor first. A module may import from its own floor or any lower one, never a higher one.
 FLOORS = [
@@ -19,7 +21,7 @@ FLOORS = [
     {"_quantization", "datasets"},  # k-means / PQ / RVQ on the kernels; synthetic data
     {"estimator", "samplers"},  # the math and the proposals
     {"layers", "losses", "callbacks", "diagnostics", "_refresh"},  # the Keras surface
-    {"retrieval", "tfrs"},  # integrations
+    {"retrieval", "tfrs", "keras_rs"},  # integrations
     {"_experiments", "_tf_sampled"},  # what the demo, examples and benchmarks share (private)
     {"demo"},  # the main job: nothing imports it
 ]
@@ -79,6 +81,7 @@ PUBLIC_MODULES = sorted(
     {
         *tf_adaptive_softmax._SUBMODULES,
         "tfrs",
+        "keras_rs",
         *(
             ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
             for p in (PACKAGE / "samplers").rglob("*.py")
@@ -93,6 +96,8 @@ def _import(name):
 
     if name == "tfrs" and IS_KERAS_3:
         pytest.skip("tf_adaptive_softmax.tfrs needs tf_keras")
+    if name == "keras_rs" and not _KERAS_RS:
+        pytest.skip("tf_adaptive_softmax.keras_rs needs Keras 3 and keras-rs")
     return importlib.import_module(f"tf_adaptive_softmax.{name}")
 
 
@@ -126,11 +131,15 @@ def _documented_api():
 
 def test_docs_api_lists_exactly_the_public_names():
     documented = _documented_api()
-    exported = {"AdaptiveRetrieval": {"tf_adaptive_softmax.tfrs"}}  # importable under tf_keras only
+    # Importable under tf_keras only, and under Keras 3 with keras-rs only.
+    exported = {
+        "AdaptiveRetrieval": {"tf_adaptive_softmax.tfrs"},
+        "CatalogueNegatives": {"tf_adaptive_softmax.keras_rs"},
+    }
     for public in tf_adaptive_softmax.__all__:
         exported.setdefault(public, set()).add("tf_adaptive_softmax")
     for name in PUBLIC_MODULES:
-        if name == "tfrs" and IS_KERAS_3:
+        if (name == "tfrs" and IS_KERAS_3) or (name == "keras_rs" and not _KERAS_RS):
             continue
         module = _import(name)
         for public in module.__all__:
@@ -161,7 +170,7 @@ _KERAS_HOOKS = {
 
 def _public_callables():
     for name in PUBLIC_MODULES:
-        if name == "tfrs" and IS_KERAS_3:
+        if (name == "tfrs" and IS_KERAS_3) or (name == "keras_rs" and not _KERAS_RS):
             continue
         module = _import(name)
         for public in module.__all__:

@@ -2,6 +2,7 @@
 full-catalogue ranking metrics, the history model's features, and the `--json` rows."""
 
 import importlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -170,7 +171,8 @@ def _check_rows(rows, kinds):
         assert row["seeds"] == [0] and 0.0 <= row["recall_at_20"] <= 1.0 and row["epochs"] >= 1
         seconds = [point[0] for point in row["curve"]]
         assert len(seconds) >= 1
-        assert seconds == sorted(seconds) and seconds[-1] <= row["train_seconds"] + 0.01  # curves are rounded
+        # The reported time is the best validation epoch's point on the curve (curves are rounded).
+        assert seconds == sorted(seconds) and any(abs(s - row["train_seconds"]) <= 0.01 for s in seconds)
     full = next(row for row in rows if row["kind"] == "full-softmax")
     # The ceiling row needs no extra time to reach 99% of itself at its final epoch, at most.
     assert full["seconds_to_99_of_full"] is None or full["seconds_to_99_of_full"] <= full["train_seconds"] + 0.01
@@ -193,3 +195,20 @@ def test_history_model_quick_run_writes_rows(tmp_path):
     assert measured["MIDX"]["kl_p_q"] >= 0 and measured["MIDX"]["uniform_kl_p_q"] >= 0
     assert 0 < measured["MIDX"]["ess_ratio"] <= 1 and "proposal on test queries: kl_p_q=" in stdout
     assert "users dropped (< 2 items)" in stdout and (tmp_path / "curve.png").exists()
+
+
+@pytest.mark.skipif(
+    os.environ.get("TF_USE_LEGACY_KERAS") == "1" or importlib.util.find_spec("keras_rs") is None,
+    reason="a Keras 3 example that needs keras-rs",
+)
+def test_keras_rs_two_tower_quick_run_writes_rows_and_a_serving_model(tmp_path):
+    import tensorflow as tf
+    from conftest import SAMPLER_OPS, op_types
+
+    stdout, result = _run_quick("keras_rs_two_tower.py", tmp_path, "--export", tmp_path / "serving")
+    _check_rows(result["rows"], {"popularity", "in-batch-logq", "full-softmax", "adaptive"})
+    assert "users dropped (< 2 items)" in stdout and (tmp_path / "curve.png").exists()
+    serving = tf.saved_model.load(str(tmp_path / "serving"))
+    assert serving.serve(tf.constant([0, 1, 2])).shape == (3, 20)  # user ids -> top-20 item ids
+    graph = serving.signatures["serve"].graph.as_graph_def()
+    assert not op_types(graph) & SAMPLER_OPS

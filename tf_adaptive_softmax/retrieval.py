@@ -14,8 +14,7 @@ The positive (query i's in-batch column i) is an in-batch draw, never a catalogu
 `logq_correction` decides whether it keeps TFRS's in-batch correction ("standard", the default),
 stays raw ("negatives_only") or follows Khrylchenko et al. 2025 ("corrected"; it needs
 `candidate_sampling_probability`). Without a sampler, the scores are exactly `tfrs.tasks.Retrieval`'s.
-`tfrs.AdaptiveRetrieval` builds on these functions; in Keras 3 call `mixed_negatives_loss` from
-`Model.compute_loss`.
+`tfrs.AdaptiveRetrieval` and `keras_rs.CatalogueNegatives` build on these functions.
 
 References:
   Yi et al., "Sampling-bias-corrected neural modeling for large corpus item recommendations", RecSys
@@ -87,14 +86,17 @@ def _in_batch_scores(
     if remove_accidental_hits:
         if candidate_ids is None:
             raise ValueError("`candidate_ids` are required to remove accidental hits.")
-        ids = tf.reshape(candidate_ids, [-1])
-        num_queries = tf.shape(scores)[0]
-        same_id = tf.equal(ids[:num_queries, tf.newaxis], ids[tf.newaxis, :])
-        hits = same_id & ~tf.cast(tf.eye(num_queries, tf.shape(scores)[1]), tf.bool)
-        scores = tf.where(hits, tf.cast(_MIN_FLOAT, scores.dtype), scores)
+        scores = _mask_accidental_hits(scores, candidate_ids)
     if score_mask is not None:
         scores = tf.where(score_mask, scores, tf.cast(_MIN_FLOAT, scores.dtype))
     return scores
+
+
+def _mask_accidental_hits(scores: tf.Tensor, candidate_ids) -> tf.Tensor:
+    """[B, C] `scores`, TFRS's masking value where column j != i carries row i's positive id."""
+    ids, num_queries = tf.reshape(candidate_ids, [-1]), tf.shape(scores)[0]
+    hits = tf.equal(ids[:num_queries, tf.newaxis], ids) & ~tf.cast(tf.eye(num_queries, tf.shape(scores)[1]), tf.bool)
+    return tf.where(hits, tf.cast(_MIN_FLOAT, scores.dtype), scores)
 
 
 def _proposal_queries(query_embeddings, temperature: Optional[float] = None) -> tf.Tensor:
@@ -308,13 +310,8 @@ def _sampler_loss(sampler, proposal_queries, scores, column_ids, positive_embedd
     if not sampler.has_auxiliary_loss:
         return tf.zeros(tf.shape(proposal_queries)[:1])
     positive_scores, others = _positive_first(scores)
-    positive_ids = _diagonal(column_ids)
-    return sampler.auxiliary_loss(
-        tf.cast(proposal_queries, tf.float32),
-        tf.concat([positive_ids, column_ids], axis=1),
-        tf.concat([positive_scores, others], axis=1),
-        positive_embeddings,
-    )
+    ids, scores = tf.concat([_diagonal(column_ids), column_ids], 1), tf.concat([positive_scores, others], 1)
+    return sampler.auxiliary_loss(tf.cast(proposal_queries, tf.float32), ids, scores, positive_embeddings)
 
 
 def _corrected_logq_loss(scores, catalogue_negatives: bool = False) -> tf.Tensor:
