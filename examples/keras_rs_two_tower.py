@@ -144,7 +144,7 @@ def train_row(row: Row, split: Split, evaluation, args, seed: int):
     data = data.shuffle(len(split.train[0]), seed=seed).batch(args.batch_size)
     refresh = [CodebookRefresh(model.negatives, every_n_steps=args.refresh_every)] if model.negatives else []
     progress = Progress(model.vectors, *evaluation, args.patience, f"{row.name} (seed {seed})", args.verbose)
-    model.fit(data, epochs=args.epochs, verbose=0, callbacks=[progress, *refresh])
+    model.fit(data, epochs=args.epochs, verbose=0, shuffle=False, callbacks=[progress, *refresh])  # data is shuffled
     return progress.result(), model
 
 
