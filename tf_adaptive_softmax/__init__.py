@@ -8,6 +8,7 @@ Public API (every name, with its module, in docs/api.md):
   estimator                    the pure-TF sampled-softmax math
   retrieval                    mixed-negatives retrieval loss (any Keras flavour)
   tfrs.AdaptiveRetrieval       the TFRS task (import tf_adaptive_softmax.tfrs; tf_keras only)
+  keras_rs.CatalogueNegatives  catalogue negatives for keras-rs models (Keras 3; extra keras-rs)
   datasets                     synthetic teacher data
   diagnostics                  KL(p||q), ESS, gradient bias on a probe batch; a logging callback
 
