@@ -21,7 +21,11 @@ Rows, all with the same model, optimizer (Adam), batches, seeds and early stoppi
 `--json`): the full softmax (`full-softmax`); `tf.nn.sampled_softmax_loss` as users call it
 (log-uniform, negatives shared by the batch, `tf-sampled`); Uniform, LogUniform and Unigram
 (count^0.75) per query (`static`); MIDX per query and shared, and QuadraticKernel shared
-(`adaptive`), refreshed by `CodebookRefresh`. Results and conclusions: benchmarks/README.md.
+(`adaptive`), refreshed by `CodebookRefresh`. Two diagnostic rows split the gap to the full
+softmax into the proposal's share and sampling's own, trained only when `--only` names them
+(`--only "q = p|m = 256"`): the exact proposal q = p (`samplers.Softmax`, O(N) a query) at the
+same m, and MIDX with m = 256. `--save-state` writes the trained model for `benchmarks.proposal`.
+Results and conclusions: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pathlib
 from typing import Dict, List, Optional
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -66,6 +71,16 @@ class Row:
     kind: str
     sampler: Optional[str] = None  # a key of experiments.SAMPLERS; None: full softmax or TF's loss
     shared: bool = False
+    num_samples: Optional[int] = None  # None: --num-samples (--shared-samples when shared)
+    diagnostic: bool = False  # trained only when an --only text names it and no regular row
+
+
+#: Where the gap to the full softmax comes from: the proposal (MIDX against the exact q = p at the
+#: same m) or sampling itself (q = p against the full softmax; more negatives).
+DIAGNOSTIC_ROWS = [
+    Row("Exact proposal q = p (oracle, O(N) a query)", "adaptive", "softmax", diagnostic=True),
+    Row("MIDX, m = 256", "adaptive", "midx_rvq", num_samples=256, diagnostic=True),
+]
 
 
 ROWS = [
@@ -77,6 +92,7 @@ ROWS = [
     Row("MIDX", "adaptive", "midx_rvq"),
     Row("MIDX, shared", "adaptive", "midx_rvq", shared=True),
     Row("QuadraticKernel, shared", "adaptive", "quadratic_kernel", shared=True),
+    *DIAGNOSTIC_ROWS,
 ]
 RECOMMENDED = "MIDX"
 QUICK_ROWS = ("Full softmax", "tf.nn.sampled_softmax_loss (log-uniform, shared)", "MIDX")  # --quick, no --only
@@ -135,11 +151,19 @@ def make_output(row: Row, num_items: int, counts: np.ndarray, args, tied) -> tfa
     return tfas.AdaptiveSampledSoftmaxLoss(
         num_items,
         sampler,
-        num_samples=args.shared_samples if row.shared else args.num_samples,
+        num_samples=row.num_samples or (args.shared_samples if row.shared else args.num_samples),
         shared_negatives=row.shared,
         tied_embedding=tied,
         name="output",
     )
+
+
+def names_only_diagnostic_rows(row: Row, only: str) -> bool:
+    """True when one of `only`'s texts matches `row` and no regular row: `--only MIDX` trains the
+    MIDX rows of the table, `--only "q = p|m = 256"` the diagnostic ones."""
+    regular = [other.name for other in ROWS if not other.diagnostic]
+    texts = [text.strip() for text in (only or "").split("|")]
+    return any(text in row.name and not any(text in name for name in regular) for text in texts)
 
 
 def train_row(row: Row, split: Split, data, evaluation, args, seed: int) -> dict:
@@ -168,7 +192,28 @@ def train_row(row: Row, split: Split, data, evaluation, args, seed: int) -> dict
     result = progress.result()
     if args.diagnostics and isinstance(getattr(output, "sampler", None), tfas.samplers.Sampler):
         result["proposal"] = proposal_on_test_queries(query_model, output, query_inputs, split, args, seed)
+    if args.save_state is not None:
+        save_state(args.save_state, query_model, output, query_inputs, split, seed)
     return result
+
+
+def save_state(path, query_model, output, query_inputs, split: Split, seed: int, probes: int = 4096) -> None:
+    """The trained model's output layer and queries, for `python -m benchmarks.proposal --state`:
+    item table and bias, training counts, and two disjoint sets of test users' queries with their
+    held-out items (`fit_*` for what a proposal may estimate from queries, `eval_*` to measure on)."""
+    users = np.random.default_rng(seed).permutation(len(split.test[0]))[: 2 * probes]
+    queries = query_model.predict(query_inputs[split.test[0][users]], batch_size=4096, verbose=0)
+    bias = output.class_bias
+    np.savez_compressed(
+        path,
+        class_embeddings=output.class_embeddings.numpy(),
+        class_bias=np.zeros(split.num_items, np.float32) if bias is None else bias.numpy(),
+        counts=np.bincount(split.train[1], minlength=split.num_items),
+        fit_queries=queries[len(users) // 2 :],
+        eval_queries=queries[: len(users) // 2],
+        eval_labels=split.test[1][users[: len(users) // 2]],
+    )
+    print(f"model state written to {path}", flush=True)
 
 
 def proposal_on_test_queries(query_model, output, query_inputs, split: Split, args, seed: int) -> Dict[str, float]:
@@ -210,6 +255,12 @@ def parse_args(argv=None):
         default=False,
         help="after training, the sampled rows' proposal_diagnostics (KL(p‖q), ESS) on test queries",
     )
+    parser.add_argument(
+        "--save-state",
+        type=pathlib.Path,
+        default=None,
+        help="write the last trained row's output layer and test queries (.npz) for benchmarks.proposal",
+    )
     add_report_arguments(parser)
     args = finish_arguments(parser.parse_args(argv))
     if not args.data.exists():
@@ -221,6 +272,7 @@ def main(argv=None) -> List[dict]:
     args = parse_args(argv)
     catalogue = first_users(read_catalogue(args.data), args.max_users)
     chosen = choose_rows(ROWS, args.only, QUICK_ROWS if args.quick else None)
+    chosen = [row for row in chosen if not row.diagnostic or names_only_diagnostic_rows(row, args.only)]
     runs: Dict[str, List[dict]] = {row.name: [] for row in chosen}
     popularity: List[dict] = []
     for seed in args.seeds:

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import run as runner  # `python -m pytest` runs from the repository root
@@ -224,3 +225,31 @@ def test_workers_run_as_modules_from_the_repository_root(monkeypatch):
     assert command == [sys.executable, "-m", "benchmarks.num_codewords", "--worker", '{"N": 10}']
     assert pathlib.Path(kwargs["cwd"]) == pathlib.Path(__file__).resolve().parents[1]
     assert (pathlib.Path(kwargs["cwd"]) / "benchmarks" / "__init__.py").is_file()
+
+
+def test_proposal_ablation_measures_against_closed_forms(tmp_path):
+    from benchmarks import proposal
+
+    state = proposal.teacher_state(600, 20, 1.0, probes=32)
+    base = proposal._midx(state, num_codewords=8)
+    library = proposal._library_log_q(base, state.eval_queries)
+    # MIDX's log_prob is the closed form log softmax(⟨h, q̂_i⟩ + log w_i) the prototypes build on.
+    by_hand = proposal._normalized(
+        state.eval_queries @ proposal._quantized(base).T + proposal._static_log_weight(base, state)
+    )
+    np.testing.assert_allclose(library, by_hand, atol=2e-4)
+    buckets, head = base.class_bucket.numpy(), np.argsort(-state.counts)[:6]
+    exact = proposal.measure(state, proposal._normalized(state.logits(state.eval_queries)), buckets, head)
+    assert abs(exact["kl"]) < 1e-9 and exact["ess_ratio"] == pytest.approx(1.0)
+    assert all(abs(bias) < 1e-9 for bias in exact["log_z_bias"].values())
+    uniform = proposal.measure(state, np.full_like(library, -math.log(600)), buckets, head)
+    midx = proposal.measure(state, library, buckets, head)
+    for row in (uniform, midx):
+        assert row["kl_within"] + row["kl_between"] == pytest.approx(row["kl"])
+        assert row["kl_between"] >= 0 and 0 < row["ess_ratio"] < 1
+        assert all(bias < 0 for bias in row["log_z_bias"].values())  # Jensen: E log Ẑ < log Z
+    assert midx["kl"] < uniform["kl"] and midx["ess_ratio"] > uniform["ess_ratio"]
+    assert uniform["head_q"] == pytest.approx(6 / 600)
+    results = proposal.main(["--teachers", "600:20:1", "--quick", "--probes", "16", "--output", str(tmp_path / "p")])
+    assert {row["kind"] for row in results} == {"static", "library", "prototype", "reference"}
+    assert "| exact softmax q = p | 0.000 |" in (tmp_path / "p.md").read_text()

@@ -90,3 +90,21 @@ def test_make_sampler_overrides_midx_codebook_size_and_kmeans_only():
     assert midx.num_codewords == 16 and midx.kmeans == options and midx.include_bias  # the registry's own
     assert experiments.make_sampler("midx_rvq", 5_000).kmeans == samplers.KMeansOptions()
     assert isinstance(experiments.make_sampler("uniform", 5_000, kmeans=options), samplers.Uniform)
+
+
+def test_compiling_before_timing_leaves_training_unchanged():
+    # The warm-up runs real steps and a refresh; restoring every variable (model, output layer,
+    # sampler state and seeds, optimizer) must make the timed run the run without it, bit for bit.
+    from tf_adaptive_softmax import datasets
+
+    teacher = datasets.make_teacher(300, 6, seed=0, frequency_sorted_ids=False)
+    train, test = datasets.train_test_split(teacher, 500, 100, seed=0)
+    runs = [
+        experiments.train_and_evaluate(
+            train, test, 300, experiments.make_sampler("midx_rvq", 300), 8, 2, 96, refresh_every=3, compile_first=first
+        )
+        for first in (False, True)
+    ]
+    metrics = [[point[1:] for point in run["curve"]] for run in runs]  # (seconds, cross-entropy, accuracy)
+    assert metrics[0] == metrics[1] and runs[0]["train_losses"] == runs[1]["train_losses"]
+    assert runs[0]["compile_seconds"] == 0.0 < runs[1]["compile_seconds"]

@@ -153,6 +153,15 @@ def test_history_features_never_hold_the_target_or_held_out_items(monkeypatch):
         assert len(features) == min(4, len(own[int(user)]) - 1)  # capped at the history length
 
 
+def test_diagnostic_rows_run_only_when_named(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    history_model = importlib.import_module("history_model")
+    diagnostic = [row for row in history_model.ROWS if row.diagnostic]
+    assert len(diagnostic) == 2
+    for only, expected in (("MIDX", []), ("q = p", diagnostic[:1]), ("q = p|m = 256", diagnostic), ("", [])):
+        assert [row for row in diagnostic if history_model.names_only_diagnostic_rows(row, only)] == expected
+
+
 def _run_quick(script, tmp_path, *extra):
     if not (DATA / "gowalla.txt").exists():
         pytest.skip("gowalla.txt is not in $TFAS_DATA_DIR")
@@ -187,8 +196,14 @@ def test_tfrs_two_tower_quick_run_writes_rows(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("TF_USE_LEGACY_KERAS") == "1", reason="once a suite: a Keras 3 example")
 def test_history_model_quick_run_writes_rows(tmp_path):
-    stdout, result = _run_quick("history_model.py", tmp_path, "--epochs", "1", "--diagnostics")
+    state = tmp_path / "state.npz"
+    stdout, result = _run_quick("history_model.py", tmp_path, "--epochs", "1", "--diagnostics", "--save-state", state)
     _check_rows(result["rows"], {"popularity", "full-softmax", "tf-sampled", "static", "adaptive"})
+    from benchmarks import proposal
+
+    saved = proposal.saved_state(state, "quick", probes=64)  # the last row's (MIDX) trained model
+    assert saved.class_embeddings.shape == (len(saved.counts), 64) and saved.class_bias.shape == saved.counts.shape
+    assert saved.fit_queries.shape == saved.eval_queries.shape and saved.eval_queries.shape[1] == 64
     # The proposal measured against the trained softmax: MIDX only (TF's loss has no proposal).
     measured = {row["name"]: row.get("proposal") for row in result["rows"]}
     assert measured["Full softmax"] is None and measured["tf.nn.sampled_softmax_loss (log-uniform, shared)"] is None
