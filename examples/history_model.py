@@ -193,11 +193,13 @@ def train_row(row: Row, split: Split, data, evaluation, args, seed: int) -> dict
     if args.diagnostics and isinstance(getattr(output, "sampler", None), tfas.samplers.Sampler):
         result["proposal"] = proposal_on_test_queries(query_model, output, query_inputs, split, args, seed)
     if args.save_state is not None:
-        save_state(args.save_state, query_model, output, query_inputs, split, seed)
+        save_state(args.save_state, query_model, output, query_inputs, split, counts, seed)
     return result
 
 
-def save_state(path, query_model, output, query_inputs, split: Split, seed: int, probes: int = 4096) -> None:
+def save_state(
+    path, query_model, output, query_inputs, split: Split, counts: np.ndarray, seed: int, probes: int = 4096
+) -> None:
     """The trained model's output layer and queries, for `python -m benchmarks.proposal --state`:
     item table and bias, training counts, and two disjoint sets of test users' queries with their
     held-out items (`fit_*` for what a proposal may estimate from queries, `eval_*` to measure on)."""
@@ -208,7 +210,7 @@ def save_state(path, query_model, output, query_inputs, split: Split, seed: int,
         path,
         class_embeddings=output.class_embeddings.numpy(),
         class_bias=np.zeros(split.num_items, np.float32) if bias is None else bias.numpy(),
-        counts=np.bincount(split.train[1], minlength=split.num_items),
+        counts=counts,
         fit_queries=queries[len(users) // 2 :],
         eval_queries=queries[: len(users) // 2],
         eval_labels=split.test[1][users[: len(users) // 2]],
