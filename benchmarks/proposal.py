@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -61,6 +62,15 @@ class State:
 
     def logits(self, queries: np.ndarray) -> np.ndarray:
         return queries.astype(np.float64) @ self.class_embeddings.T.astype(np.float64) + self.class_bias
+
+    @functools.cached_property
+    def eval_logits(self) -> np.ndarray:
+        """[B, N] logits of the eval queries: every proposal is measured against the same p."""
+        return self.logits(self.eval_queries)
+
+    @functools.cached_property
+    def eval_log_p(self) -> np.ndarray:
+        return _normalized(self.eval_logits)
 
 
 def teacher_state(num_classes: int, clusters: int, zipf: float, probes: int, seed: int = 0) -> State:
@@ -130,22 +140,22 @@ def _static_log_weight(sampler: samplers.MIDX, state: State) -> np.ndarray:
 
 
 # -- prototypes: the same q(i | h) ∝ exp(⟨h, q̂_i⟩) · w_i with other q̂ or w ------------------------
-def gaussian_weights(base: samplers.MIDX, state: State) -> np.ndarray:
+def gaussian_weights(base: samplers.MIDX, quantized: np.ndarray, state: State) -> np.ndarray:
     """log w_i + ⟨μ, r_i⟩ + ½ r_iᵀ Σ r_i: the in-bucket weight times E_h[exp(⟨h, r_i⟩)] for Gaussian
     queries (mean μ, covariance Σ of the fit queries), r_i = w_i − q̂_i the class's residual. Cost:
     a refresh adds O(N·d²) (Σ from queries the owner would track); draws unchanged."""
-    residual = state.class_embeddings - _quantized(base)
+    residual = state.class_embeddings - quantized
     mean = state.fit_queries.mean(0)
     covariance = np.cov(state.fit_queries.T)
     correction = residual @ mean + 0.5 * np.einsum("nd,de,ne->n", residual, covariance, residual)
     return _static_log_weight(base, state) + correction
 
 
-def oracle_weights(base: samplers.MIDX, state: State, iterations: int = 30) -> np.ndarray:
+def oracle_weights(base: samplers.MIDX, quantized: np.ndarray, state: State, iterations: int = 30) -> np.ndarray:
     """The in-bucket weights that best match p on the fit queries (moment matching: E_h q_i = E_h p_i,
     the stationary point of E_h KL(p‖q) over static weights): a bound on what any query-independent
     in-bucket weighting can reach. Not buildable (it reads p on the fit queries)."""
-    scores = state.fit_queries @ _quantized(base).T
+    scores = state.fit_queries @ quantized.T
     target = np.log(np.exp(_normalized(state.logits(state.fit_queries))).mean(0) + 1e-300)
     log_weight = _static_log_weight(base, state)
     for _ in range(iterations):
@@ -154,21 +164,20 @@ def oracle_weights(base: samplers.MIDX, state: State, iterations: int = 30) -> n
     return log_weight
 
 
-def third_codebook(base: samplers.MIDX, state: State, num_codewords: int) -> np.ndarray:
-    """q̂ + c³ with a third k-means codebook on the rvq residuals (K³ cells): the draw's first
-    marginal then costs O(K³) per query instead of O(K²)."""
-    residual = tf.constant(state.class_embeddings - _quantized(base))
+def third_codebook(quantized: np.ndarray, state: State, num_codewords: int) -> np.ndarray:
+    """q̂ + c³ with a third k-means codebook on the rvq residuals w − q̂ (K³ cells): the draw's
+    first marginal then costs O(K³) per query instead of O(K²)."""
+    residual = tf.constant(state.class_embeddings - quantized)
     seed = sub_seed(tf.constant([0, 3]), 3)
     start = _quantization.kmeans_plus_plus(residual, num_codewords, seed)
     centroids, codes = _quantization.kmeans(residual, start, 10, seed)
-    return _quantized(base) + tf.gather(centroids, codes).numpy()
+    return quantized + tf.gather(centroids, codes).numpy()
 
 
 # -- measurements ----------------------------------------------------------------------------
 def measure(state: State, log_q: np.ndarray, buckets: np.ndarray, head: np.ndarray, seed: int = 0) -> Dict:
     """The module docstring's numbers for one proposal (log q [B, N] on the eval queries)."""
-    logits = state.logits(state.eval_queries)
-    log_p = _normalized(logits)
+    logits, log_p = state.eval_logits, state.eval_log_p
     p, q = np.exp(log_p), np.exp(log_q)
     kl = np.sum(p * (log_p - log_q), axis=1)
     num_buckets = int(buckets.max()) + 1
@@ -206,17 +215,25 @@ def proposals(state: State, quick: bool) -> Tuple[List[tuple], samplers.MIDX]:
     n, eval_queries = state.num_classes, state.eval_queries
     k = samplers.MIDX(n).num_codewords
     base = _midx(state)
-    base_scores = eval_queries @ _quantized(base).T
+    quantized = _quantized(base)
+    base_scores = eval_queries @ quantized.T
     uniform_log_q = np.full((len(eval_queries), n), -math.log(n))
-    unigram = samplers.Unigram(state.counts + 1.0, power=0.75)
+    unigram_log_q = _library_log_q(samplers.Unigram(state.counts + 1.0, power=0.75), eval_queries)
+    midx_log_q = _library_log_q(base, eval_queries)
     rows: List[tuple] = [
         ("Uniform", "static", "O(1) a draw", uniform_log_q),
-        ("Unigram (count^0.75)", "static", "O(1) a draw", _library_log_q(unigram, eval_queries)),
+        ("Unigram (count^0.75)", "static", "O(1) a draw", unigram_log_q),
+        (
+            "LogUniform (tf.nn.sampled_softmax_loss's proposal)",
+            "static",
+            "O(1) a draw",
+            _library_log_q(samplers.LogUniform(n), eval_queries),
+        ),
         (
             f"MIDX rvq K={k}, include_bias (default)",
             "library",
             "O(K·d + K²) a query",
-            _library_log_q(base, eval_queries),
+            midx_log_q,
         ),
     ]
     variants: Dict[str, Callable[[], samplers.MIDX]] = {
@@ -236,20 +253,20 @@ def proposals(state: State, quick: bool) -> Tuple[List[tuple], samplers.MIDX]:
         variants = {key: variants[key] for key in list(variants)[:2]}
     for name, build in variants.items():
         rows.append((f"MIDX {name}", "library", "", _library_log_q(build(), eval_queries)))
-    mixture = np.logaddexp(math.log(0.9) + rows[2][3], math.log(0.1) + rows[1][3])
+    mixture = np.logaddexp(math.log(0.9) + midx_log_q, math.log(0.1) + unigram_log_q)
     rows += [
         ("0.9·MIDX + 0.1·Unigram (defensive mixture)", "prototype", "2 draws, both log q", mixture),
         (
             "MIDX + Gaussian in-bucket weights",
             "prototype",
             "as MIDX; refresh +O(N·d²)",
-            _normalized(base_scores + gaussian_weights(base, state)),
+            _normalized(base_scores + gaussian_weights(base, quantized, state)),
         ),
         (
             "MIDX + best static in-bucket weights (bound)",
             "prototype",
             "not buildable (reads p)",
-            _normalized(base_scores + oracle_weights(base, state)),
+            _normalized(base_scores + oracle_weights(base, quantized, state)),
         ),
     ]
     equal_cost = max(2, round(k ** (2 / 3)))
@@ -259,7 +276,9 @@ def proposals(state: State, quick: bool) -> Tuple[List[tuple], samplers.MIDX]:
             f"3 rvq codebooks, K={equal_cost} (K³ ≈ {k}² cells: equal draw cost)",
             "prototype",
             "O(K·d + K³) a query",
-            _normalized(eval_queries @ third_codebook(small, state, equal_cost).T + _static_log_weight(small, state)),
+            _normalized(
+                eval_queries @ third_codebook(_quantized(small), state, equal_cost).T + _static_log_weight(small, state)
+            ),
         )
     )
     if not quick:
@@ -268,10 +287,10 @@ def proposals(state: State, quick: bool) -> Tuple[List[tuple], samplers.MIDX]:
                 f"3 rvq codebooks, K={k} (K× the draw cost)",
                 "prototype",
                 "O(K·d + K³) a query",
-                _normalized(eval_queries @ third_codebook(base, state, k).T + _static_log_weight(base, state)),
+                _normalized(eval_queries @ third_codebook(quantized, state, k).T + _static_log_weight(base, state)),
             )
         )
-    rows.append(("exact softmax q = p", "reference", "O(N·d) a query", _normalized(state.logits(eval_queries))))
+    rows.append(("exact softmax q = p", "reference", "O(N·d) a query", state.eval_log_p))
     return rows, base
 
 
